@@ -1,0 +1,1 @@
+"""Bottom layer shared by every loraplex component: typed errors and settings helpers."""

@@ -1,0 +1,109 @@
+"""Typed domain errors.
+
+Domain code raises these; the gateway has one handler that maps them to OpenAI-shaped error bodies
+(`{"error": {"message", "type", "param", "code"}}`) using the class attributes below, never the text.
+Every message a user can hit says what was wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class LoraplexError(Exception):
+    """Base of every error loraplex raises on purpose."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+    def to_body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class AuthenticationFailed(LoraplexError):
+    status, type, code = 401, "authentication_error", "invalid_api_key"
+
+
+class PermissionDenied(LoraplexError):
+    status, type, code = 403, "permission_error", "forbidden"
+
+
+class NotFound(LoraplexError):
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class ModelNotFound(NotFound):
+    """An adapter that does not exist *or belongs to another tenant*: the two are indistinguishable."""
+
+    code = "model_not_found"
+
+
+class TenantNotFound(NotFound):
+    code = "tenant_not_found"
+
+
+class InvalidRequest(LoraplexError):
+    status, type, code = 400, "invalid_request_error", "invalid_request"
+
+
+class InvalidName(LoraplexError):
+    status, type, code = 422, "invalid_request_error", "invalid_name"
+
+
+class InvalidAdapter(LoraplexError):
+    """An upload that failed the validation gate; `rule` names the rule that refused it."""
+
+    status, type, code = 422, "invalid_request_error", "invalid_adapter"
+
+    def __init__(self, rule: str, message: str, **kw):
+        super().__init__(f"[{rule}] {message}", **kw)
+        self.rule = rule
+
+
+class Conflict(LoraplexError):
+    status, type, code = 409, "invalid_request_error", "conflict"
+
+
+class AliasConflict(Conflict):
+    code = "alias_conflict"
+
+
+class VersionInUse(Conflict):
+    code = "version_in_use"
+
+
+class TenantExists(Conflict):
+    code = "tenant_exists"
+
+
+class QuotaExceeded(LoraplexError):
+    status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+
+
+class Overloaded(LoraplexError):
+    status, type, code = 503, "server_error", "overloaded"
+
+
+class StorageUnavailable(LoraplexError):
+    """The object store did not answer (or answered with a server error)."""
+
+    status, type, code = 503, "server_error", "storage_unavailable"
+
+
+class IntegrityError(LoraplexError):
+    """Bytes whose SHA-256 does not match the manifest: never handed to the engine."""
+
+    status, type, code = 502, "server_error", "integrity_error"
+
+
+class EngineUnavailable(LoraplexError):
+    status, type, code = 503, "server_error", "engine_unavailable"
+
+
+class EngineError(LoraplexError):
+    status, type, code = 502, "server_error", "engine_error"

@@ -1,0 +1,137 @@
+"""`loraplex`: the command line. Stack control runs locally; everything else goes through the gateway's API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from loraplex import stack
+from loraplex.client import ApiError, GatewayClient
+
+app = typer.Typer(help="loraplex: multi-tenant LoRA serving.", no_args_is_help=True)
+tenant_app = typer.Typer(help="Tenants (admin key).", no_args_is_help=True)
+adapter_app = typer.Typer(help="The caller's adapters (tenant key).", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(adapter_app, name="adapter")
+console = Console()
+
+
+def _api(fn):
+    """Show API errors as one clear line and a non-zero exit instead of a traceback."""
+    try:
+        return fn()
+    except ApiError as e:
+        console.print(f"[red]error[/]: {e}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def up() -> None:
+    """Start the embedded stack (SeaweedFS, vLLM engine, gateway) in the background; returns when ready."""
+    stack.up()
+
+
+@app.command()
+def down() -> None:
+    """Stop every process of the embedded stack."""
+    stack.down()
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show the embedded stack's processes and readiness (exit 1 when not ready)."""
+    st = stack.status()
+    if as_json:
+        print(json.dumps(st, indent=2))
+    else:
+        for name, p in st["processes"].items():
+            console.print(f"{name:8} pid {p['pid']:>7}  {'[green]alive[/]' if p['alive'] else '[red]dead[/]'}")
+        console.print(f"ready: {st['ready']}  {st.get('detail', 'no stack (run make up)')}")
+    raise typer.Exit(0 if st["ready"] else 1)
+
+
+@app.command()
+def demo() -> None:
+    """Start the stack, register the demo tenants and adapters, and show each tenant's answers."""
+    from loraplex.demo import run_demo
+
+    run_demo()
+
+
+@tenant_app.command("create")
+def tenant_create(name: str, quotas: str = typer.Option("{}", help="JSON object of quotas")) -> None:
+    out = _api(lambda: GatewayClient.from_env(admin=True).call(
+        "POST", "/admin/tenants", json={"name": name, "quotas": json.loads(quotas)}))
+    console.print(f"tenant [bold]{out['name']}[/] created; its API key (shown once): {out['api_key']}")
+
+
+@tenant_app.command("ls")
+def tenant_ls() -> None:
+    out = _api(lambda: GatewayClient.from_env(admin=True).call("GET", "/admin/tenants"))
+    for t in out["data"]:
+        console.print(f"{t['name']:20} {t.get('created_at', '')}  quotas={t.get('quotas', {})}")
+
+
+@tenant_app.command("rotate-key")
+def tenant_rotate(name: str) -> None:
+    out = _api(lambda: GatewayClient.from_env(admin=True).call("POST", f"/admin/tenants/{name}/keys"))
+    console.print(f"new key for {name} (the old one no longer works): {out['api_key']}")
+
+
+@tenant_app.command("rm")
+def tenant_rm(name: str) -> None:
+    _api(lambda: GatewayClient.from_env(admin=True).call("DELETE", f"/admin/tenants/{name}"))
+    console.print(f"tenant {name} deleted")
+
+
+@adapter_app.command("push")
+def adapter_push(directory: Path, name: str = typer.Option(..., "--name"),
+                 alias: Optional[str] = typer.Option(None, "--alias"),
+                 tenant: Optional[str] = typer.Option(None, help="use this tenant's key from var/stack.json")) -> None:
+    """Upload a PEFT adapter directory as a new (content-addressed) version; optionally point an alias at it."""
+    client = GatewayClient.from_env(tenant=tenant)
+    with console.status(f"uploading {directory} …"):
+        out = _api(lambda: client.push(directory, name))
+    console.print(f"{name} version [bold]{out['version']}[/] ({out['size_bytes']} bytes, rank {out['rank']})")
+    if alias:
+        current = _api(lambda: client.call("GET", f"/v1/adapters/{name}"))["aliases"].get(alias)
+        _api(lambda: client.promote(name, alias, out["version"], current))
+        console.print(f"{name}@{alias} → {out['version']}")
+
+
+@adapter_app.command("ls")
+def adapter_ls(tenant: Optional[str] = typer.Option(None)) -> None:
+    out = _api(lambda: GatewayClient.from_env(tenant=tenant).call("GET", "/v1/adapters"))
+    table = Table("adapter", "version", "rank", "bytes", "created", "aliases")
+    for a in out["data"]:
+        for v in a["versions"]:
+            aliases = ", ".join(k for k, ver in a["aliases"].items() if ver == v["version"])
+            table.add_row(a["name"], v["version"], str(v["rank"]), str(v["size_bytes"]), v["created_at"], aliases)
+    console.print(table)
+
+
+@adapter_app.command("promote")
+def adapter_promote(name: str, alias: str, version: str,
+                    expected: Optional[str] = typer.Option(None, help="version the alias must hold now (CAS)"),
+                    tenant: Optional[str] = typer.Option(None)) -> None:
+    """Point NAME@ALIAS at VERSION; fails with 409 if the alias moved since `--expected`."""
+    client = GatewayClient.from_env(tenant=tenant)
+    if expected is None:
+        expected = _api(lambda: client.call("GET", f"/v1/adapters/{name}"))["aliases"].get(alias)
+    _api(lambda: client.promote(name, alias, version, expected))
+    console.print(f"{name}@{alias} → {version}")
+
+
+@adapter_app.command("rm")
+def adapter_rm(name: str, version: str, tenant: Optional[str] = typer.Option(None)) -> None:
+    _api(lambda: GatewayClient.from_env(tenant=tenant).call("DELETE", f"/v1/adapters/{name}/versions/{version}"))
+    console.print(f"deleted {name} version {version}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,192 @@
+"""The embedded stack on one host: SeaweedFS (S3), the vLLM engine and the gateway, as detached processes.
+
+`up` returns only when the gateway's /ready answers 200 and var/stack.json is written; `down` stops
+every process it started, by the pids it recorded, process group and all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from common.procs import free_port, pid_alive, port_open, spawn, stop_group
+from loraplex.settings import StackSettings
+from registry.seaweed import SeaweedServer
+from serving.engine import engine_command, engine_env
+from serving.settings import ServingSettings
+
+console = Console(stderr=True)
+SERVICES = ("gateway", "engine", "seaweed")
+
+
+def load_secrets(cfg: StackSettings) -> dict:
+    """Admin key and S3 credentials of this stack, generated once and kept 0600 under var/."""
+    if cfg.secrets_file.exists():
+        return json.loads(cfg.secrets_file.read_text())
+    data = {"admin_key": os.environ.get("LORAPLEX_ADMIN_KEY") or "lpx_admin_" + secrets.token_urlsafe(24),
+            "s3_access_key": "lpx" + secrets.token_hex(8), "s3_secret_key": secrets.token_urlsafe(30)}
+    cfg.var_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(cfg.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    return data
+
+
+def pids(cfg: StackSettings) -> dict[str, int]:
+    out = {}
+    for name in SERVICES:
+        f = cfg.run_dir / f"{name}.pid"
+        if f.exists():
+            out[name] = int(f.read_text())
+    return out
+
+
+def _record(cfg: StackSettings, name: str, pid: int) -> None:
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.run_dir / f"{name}.pid").write_text(str(pid))
+
+
+def _pick_port(preferred: int) -> int:
+    return preferred if not port_open(preferred) else free_port()
+
+
+def base_model_dir(cfg: StackSettings) -> Path:
+    if cfg.base_model:
+        return cfg.base_model
+    from training.demo import build_demo  # only the demo path needs training's dependencies
+
+    return build_demo(cfg.var_dir).base_dir
+
+
+def up(cfg: StackSettings | None = None) -> dict:
+    """Start whatever is not running, wait for /ready, write and return var/stack.json."""
+    cfg = cfg or StackSettings()
+    running = {n: p for n, p in pids(cfg).items() if pid_alive(p)}
+    if set(running) == set(SERVICES) and cfg.stack_file.exists():
+        info = json.loads(cfg.stack_file.read_text())
+        _wait_ready(info["gateway_url"], cfg.ready_timeout_s)
+        console.print(f"[green]already running[/] at {info['gateway_url']}")
+        return info
+    down(cfg, quiet=True)  # a partial stack: start clean
+    keys = load_secrets(cfg)
+    base = base_model_dir(cfg).resolve()
+    aws = {"AWS_ACCESS_KEY_ID": keys["s3_access_key"], "AWS_SECRET_ACCESS_KEY": keys["s3_secret_key"]}
+    try:
+        info = _start_all(cfg, keys, base, aws)
+    except BaseException:
+        console.print(f"[red]start-up failed[/]; logs are in {cfg.log_dir}/")
+        down(cfg, quiet=True)
+        raise
+    _write_stack(cfg, info)
+    console.print(f"[green]ready[/]: gateway {info['gateway_url']}  (stack file {cfg.stack_file})")
+    return info
+
+
+def _start_all(cfg: StackSettings, keys: dict, base: Path, aws: dict) -> dict:
+    s3_port = _pick_port(cfg.s3_port)
+    console.print(f"starting SeaweedFS (S3 on 127.0.0.1:{s3_port}) …")
+    weed = SeaweedServer(data_dir=cfg.var_dir / "s3", s3_port=s3_port, access_key=aws["AWS_ACCESS_KEY_ID"],
+                         secret_key=aws["AWS_SECRET_ACCESS_KEY"], log_file=cfg.log_dir / "seaweed.log")
+    weed.start()
+    _record(cfg, "seaweed", weed.pid)
+    weed.wait_ready(60)
+
+    engine_port = _pick_port(cfg.engine_port)
+    serving = ServingSettings(base_model=base, engine_url=f"http://127.0.0.1:{engine_port}")
+    console.print(f"starting the vLLM engine on 127.0.0.1:{engine_port} (about a minute on CPU) …")
+    proc = spawn(engine_command(serving, engine_port), log=cfg.log_dir / "engine.log", env=engine_env(serving))
+    _record(cfg, "engine", proc.pid)
+
+    if port_open(cfg.gateway_port):
+        raise RuntimeError(f"port {cfg.gateway_port} is taken: stop what uses it or set LORAPLEX_GATEWAY_PORT")
+    env = {**os.environ, **aws, "LORAPLEX_S3_ENDPOINT": weed.endpoint, "LORAPLEX_S3_BUCKET": cfg.s3_bucket,
+           "LORAPLEX_BASE_MODEL": str(base), "LORAPLEX_ENGINE_URL": serving.engine_url,
+           "LORAPLEX_ADMIN_KEY": keys["admin_key"], "LORAPLEX_GATEWAY_PORT": str(cfg.gateway_port),
+           "LORAPLEX_CACHE_DIR": str((cfg.var_dir / "cache" / "adapters").resolve())}
+    gw = spawn([sys.executable, "-m", "serving"], log=cfg.log_dir / "gateway.log", env=env)
+    _record(cfg, "gateway", gw.pid)
+    gateway_url = f"http://127.0.0.1:{cfg.gateway_port}"
+    _wait_ready(gateway_url, cfg.ready_timeout_s, procs={"engine": proc, "gateway": gw})
+    return {"gateway_url": gateway_url, "engine_url": serving.engine_url, "admin_key": keys["admin_key"],
+            "s3_endpoint": weed.endpoint, "bucket": cfg.s3_bucket, "base_model": _shown(base),
+            "tenants": _previous_tenants(cfg)}
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _previous_tenants(cfg: StackSettings) -> dict:
+    try:
+        return json.loads(cfg.stack_file.read_text()).get("tenants", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_stack(cfg: StackSettings, info: dict) -> None:
+    tmp = cfg.stack_file.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds keys
+    with os.fdopen(fd, "w") as f:
+        json.dump(info, f, indent=2)
+    tmp.replace(cfg.stack_file)
+
+
+def update_tenants(cfg: StackSettings, tenants: dict) -> dict:
+    info = json.loads(cfg.stack_file.read_text())
+    info["tenants"] = tenants
+    _write_stack(cfg, info)
+    return info
+
+
+def _wait_ready(url: str, timeout: float, procs: dict | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    with console.status("waiting for the gateway's /ready (engine generate + S3) …"):
+        while time.monotonic() < deadline:
+            for name, p in (procs or {}).items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"the {name} exited with code {p.returncode} while starting")
+            try:
+                if httpx.get(f"{url}/ready", timeout=15).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+    raise TimeoutError(f"{url}/ready did not answer 200 within {timeout:.0f}s")
+
+
+def down(cfg: StackSettings | None = None, quiet: bool = False) -> None:
+    """Stop every process `up` started (gateway first, so it stops admitting before the engine goes)."""
+    cfg = cfg or StackSettings()
+    for name, pid in pids(cfg).items():
+        if pid_alive(pid):
+            if not quiet:
+                console.print(f"stopping {name} (pid {pid})")
+            stop_group(pid)
+        (cfg.run_dir / f"{name}.pid").unlink(missing_ok=True)
+    if not quiet:
+        console.print("[green]stopped[/]")
+
+
+def status(cfg: StackSettings | None = None) -> dict:
+    cfg = cfg or StackSettings()
+    procs = {name: {"pid": pid, "alive": pid_alive(pid)} for name, pid in pids(cfg).items()}
+    out = {"processes": procs, "ready": False}
+    if cfg.stack_file.exists():
+        info = json.loads(cfg.stack_file.read_text())
+        out["gateway_url"] = info["gateway_url"]
+        try:
+            r = httpx.get(f"{info['gateway_url']}/ready", timeout=15)
+            out["ready"], out["detail"] = r.status_code == 200, r.json()
+        except httpx.HTTPError as e:
+            out["detail"] = f"unreachable: {type(e).__name__}"
+    return out

@@ -1,0 +1,33 @@
+"""Settings of the registry: where the object store is, where the local cache lives, what is accepted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+class RegistrySettings(BaseSettings):
+    """Registry configuration, read from `LORAPLEX_*` environment variables.
+
+    AWS credentials are not here: boto3 reads them from its default chain (`AWS_ACCESS_KEY_ID`,
+    `AWS_SECRET_ACCESS_KEY`, profiles, ...), so they never sit in a settings dump.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LORAPLEX_", extra="ignore")
+
+    s3_endpoint: str = Field("http://127.0.0.1:8333", description="S3 endpoint URL (SeaweedFS by default).")
+    s3_bucket: str = Field("loraplex", min_length=3, description="The one bucket holding tenants and adapters.")
+    s3_region: str = Field("us-east-1", description="Region sent with signed requests.")
+    s3_connect_timeout_s: float = Field(2.0, gt=0, description="TCP connect timeout per attempt.")
+    s3_read_timeout_s: float = Field(10.0, gt=0, description="Socket read timeout per attempt.")
+    s3_max_attempts: int = Field(3, ge=1, description="Attempts per call, boto3 'standard' retry mode.")
+    cache_dir: Path = Field(Path("var/cache/adapters"), description="Local directory of verified adapter files.")
+    cache_max_bytes: int = Field(2 * GIB, gt=0, description="Bytes the local adapter cache may hold (LRU).")
+    base_model: Path | None = Field(None, description="Local HF model dir; enables base-dependent validation.")
+    max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank accepted (the engine's --max-lora-rank).")
+    max_upload_bytes: int = Field(256 * MIB, gt=0, description="Largest total size of one adapter version.")

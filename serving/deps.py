@@ -1,0 +1,45 @@
+"""Request dependencies: the gateway state, the caller's tenant, the admin check."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from common.errors import AuthenticationFailed
+from registry.tenants import Tenant
+from serving.state import Gateway
+
+
+def get_gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def bearer_key(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <your key>'")
+    return key.strip()
+
+
+async def current_tenant(request: Request, gw: GatewayDep) -> Tenant:
+    tenant = await asyncio.to_thread(gw.tenants.authenticate, bearer_key(request))
+    request.state.tenant = tenant.name
+    return tenant
+
+
+async def require_admin(request: Request, gw: GatewayDep) -> None:
+    key = bearer_key(request)
+    admin = gw.settings.admin_key
+    if admin is None or not hmac.compare_digest(key.encode(), admin.get_secret_value().encode()):
+        raise AuthenticationFailed("invalid admin key: admin routes need LORAPLEX_ADMIN_KEY as the bearer key")
+
+
+TenantDep = Annotated[Tenant, Depends(current_tenant)]
+AdminDep = Depends(require_admin)

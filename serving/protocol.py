@@ -1,0 +1,75 @@
+"""Wire-level rules of the OpenAI-compatible API: which request fields pass, what `model` may say.
+
+Only known OpenAI fields (and a few sampling extras) reach the engine: vLLM accepts more, some of
+them dangerous in tenants' hands (a request-supplied chat template, for instance).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from common.errors import InvalidRequest
+
+_COMMON = {
+    "model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed",
+    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "user",
+    # vLLM sampling extras that are plain numbers
+    "top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos",
+}
+COMPLETION_FIELDS = _COMMON | {"prompt", "echo", "best_of", "suffix"}
+CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens", "top_logprobs", "response_format",
+                         "tools", "tool_choice", "parallel_tool_calls"}
+
+
+def check_body(body: object, allowed: set[str], required: str) -> dict:
+    """Return `body` if it is a JSON object of allowed fields with a string `model`, else InvalidRequest."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InvalidRequest(f"unsupported field(s) {', '.join(unknown)}: remove them "
+                             f"(supported: {', '.join(sorted(allowed))})", param=unknown[0])
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise InvalidRequest("'model' is required: an adapter name, NAME@ALIAS, NAME@VERSION, or 'base'",
+                             param="model")
+    if required not in body:
+        raise InvalidRequest(f"'{required}' is required", param=required)
+    return body
+
+
+def read_json(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise InvalidRequest(f"the request body is not valid JSON: {e}") from e
+
+
+def rewrite_model(payload: dict, public_name: str) -> dict:
+    """Show the client the model id it asked for, never the engine-side name."""
+    if "model" in payload:
+        payload["model"] = public_name
+    return payload
+
+
+def rewrite_sse_line(line: str, public_name: str) -> str:
+    """Rewrite the `model` of one SSE `data:` line; other lines pass unchanged."""
+    if not line.startswith("data:"):
+        return line
+    data = line[5:].strip()
+    if not data or data == "[DONE]":
+        return line
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return line
+    return "data: " + json.dumps(rewrite_model(chunk, public_name))
+
+
+def sse_error(message: str, code: str = "engine_error") -> str:
+    body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def model_card(model_id: str, owner: str) -> dict:
+    return {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": owner}

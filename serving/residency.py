@@ -1,0 +1,98 @@
+"""Which adapters the engine holds: load on demand (single-flight), evict the least recently used.
+
+Eviction never touches an adapter with requests in flight, so a request always finishes on the
+weights it started with. The engine-side name pins (tenant, adapter, version digest), so a new
+version never reuses an old version's weights or cache entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from serving import metrics
+from serving.engine import EngineClient
+
+log = logging.getLogger(__name__)
+
+
+def engine_lora_name(tenant: str, adapter: str, version: str) -> str:
+    """The engine's name for one adapter version (':' never occurs in validated names)."""
+    return f"lpx:{tenant}:{adapter}:{version}"
+
+
+class AdapterResidency:
+    """An LRU of the adapters registered in the engine, bounded by `capacity`."""
+
+    def __init__(self, engine: EngineClient, capacity: int):
+        self.engine = engine
+        self.capacity = capacity
+        self._lru: OrderedDict[str, None] = OrderedDict()
+        self._inflight: Counter[str] = Counter()
+        self._loading: dict[str, asyncio.Future] = {}
+
+    @property
+    def resident(self) -> list[str]:
+        return list(self._lru)
+
+    def adopt(self, names: set[str]) -> None:
+        """Take over adapters a previous gateway process registered in a still-running engine."""
+        for name in names:
+            self._lru.setdefault(name, None)
+
+    def reset(self) -> None:
+        """Forget everything (the engine restarted empty)."""
+        self._lru.clear()
+
+    async def acquire(self, name: str, local_path: Callable[[], Awaitable[Path]]) -> None:
+        """Make `name` resident and count one request on it; pair with `release(name)`."""
+        while True:
+            if name in self._lru:
+                self._lru.move_to_end(name)
+                self._inflight[name] += 1
+                metrics.ADAPTER_CACHE.labels("hit").inc()
+                return
+            pending = self._loading.get(name)
+            if pending is None:
+                break
+            await asyncio.shield(pending)  # another request is loading it; re-check when done
+        await self._load(name, local_path)
+
+    def release(self, name: str) -> None:
+        self._inflight[name] -= 1
+        if self._inflight[name] <= 0:
+            del self._inflight[name]
+
+    async def _load(self, name: str, local_path: Callable[[], Awaitable[Path]]) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._loading[name] = fut
+        metrics.ADAPTER_CACHE.labels("miss").inc()
+        try:
+            path = await local_path()
+            await self._make_room()
+            with metrics.ADAPTER_LOAD_SECONDS.time():
+                await self.engine.load_lora(name, path)
+            self._lru[name] = None
+            self._inflight[name] += 1
+            fut.set_result(None)
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # waiters re-raise it; this marks it retrieved when there are none
+            raise
+        finally:
+            del self._loading[name]
+
+    async def _make_room(self) -> None:
+        while len(self._lru) >= self.capacity:
+            victim = next((n for n in self._lru if not self._inflight[n]), None)
+            if victim is None:
+                return  # all busy: exceed the bound for now rather than break a running request
+            del self._lru[victim]
+            metrics.ADAPTER_EVICTIONS.inc()
+            try:
+                await self.engine.unload_lora(victim)
+            except Exception:  # the engine forgets it on restart anyway
+                log.warning("unloading %s failed", victim, exc_info=True)

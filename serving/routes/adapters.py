@@ -1,0 +1,95 @@
+"""A tenant's adapters: upload versions, list, move aliases (compare-and-swap), delete versions."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from common.errors import InvalidAdapter, InvalidName, InvalidRequest
+from common.names import check_name
+from serving import metrics
+from serving.deps import GatewayDep, TenantDep
+
+router = APIRouter(prefix="/v1/adapters")
+
+ALLOWED_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def public_version(m) -> dict:
+    return {"name": m.name, "version": m.version, "sha256": m.sha256, "size_bytes": m.size_bytes,
+            "rank": m.rank, "alpha": m.alpha, "target_modules": m.target_modules,
+            "created_at": m.created_at, "files": {k: v.model_dump() for k, v in m.files.items()},
+            "metadata": m.metadata}
+
+
+def public_adapter(info) -> dict:
+    return {"name": info.name, "aliases": info.aliases, "versions": [public_version(v) for v in info.versions]}
+
+
+async def read_upload(request: Request, limit: int) -> dict[str, bytes]:
+    """The two PEFT files of a multipart upload, by file name; anything else is refused."""
+    if int(request.headers.get("content-length") or 0) > limit + 1_000_000:
+        raise InvalidAdapter("size", f"the upload is larger than {limit} bytes: shrink the adapter (lower rank)")
+    try:
+        form = await request.form(max_files=8, max_fields=8)
+    except (MultiPartException, AssertionError) as e:
+        raise InvalidRequest(f"expected a multipart/form-data upload of {' and '.join(ALLOWED_FILES)}: {e}") from e
+    files: dict[str, bytes] = {}
+    for _, value in form.multi_items():
+        if not isinstance(value, UploadFile):
+            continue
+        fname = value.filename or ""
+        if fname in files:
+            raise InvalidAdapter("files", f"{fname} was sent twice: send each file once")
+        files[fname] = await value.read(limit + 1)
+        if len(files[fname]) > limit:
+            raise InvalidAdapter("size", f"{fname} is larger than {limit} bytes: shrink the adapter")
+    await form.close()
+    return files
+
+
+@router.post("/{name}/versions", status_code=201)
+async def upload_version(name: str, request: Request, tenant: TenantDep, gw: GatewayDep) -> dict:
+    check_name(name, "adapter name")
+    if name == gw.settings.base_name:
+        raise InvalidName(f"'{name}' is reserved for the base model: choose another adapter name", param="name")
+    try:
+        files = await read_upload(request, gw.settings.max_upload_bytes)
+        manifest = await asyncio.to_thread(gw.adapters.publish, tenant.name, name, files, uploader=tenant.name)
+    except InvalidAdapter:
+        metrics.UPLOADS.labels("refused").inc()
+        raise
+    metrics.UPLOADS.labels("ok").inc()
+    return public_version(manifest)
+
+
+@router.get("")
+async def list_adapters(tenant: TenantDep, gw: GatewayDep) -> dict:
+    infos = await asyncio.to_thread(gw.adapters.list_adapters, tenant.name)
+    return {"data": [public_adapter(i) for i in infos]}
+
+
+@router.get("/{name}")
+async def get_adapter(name: str, tenant: TenantDep, gw: GatewayDep) -> dict:
+    return public_adapter(await asyncio.to_thread(gw.adapters.get_adapter, tenant.name, name))
+
+
+class AliasMove(BaseModel):
+    version: str
+    expected_version: str | None = None
+
+
+@router.put("/{name}/aliases/{alias}")
+async def set_alias(name: str, alias: str, body: AliasMove, tenant: TenantDep, gw: GatewayDep) -> dict:
+    return await asyncio.to_thread(gw.adapters.set_alias, tenant.name, name, alias, body.version,
+                                   body.expected_version)
+
+
+@router.delete("/{name}/versions/{version}", status_code=204)
+async def delete_version(name: str, version: str, tenant: TenantDep, gw: GatewayDep) -> Response:
+    await asyncio.to_thread(gw.adapters.delete_version, tenant.name, name, version)
+    return Response(status_code=204)

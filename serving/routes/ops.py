@@ -1,0 +1,28 @@
+"""Operations: liveness, readiness (a real generate and S3), Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from serving.deps import GatewayDep
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(gw: GatewayDep) -> Response:
+    ok, detail = await gw.readiness()
+    return JSONResponse({"status": "ready" if ok else "not_ready", **detail}, status_code=200 if ok else 503,
+                        headers=None if ok else {"Retry-After": "5"})
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,29 @@
+"""Settings of the gateway and of the engine it drives (environment variables prefixed LORAPLEX_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORAPLEX_", extra="ignore")
+
+    gateway_host: str = Field("127.0.0.1", description="Address the gateway binds to.")
+    gateway_port: int = Field(8000, description="Port of the tenants' API.")
+    admin_key: SecretStr | None = Field(None, description="Key that manages tenants; admin routes refuse all if unset.")
+    engine_url: str = Field("http://127.0.0.1:8100", description="The vLLM server, on loopback only.")
+    base_model: Path | None = Field(None, description="Local Hugging Face model directory the engine serves.")
+    base_name: str = Field("base", description="Model id under which tenants reach the base model.")
+    max_loras: int = Field(4, description="Adapters in one engine batch (vLLM --max-loras).")
+    max_cpu_loras: int = Field(8, description="Adapters the engine keeps registered (vLLM --max-cpu-loras).")
+    max_lora_rank: int = Field(16, description="Largest rank the engine serves (vLLM --max-lora-rank).")
+    max_model_len: int = Field(256, description="Context length of the engine.")
+    engine_kv_cache_gb: int = Field(1, description="VLLM_CPU_KVCACHE_SPACE for the CPU engine.")
+    engine_connect_timeout_s: float = Field(2.0, description="Connect timeout to the engine.")
+    engine_timeout_s: float = Field(120.0, description="Timeout of one engine call (also between stream chunks).")
+    engine_load_timeout_s: float = Field(60.0, description="Timeout of one adapter load into the engine.")
+    ready_cache_s: float = Field(2.0, description="How long a /ready verdict is reused.")
+    max_upload_bytes: int = Field(256 * 2**20, description="Largest adapter upload accepted.")

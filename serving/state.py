@@ -1,0 +1,67 @@
+"""Everything one gateway process holds, built once from settings and shared by the routes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.errors import LoraplexError
+from registry.adapters import AdapterRegistry
+from registry.cache import AdapterCache
+from registry.manifest import Manifest
+from registry.settings import RegistrySettings
+from registry.store import ObjectStore
+from registry.tenants import TenantRegistry
+from registry.validation import BaseModelSpec
+from serving.engine import EngineClient
+from serving.residency import AdapterResidency
+from serving.settings import ServingSettings
+
+
+@dataclass
+class Gateway:
+    settings: ServingSettings
+    store: ObjectStore
+    tenants: TenantRegistry
+    adapters: AdapterRegistry
+    cache: AdapterCache
+    engine: EngineClient
+    residency: AdapterResidency
+    _ready: tuple[float, bool, dict] = field(default=(0.0, False, {}))
+
+    @classmethod
+    def from_settings(cls, settings: ServingSettings, registry_settings: RegistrySettings) -> "Gateway":
+        store = ObjectStore(registry_settings)
+        base_dir = registry_settings.base_model or settings.base_model
+        base_spec = BaseModelSpec.from_dir(Path(base_dir)) if base_dir else None
+        adapters = AdapterRegistry(store, registry_settings, base_spec)
+        engine = EngineClient(settings)
+        return cls(
+            settings=settings, store=store, tenants=TenantRegistry(store), adapters=adapters,
+            cache=AdapterCache(registry_settings, adapters.open_file), engine=engine,
+            residency=AdapterResidency(engine, settings.max_cpu_loras),
+        )
+
+    async def local_adapter(self, manifest: Manifest) -> Path:
+        """A verified local copy of `manifest`'s files (downloaded once, SHA-256 checked)."""
+        return await asyncio.to_thread(self.cache.ensure_local, manifest)
+
+    async def readiness(self) -> tuple[bool, dict]:
+        """Engine answers a real generate and S3 answers; the verdict is reused for a moment."""
+        at, ok, detail = self._ready
+        if time.monotonic() - at < self.settings.ready_cache_s:
+            return ok, detail
+        detail = {"engine": "ok", "storage": "ok"}
+        try:
+            await asyncio.to_thread(self.store.ping)
+        except LoraplexError as e:
+            detail["storage"] = e.message
+        try:
+            await self.engine.probe()
+        except LoraplexError as e:
+            detail["engine"] = e.message
+        ok = detail == {"engine": "ok", "storage": "ok"}
+        self._ready = (time.monotonic(), ok, detail)
+        return ok, detail
