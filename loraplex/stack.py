@@ -89,15 +89,24 @@ def up(cfg: StackSettings | None = None) -> dict:
     return info
 
 
-def _start_all(cfg: StackSettings, keys: dict, base: Path, aws: dict) -> dict:
-    s3_port = _pick_port(cfg.s3_port)
-    console.print(f"starting SeaweedFS (S3 on 127.0.0.1:{s3_port}) …")
-    weed = SeaweedServer(data_dir=cfg.var_dir / "s3", s3_port=s3_port, access_key=aws["AWS_ACCESS_KEY_ID"],
-                         secret_key=aws["AWS_SECRET_ACCESS_KEY"], log_file=cfg.log_dir / "seaweed.log")
-    weed.start()
+def _start_seaweed(cfg: StackSettings, aws: dict) -> SeaweedServer:
+    """Start SeaweedFS with the ports it had last time where they are free (its volumes remember them)."""
+    ports_file = cfg.var_dir / "s3-ports.json"
+    old = json.loads(ports_file.read_text()) if ports_file.exists() else {"s3": cfg.s3_port}
+    wanted = {f"{k}_port": p for k, p in old.items() if not port_open(p) and not port_open(p + 10000)}
+    cfg.log_dir.mkdir(parents=True, exist_ok=True)
+    console.print("starting SeaweedFS …")
+    weed = SeaweedServer().start(cfg.var_dir / "s3", access_key=aws["AWS_ACCESS_KEY_ID"],
+                                 secret_key=aws["AWS_SECRET_ACCESS_KEY"], log_path=cfg.log_dir / "seaweed.log",
+                                 **wanted)
     _record(cfg, "seaweed", weed.pid)
     weed.wait_ready(60)
+    ports_file.write_text(json.dumps(weed.ports))
+    return weed
 
+
+def _start_all(cfg: StackSettings, keys: dict, base: Path, aws: dict) -> dict:
+    weed = _start_seaweed(cfg, aws)
     engine_port = _pick_port(cfg.engine_port)
     serving = ServingSettings(base_model=base, engine_url=f"http://127.0.0.1:{engine_port}")
     console.print(f"starting the vLLM engine on 127.0.0.1:{engine_port} (about a minute on CPU) …")

@@ -1,0 +1,219 @@
+"""The validation gate: nothing becomes a visible adapter version without passing every rule here.
+
+Each refusal is `InvalidAdapter(rule, message)`; the message says what was wrong and how to fix it.
+Base-dependent rules (target modules exist, tensor shapes) run only when a base model is configured.
+Later checks that need the model itself (a behavioural no-op probe) plug in as `probes`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from common.errors import InvalidAdapter
+from registry.base_spec import BaseModelSpec
+from registry.manifest import ADAPTER_FILES
+from registry.safetensors_header import HeaderError, SafetensorsHeader, TensorInfo, parse_header
+from registry.settings import RegistrySettings
+from registry.tensor_values import FLOAT_DTYPES, count_non_finite, is_all_zero
+
+CONFIG, WEIGHTS = ADAPTER_FILES
+MAX_CONFIG_BYTES = 64 * 1024
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+KEY_RE = re.compile(r"^base_model\.model\.(?P<module>[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*)\.lora_(?P<ab>[AB])\.weight$")
+SAVE_FIX = "re-save with PEFT's `model.save_pretrained(dir)` (safetensors) and upload that directory's two files"
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """The two tensors adapting one base module."""
+
+    name: str
+    a: TensorInfo
+    b: TensorInfo
+
+
+@dataclass(frozen=True)
+class ValidatedAdapter:
+    """What the gate learned about an accepted adapter."""
+
+    config: dict
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    header: SafetensorsHeader
+    modules: dict[str, LoraModule] = field(default_factory=dict)
+
+
+Probe = Callable[[dict[str, bytes], ValidatedAdapter], None]
+"""A later check (e.g. a behavioural no-op probe on the real model); raises InvalidAdapter to refuse."""
+
+
+class AdapterValidator:
+    """Runs every rule on an upload.
+
+    Args:
+        max_rank: the largest LoRA rank the engine serves.
+        max_bytes: the largest total upload.
+        base: the served base model; None skips the base-dependent rules.
+        probes: extra checks run last, in order, on adapters that passed everything else.
+    """
+
+    def __init__(self, *, max_rank: int = 16, max_bytes: int = 256 * 1024**2,
+                 base: BaseModelSpec | None = None, probes: list[Probe] | None = None):
+        self.max_rank = max_rank
+        self.max_bytes = max_bytes
+        self.base = base
+        self.probes: list[Probe] = list(probes or [])
+
+    @classmethod
+    def from_settings(cls, settings: RegistrySettings, base: BaseModelSpec | None = None) -> AdapterValidator:
+        """A validator with the settings' caps and the given base spec."""
+        return cls(max_rank=settings.max_lora_rank, max_bytes=settings.max_upload_bytes, base=base)
+
+    def validate(self, files: dict[str, bytes]) -> ValidatedAdapter:
+        """Return what was learned about `files`, or raise InvalidAdapter naming the first rule broken."""
+        self._check_files(files)
+        config, rank, alpha, targets = self._check_config(files[CONFIG])
+        try:
+            header = parse_header(files[WEIGHTS])
+        except HeaderError as exc:
+            raise InvalidAdapter(exc.rule, f"{WEIGHTS}: {exc}") from None
+        modules = _lora_modules(header, targets)
+        for module in modules.values():
+            self._check_shapes(module, rank)
+        _check_values(files[WEIGHTS], header, modules)
+        adapter = ValidatedAdapter(config=config, rank=rank, alpha=alpha, target_modules=targets,
+                                   header=header, modules=modules)
+        for probe in self.probes:
+            probe(files, adapter)
+        return adapter
+
+    def _check_files(self, files: dict[str, bytes]) -> None:
+        pickles = sorted(f for f in files if f.lower().endswith(PICKLE_SUFFIXES))
+        if pickles:
+            raise InvalidAdapter("files", f"pickle files are refused ({', '.join(pickles)}): they can run code "
+                                          f"when loaded; {SAVE_FIX}")
+        extra, missing = sorted(set(files) - set(ADAPTER_FILES)), sorted(set(ADAPTER_FILES) - set(files))
+        if extra or missing:
+            raise InvalidAdapter("files", f"an adapter is exactly {CONFIG} and {WEIGHTS}; "
+                                          f"remove {extra or 'nothing'}, add {missing or 'nothing'}")
+        total = sum(len(data) for data in files.values())
+        if total > self.max_bytes:
+            raise InvalidAdapter("size", f"upload is {total} bytes, over the {self.max_bytes}-byte cap: "
+                                         "use a smaller rank or fewer target modules")
+        if len(files[CONFIG]) > MAX_CONFIG_BYTES:
+            raise InvalidAdapter("size", f"{CONFIG} is {len(files[CONFIG])} bytes, over {MAX_CONFIG_BYTES}: {SAVE_FIX}")
+
+    def _check_config(self, raw: bytes) -> tuple[dict, int, float, list[str]]:
+        try:
+            config = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise InvalidAdapter("config-json", f"{CONFIG} is not valid JSON ({exc}): {SAVE_FIX}") from None
+        if not isinstance(config, dict):
+            raise InvalidAdapter("config-json", f"{CONFIG} must be a JSON object: {SAVE_FIX}")
+        if config.get("peft_type") != "LORA":
+            raise InvalidAdapter("peft-type", f"peft_type is {config.get('peft_type')!r}; only LoRA adapters "
+                                              "(peft_type \"LORA\") are served: train with peft.LoraConfig")
+        rank = self._check_rank(config)
+        _check_unsupported(config)
+        alpha = config.get("lora_alpha", 8)
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < 1e6:
+            raise InvalidAdapter("alpha", f"lora_alpha {alpha!r} must be a positive number: set lora_alpha, "
+                                          "e.g. 2*r, in LoraConfig")
+        return config, rank, float(alpha), self._check_targets(config.get("target_modules"))
+
+    def _check_rank(self, config: dict) -> int:
+        rank = config.get("r")
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            raise InvalidAdapter("rank", f"r is {rank!r}; it must be a positive integer: set r in LoraConfig")
+        if rank > self.max_rank:
+            raise InvalidAdapter("rank", f"rank {rank} exceeds the served maximum {self.max_rank}: retrain with "
+                                         f"r<={self.max_rank} or start the engine with --max-lora-rank {rank}")
+        return rank
+
+    def _check_targets(self, targets: object) -> list[str]:
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
+            raise InvalidAdapter("target-modules", f"target_modules is {targets!r}; it must be a non-empty list "
+                                                   "of module names: pass target_modules=[\"q_proj\", ...]")
+        if self.base is not None:
+            unknown = [t for t in targets if not self.base.matches_target(t)]
+            if unknown:
+                raise InvalidAdapter("target-modules", f"target_modules {unknown} do not exist in the served base "
+                                                       f"model: retrain against this base, targeting modules it has")
+        return sorted(set(targets))
+
+    def _check_shapes(self, module: LoraModule, rank: int) -> None:
+        a, b = module.a.shape, module.b.shape
+        if len(a) != 2 or len(b) != 2 or a[0] != rank or b[1] != rank:
+            raise InvalidAdapter("shape", f"module {module.name!r}: lora_A {list(a)} / lora_B {list(b)} do not "
+                                          f"match rank {rank} (want [r, in] and [out, r]): {SAVE_FIX}")
+        if self.base is None:
+            return
+        if module.name not in self.base.modules:
+            raise InvalidAdapter("base-module", _unknown_module_message(module.name, self.base))
+        out_features, in_features = self.base.modules[module.name]
+        if (a[1], b[0]) != (in_features, out_features):
+            raise InvalidAdapter("shape", f"module {module.name!r}: the adapter is for in={a[1]}, out={b[0]} but "
+                                          f"the base has in={in_features}, out={out_features}: retrain against "
+                                          "the served base model")
+
+
+def _check_unsupported(config: dict) -> None:
+    if config.get("use_dora"):
+        raise InvalidAdapter("dora", "DoRA adapters (use_dora=true) are not served: retrain with use_dora=False")
+    if config.get("modules_to_save"):
+        raise InvalidAdapter("modules-to-save", f"modules_to_save {config['modules_to_save']} would replace base "
+                                                "weights per tenant, which is not served: retrain without it")
+    if config.get("bias", "none") != "none":
+        raise InvalidAdapter("bias", f"bias={config.get('bias')!r} trains base biases, which is not served: "
+                                     "retrain with bias=\"none\"")
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise InvalidAdapter("rank-pattern", "per-module rank_pattern/alpha_pattern is not served: retrain "
+                                             "with one r and lora_alpha for every module")
+
+
+def _lora_modules(header: SafetensorsHeader, targets: list[str]) -> dict[str, LoraModule]:
+    """Group the tensors into (lora_A, lora_B) pairs per module, refusing any other key."""
+    halves: dict[str, dict[str, TensorInfo]] = {}
+    for key, info in header.tensors.items():
+        match = KEY_RE.fullmatch(key)
+        if match is None:
+            raise InvalidAdapter("tensor-keys", f"tensor {key!r} is not a LoRA weight; keys must look like "
+                                                f"base_model.model.<module>.lora_A.weight / lora_B.weight: {SAVE_FIX}")
+        if info.dtype not in FLOAT_DTYPES:
+            raise InvalidAdapter("dtype", f"tensor {key!r} is {info.dtype}; only F16, BF16 and F32 are served: "
+                                          "cast the adapter with model.to(torch.bfloat16) before saving")
+        module = match["module"]
+        if not any(module == t or module.endswith("." + t) for t in targets):
+            raise InvalidAdapter("tensor-keys", f"tensor {key!r} adapts {module!r}, which is not in target_modules "
+                                                f"{targets}: {SAVE_FIX}")
+        halves.setdefault(module, {})[match["ab"]] = info
+    if not halves:
+        raise InvalidAdapter("tensor-keys", f"{WEIGHTS} holds no LoRA tensors: {SAVE_FIX}")
+    unpaired = sorted(m for m, h in halves.items() if set(h) != {"A", "B"})
+    if unpaired:
+        raise InvalidAdapter("tensor-keys", f"modules {unpaired[:5]} lack lora_A or lora_B: {SAVE_FIX}")
+    return {m: LoraModule(name=m, a=h["A"], b=h["B"]) for m, h in sorted(halves.items())}
+
+
+def _unknown_module_message(module: str, base: BaseModelSpec) -> str:
+    near = [name for name in base.modules if name.endswith("." + module) or module.endswith("." + name)]
+    hint = f" (did you mean {near[0]!r}, i.e. key base_model.model.{near[0]}.lora_A.weight?)" if near else ""
+    return (f"tensor keys name module {module!r}, which the base model does not have{hint}: the key prefix is "
+            f"wrong or the adapter was trained on another base; {SAVE_FIX}")
+
+
+def _check_values(data: bytes, header: SafetensorsHeader, modules: dict[str, LoraModule]) -> None:
+    for module in modules.values():
+        for half, info in (("lora_A", module.a), ("lora_B", module.b)):
+            bad = count_non_finite(data, header, info)
+            if bad:
+                raise InvalidAdapter("finite", f"{module.name}.{half} has {bad} NaN/inf values: training "
+                                               "diverged; lower the learning rate or use bf16/fp32 and retrain")
+    # PEFT initialises every lora_B to zero, so an untrained adapter is exactly this: a guaranteed no-op.
+    if all(is_all_zero(data, header, module.b) for module in modules.values()):
+        raise InvalidAdapter("no-op", "every lora_B is zero, so the adapter changes nothing (an untrained PEFT "
+                                      "adapter): train it before publishing")

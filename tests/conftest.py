@@ -1,0 +1,56 @@
+"""Session-wide real components shared by every test that needs them.
+
+Everything runs on free ports in temporary directories, so the suite also works while a `make up`
+stack is running on the same host.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(items):
+    """Mark tests by folder (unit / integration / e2e), as the markers in pyproject describe."""
+    for item in items:
+        for kind in ("unit", "integration", "e2e"):
+            if f"{os.sep}tests{os.sep}{kind}{os.sep}" in str(item.fspath):
+                item.add_marker(getattr(pytest.mark, kind))
+
+
+@pytest.fixture(scope="session")
+def artifacts_var() -> Path:
+    """Where the demo model and adapters are cached: var/ of the checkout (built once, atomically)."""
+    return Path(os.environ.get("LORAPLEX_TEST_VAR", ROOT / "var"))
+
+
+@pytest.fixture(scope="session")
+def demo(artifacts_var):
+    from training.demo import build_demo
+
+    return build_demo(artifacts_var)
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """One real SeaweedFS (S3) for the whole session; its credentials are exported for boto3."""
+    from registry.seaweed import SeaweedServer
+
+    access, secret = "test" + secrets.token_hex(6), secrets.token_urlsafe(24)
+    server = SeaweedServer().start(tmp_path_factory.mktemp("seaweed"), access_key=access, secret_key=secret)
+    os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = access, secret
+    try:
+        server.wait_ready(90)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bucket_name() -> str:
+    return "t-" + secrets.token_hex(6)
