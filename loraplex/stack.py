@@ -19,6 +19,8 @@ from rich.console import Console
 from common.procs import free_port, pid_alive, port_open, spawn, stop_group
 from loraplex.settings import StackSettings
 from registry.seaweed import SeaweedServer
+from registry.settings import RegistrySettings
+from registry.store import ObjectStore
 from serving.engine import engine_command, engine_env
 from serving.settings import ServingSettings
 
@@ -78,6 +80,7 @@ def up(cfg: StackSettings | None = None) -> dict:
     keys = load_secrets(cfg)
     base = base_model_dir(cfg).resolve()
     aws = {"AWS_ACCESS_KEY_ID": keys["s3_access_key"], "AWS_SECRET_ACCESS_KEY": keys["s3_secret_key"]}
+    os.environ.update(aws)  # this process creates the bucket; the children inherit the same keys
     try:
         info = _start_all(cfg, keys, base, aws)
     except BaseException:
@@ -101,6 +104,7 @@ def _start_seaweed(cfg: StackSettings, aws: dict) -> SeaweedServer:
                                  **wanted)
     _record(cfg, "seaweed", weed.pid)
     weed.wait_ready(60)
+    ObjectStore(RegistrySettings(s3_endpoint=weed.endpoint, s3_bucket=cfg.s3_bucket)).ensure_bucket()
     ports_file.write_text(json.dumps(weed.ports))
     return weed
 

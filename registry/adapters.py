@@ -8,13 +8,13 @@ conditional writes on their ETag. Every lookup is scoped to the caller's tenant 
 from __future__ import annotations
 
 import json
-import uuid
 
 from pydantic import BaseModel
 
-from common.errors import AliasConflict, Conflict, InvalidAdapter, InvalidName, ModelNotFound, VersionInUse
+from common.errors import Conflict, InvalidAdapter, InvalidName, ModelNotFound, VersionInUse
 from common.names import NAME_RE, check_name
 from registry import layout
+from registry.aliases import list_aliases, read_alias, swap_alias
 from registry.base_spec import BaseModelSpec
 from registry.errors import KeyMissing, PreconditionFailed
 from registry.manifest import (ADAPTER_FILES, Manifest, content_digest, file_entries, is_version, utc_now,
@@ -159,24 +159,7 @@ class AdapterRegistry:
             raise InvalidName(f"alias {alias!r} looks like a version id: pick a name that is not 16 hex digits",
                               param="alias")
         self._manifest(tenant, name, version)  # the target must exist
-        updated_at = utc_now()
-        # write_id makes every write's bytes (so its ETag) unique: with equal bytes, two racing
-        # If-Match writes would both match the same ETag and both "win".
-        body = json.dumps({"version": version, "updated_at": updated_at, "write_id": uuid.uuid4().hex}).encode()
-        key = layout.alias_key(tenant, name, alias)
-        if expected_version is None:
-            try:
-                self.store.put(key, body, if_none_match=True)
-            except PreconditionFailed:
-                raise _alias_conflict(alias, self._alias_or_none(key), expected_version) from None
-        else:
-            current, etag = self._read_alias(key)
-            if current != expected_version:
-                raise _alias_conflict(alias, current, expected_version)
-            try:
-                self.store.put(key, body, if_match=etag)
-            except PreconditionFailed:
-                raise _alias_conflict(alias, self._alias_or_none(key), expected_version) from None
+        updated_at = swap_alias(self.store, layout.alias_key(tenant, name, alias), alias, version, expected_version)
         return {"name": name, "alias": alias, "version": version, "previous_version": expected_version,
                 "updated_at": updated_at}
 
@@ -264,37 +247,14 @@ class AdapterRegistry:
             return versions[0]
 
     def _aliases(self, tenant: str, name: str) -> dict[str, str]:
-        aliases = {}
-        for key in self.store.list(layout.aliases_prefix(tenant, name)):
-            version = self._alias_or_none(key)
-            if version is not None:
-                aliases[key.rsplit("/", 1)[-1].removesuffix(".json")] = version
-        return aliases
+        return list_aliases(self.store, layout.aliases_prefix(tenant, name))
 
     def _alias_target(self, tenant: str, name: str, alias: str) -> str:
         key = layout.alias_key(tenant, name, alias)
-        version, _ = self._read_alias(key)
+        version, _ = read_alias(self.store, key)
         if version is None:
             raise KeyMissing(key)
         return version
-
-    def _read_alias(self, key: str) -> tuple[str | None, str | None]:
-        """(version, etag) of an alias object, (None, None) if absent."""
-        try:
-            raw, etag = self.store.get(key)
-        except KeyMissing:
-            return None, None
-        return json.loads(raw)["version"], etag
-
-    def _alias_or_none(self, key: str) -> str | None:
-        return self._read_alias(key)[0]
-
-
-def _alias_conflict(alias: str, current: str | None, expected: str | None) -> AliasConflict:
-    retry = f"expected_version={current!r}" if current else "expected_version=null"
-    now = f"points to {current}" if current else "does not exist"
-    return AliasConflict(f"alias {alias!r} {now}, not {expected!r}: re-read it and retry with {retry}",
-                         param="expected_version")
 
 
 def _check_metadata(metadata: dict | None) -> dict:

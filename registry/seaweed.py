@@ -25,6 +25,7 @@ from common.errors import StorageUnavailable
 
 GRPC_OFFSET = 10000
 COMPONENTS = ("master", "volume", "filer", "s3", "admin")
+MAX_SOCKET_PATH = 100  # a unix socket path must fit in 108 bytes
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -150,11 +151,17 @@ class SeaweedServer:
         return self
 
     def _command(self, data: Path) -> list[str]:
-        args = [self.weed, "mini", f"-dir={data}", f"-admin.dataDir={data / 'admin'}",
+        (data / "logs").mkdir(exist_ok=True)
+        # glog files and unix sockets go in data_dir, not /tmp (weed's defaults)
+        args = [self.weed, f"-logdir={data / 'logs'}", "mini", f"-dir={data}", f"-admin.dataDir={data / 'admin'}",
                 "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false",
                 "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
         for component, port in self.ports.items():
             args += [f"-{component}.port={port}", f"-{component}.port.grpc={port + GRPC_OFFSET}"]
+        for component in ("filer", "s3"):
+            socket_path = data / f"{component}.sock"
+            if len(str(socket_path)) < MAX_SOCKET_PATH:  # else keep weed's /tmp default
+                args.append(f"-{component}.localSocket={socket_path}")
         return args
 
     def wait_ready(self, timeout: float = 60.0) -> None:

@@ -51,8 +51,10 @@ class ObjectStore:
             s3={"addressing_style": "path"},  # no per-bucket DNS names on a loopback endpoint
             max_pool_connections=64,
         )
-        self.client = boto3.client("s3", endpoint_url=settings.s3_endpoint,
-                                   region_name=settings.s3_region, config=config)
+        # A session of our own reads the AWS_* credentials now; boto3's default session would keep
+        # whatever it found first in this process.
+        self.client = boto3.session.Session().client("s3", endpoint_url=settings.s3_endpoint,
+                                                     region_name=settings.s3_region, config=config)
 
     def ensure_bucket(self) -> None:
         """Create the bucket unless it exists already."""
@@ -142,7 +144,7 @@ class ObjectStore:
         if code == "NoSuchBucket":
             return StorageUnavailable(f"{where} does not exist: create it (make up) or set LORAPLEX_S3_BUCKET",
                                       retry_after=_RETRY_AFTER_S)
-        if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"}:
+        if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}:  # HEAD has no body
             return StorageUnavailable(f"{where} refused our credentials ({code}): check AWS_ACCESS_KEY_ID and "
                                       "AWS_SECRET_ACCESS_KEY", retry_after=_RETRY_AFTER_S)
         return StorageUnavailable(f"{where} failed on {key!r} with {code or status}: retry later",

@@ -98,8 +98,9 @@ class AdapterValidator:
                                           f"when loaded; {SAVE_FIX}")
         extra, missing = sorted(set(files) - set(ADAPTER_FILES)), sorted(set(ADAPTER_FILES) - set(files))
         if extra or missing:
-            raise InvalidAdapter("files", f"an adapter is exactly {CONFIG} and {WEIGHTS}; "
-                                          f"remove {extra or 'nothing'}, add {missing or 'nothing'}")
+            fix = " and ".join(([f"remove {', '.join(extra)}"] if extra else []) +
+                               ([f"add {', '.join(missing)}"] if missing else []))
+            raise InvalidAdapter("files", f"an upload must be exactly {CONFIG} and {WEIGHTS}: {fix}")
         total = sum(len(data) for data in files.values())
         if total > self.max_bytes:
             raise InvalidAdapter("size", f"upload is {total} bytes, over the {self.max_bytes}-byte cap: "

@@ -14,7 +14,7 @@ from registry.manifest import Manifest
 from registry.settings import RegistrySettings
 from registry.store import ObjectStore
 from registry.tenants import TenantRegistry
-from registry.validation import BaseModelSpec
+from registry.base_spec import BaseModelSpec
 from serving.engine import EngineClient
 from serving.residency import AdapterResidency
 from serving.settings import ServingSettings
@@ -58,6 +58,8 @@ class Gateway:
             await asyncio.to_thread(self.store.ping)
         except LoraplexError as e:
             detail["storage"] = e.message
+        except Exception as e:  # e.g. the bucket is missing: not ready, never a crash
+            detail["storage"] = f"{type(e).__name__}: {e} (does bucket {self.store.bucket!r} exist?)"
         try:
             await self.engine.probe()
         except LoraplexError as e:

@@ -1,0 +1,18 @@
+"""The adapter registry: tenants, API keys, immutable adapter versions and aliases on S3.
+
+Synchronous (boto3); the async gateway calls it from threads. Imports nothing of loraplex but `common`.
+"""
+
+from __future__ import annotations
+
+from registry.adapters import AdapterInfo, AdapterRegistry
+from registry.base_spec import BaseModelSpec
+from registry.cache import AdapterCache
+from registry.manifest import Manifest
+from registry.settings import RegistrySettings
+from registry.store import ObjectStore
+from registry.tenants import Tenant, TenantRegistry
+from registry.validation import AdapterValidator
+
+__all__ = ["AdapterCache", "AdapterInfo", "AdapterRegistry", "AdapterValidator", "BaseModelSpec", "Manifest",
+           "ObjectStore", "RegistrySettings", "Tenant", "TenantRegistry"]

@@ -1,0 +1,166 @@
+"""The local cache of adapter files the engine loads from disk.
+
+Every file is checked against the manifest's SHA-256 before its directory appears; a directory appears
+whole or not at all (download into a temp dir, then one atomic rename). One download per version at
+a time (single-flight), and an LRU bound on bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+from common.errors import IntegrityError, ModelNotFound
+from common.names import check_name
+from registry.manifest import Manifest, is_version
+from registry.settings import RegistrySettings
+
+Fetch = Callable[[Manifest, str], bytes]
+
+
+class AdapterCache:
+    """Verified adapter directories under `settings.cache_dir/<tenant>/<name>/<version>/`.
+
+    Args:
+        settings: `cache_dir` and `cache_max_bytes`.
+        fetch: returns the stored bytes of one file of a version (AdapterRegistry.open_file).
+    """
+
+    def __init__(self, settings: RegistrySettings, fetch: Fetch):
+        self.root = Path(settings.cache_dir)
+        self.max_bytes = settings.cache_max_bytes
+        self.fetch = fetch
+        self.stats = {"hits": 0, "downloads": 0, "refetches": 0, "evictions": 0}
+        self._lock = threading.Lock()  # guards _entries, _locks and stats
+        self._locks: dict[str, threading.Lock] = {}
+        self._entries: OrderedDict[str, int] = OrderedDict()  # key -> bytes, least recently used first
+        self._tmp = self.root / ".tmp"
+        self._load()
+
+    def ensure_local(self, manifest: Manifest, *, verify: bool = False) -> Path:
+        """Return a local directory holding the version's files, downloading them if needed.
+
+        Args:
+            manifest: the version to make local.
+            verify: re-hash the cached files even on a hit (a hit otherwise checks sizes only).
+
+        Raises:
+            IntegrityError: the store returned bytes that do not match the manifest (nothing is cached).
+        """
+        key = _entry_key(manifest)
+        path = self.root / key
+        with self._key_lock(key):
+            if self._intact(path, manifest, verify):
+                self._count("hits")
+            else:
+                if path.exists():  # damaged on disk: fetch again
+                    self._count("refetches")
+                    _remove(path, self._tmp)
+                self._download(manifest, path)
+            self._touch(key, path, manifest.size_bytes)
+            self._evict(keep=key)
+        return path
+
+    def total_bytes(self) -> int:
+        """Bytes held by cached versions."""
+        with self._lock:
+            return sum(self._entries.values())
+
+    def _download(self, manifest: Manifest, path: Path) -> None:
+        tmp = self._tmp / uuid.uuid4().hex
+        tmp.mkdir(parents=True)
+        try:
+            for filename, entry in manifest.files.items():
+                data = self.fetch(manifest, filename)
+                digest = hashlib.sha256(data).hexdigest()
+                if digest != entry.sha256 or len(data) != entry.size:
+                    raise IntegrityError(f"{manifest.ref}/{filename}: the store returned {len(data)} bytes with "
+                                         f"SHA-256 {digest[:16]}..., the manifest says {entry.size} bytes, "
+                                         f"{entry.sha256[:16]}...: not loaded; check the object store")
+                (tmp / filename).write_bytes(data)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(tmp, path)  # atomic: the directory appears complete or not at all
+            except OSError:  # another process published it first
+                if not self._intact(path, manifest, verify=True):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._count("downloads")
+
+    def _intact(self, path: Path, manifest: Manifest, verify: bool) -> bool:
+        for filename, entry in manifest.files.items():
+            file = path / filename
+            try:
+                if file.stat().st_size != entry.size:
+                    return False
+            except FileNotFoundError:
+                return False
+            if verify and hashlib.sha256(file.read_bytes()).hexdigest() != entry.sha256:
+                return False
+        return True
+
+    def _key_lock(self, key: str) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def _touch(self, key: str, path: Path, size: int) -> None:
+        os.utime(path)  # the LRU order survives a restart through the directories' mtimes
+        with self._lock:
+            self._entries[key] = size
+            self._entries.move_to_end(key)
+
+    def _evict(self, keep: str) -> None:
+        """Drop least recently used versions until under budget; never `keep` nor one being fetched."""
+        with self._lock:
+            total = sum(self._entries.values())
+            for key in list(self._entries):
+                if total <= self.max_bytes:
+                    break
+                lock = self._locks.get(key)
+                if key == keep or (lock is not None and not lock.acquire(blocking=False)):
+                    continue
+                try:
+                    _remove(self.root / key, self._tmp)
+                    total -= self._entries.pop(key)
+                    self.stats["evictions"] += 1
+                finally:
+                    if lock is not None:
+                        lock.release()
+
+    def _load(self) -> None:
+        """Index what a previous process left (oldest mtime first); drop unfinished downloads."""
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        found = [p for p in self.root.glob("*/*/*") if p.is_dir() and not p.name.startswith(".")]
+        for path in sorted(found, key=lambda p: p.stat().st_mtime):
+            size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+            self._entries[path.relative_to(self.root).as_posix()] = size
+
+    def _count(self, stat: str) -> None:
+        with self._lock:
+            self.stats[stat] += 1
+
+
+def _entry_key(manifest: Manifest) -> str:
+    check_name(manifest.tenant, "tenant")
+    check_name(manifest.name, "adapter name")
+    if not is_version(manifest.version):
+        raise ModelNotFound(f"{manifest.version!r} is not a version id")
+    return f"{manifest.tenant}/{manifest.name}/{manifest.version}"
+
+
+def _remove(path: Path, tmp: Path) -> None:
+    """Move aside, then delete: the directory vanishes at once, never half-deleted."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    aside = tmp / f"evict-{uuid.uuid4().hex}"
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)

@@ -1,0 +1,204 @@
+"""Adapters on a real SeaweedFS: publish, resolve, aliases by compare-and-swap, deletion, isolation."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from common.errors import AliasConflict, InvalidAdapter, InvalidName, ModelNotFound, VersionInUse
+from registry import layout
+from registry.adapters import AdapterRegistry
+from registry.testing import adapter_files
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def adapters(store, registry_settings) -> AdapterRegistry:
+    return AdapterRegistry(store, registry_settings)
+
+
+def test_publish_and_resolve(adapters):
+    manifest = adapters.publish("acme", "chat", adapter_files(rank=8), uploader="alice", metadata={"steps": 100})
+    assert (manifest.tenant, manifest.name, manifest.rank, manifest.alpha) == ("acme", "chat", 8, 16.0)
+    assert manifest.target_modules == ["q_proj", "v_proj"] and manifest.metadata == {"steps": 100}
+    assert manifest.base_model.architecture == "LlamaForCausalLM" and manifest.uploader == "alice"
+    assert manifest.size_bytes == sum(f.size for f in manifest.files.values())
+    for ref in ("chat", f"chat@{manifest.version}"):
+        assert adapters.resolve("acme", ref) == manifest
+    files = adapter_files(rank=8)
+    assert adapters.open_file(manifest, "adapter_model.safetensors") == files["adapter_model.safetensors"]
+
+
+def test_same_bytes_same_version(adapters):
+    first = adapters.publish("acme", "chat", adapter_files(), uploader="alice")
+    again = adapters.publish("acme", "chat", adapter_files(), uploader="bob")
+    assert again == first  # the first upload's manifest, unchanged
+    other = adapters.publish("acme", "chat", adapter_files(seed=2), uploader="alice")
+    assert other.version != first.version
+    assert [v.version for v in adapters.get_adapter("acme", "chat").versions] == [other.version, first.version]
+
+
+def test_concurrent_publish_of_the_same_bytes(adapters, store):
+    files = adapter_files(seed=5)
+    with ThreadPoolExecutor(8) as pool:
+        manifests = list(pool.map(lambda i: adapters.publish("acme", "chat", files, uploader=f"u{i}"), range(8)))
+    assert len({m.model_dump_json() for m in manifests}) == 1
+    version = manifests[0].version
+    assert store.list(layout.versions_prefix("acme", "chat")) == sorted(
+        layout.file_key("acme", "chat", version, f)
+        for f in ("adapter_config.json", "adapter_model.safetensors", "manifest.json"))
+
+
+def test_newest_version_or_prod_alias(adapters):
+    old = adapters.publish("acme", "chat", adapter_files(seed=1), uploader="a")
+    new = adapters.publish("acme", "chat", adapter_files(seed=2), uploader="a")
+    assert adapters.resolve("acme", "chat") == new
+    adapters.set_alias("acme", "chat", "prod", old.version, None)
+    assert adapters.resolve("acme", "chat") == old
+    assert adapters.resolve("acme", "chat@prod") == old
+    assert adapters.get_adapter("acme", "chat").aliases == {"prod": old.version}
+
+
+def test_alias_compare_and_swap(adapters):
+    v1 = adapters.publish("acme", "chat", adapter_files(seed=1), uploader="a").version
+    v2 = adapters.publish("acme", "chat", adapter_files(seed=2), uploader="a").version
+    result = adapters.set_alias("acme", "chat", "prod", v1, None)
+    assert (result["version"], result["previous_version"]) == (v1, None)
+    with pytest.raises(AliasConflict, match=f"expected_version='{v1}'"):
+        adapters.set_alias("acme", "chat", "prod", v2, None)  # exists already
+    with pytest.raises(AliasConflict, match=f"points to {v1}"):
+        adapters.set_alias("acme", "chat", "prod", v2, v2)  # stale expectation
+    with pytest.raises(AliasConflict, match="expected_version=null"):
+        adapters.set_alias("acme", "chat", "beta", v2, v1)  # does not exist yet
+    adapters.set_alias("acme", "chat", "prod", v2, v1)
+    assert adapters.resolve("acme", "chat@prod").version == v2
+    with pytest.raises(ModelNotFound):
+        adapters.set_alias("acme", "chat", "prod", "0" * 16, v2)  # the target must exist
+    with pytest.raises(InvalidName):
+        adapters.set_alias("acme", "chat", "0123456789abcdef", v2, None)  # would shadow a version id
+
+
+@pytest.mark.parametrize("same_target", [True, False])
+def test_32_concurrent_promotions_exactly_one_wins(adapters, same_target):
+    versions = [adapters.publish("acme", "chat", adapter_files(seed=s), uploader="a").version for s in (1, 2, 3)]
+    adapters.set_alias("acme", "chat", "prod", versions[0], None)
+
+    def promote(i: int) -> str:
+        target = versions[1] if same_target else versions[1 + i % 2]
+        try:
+            adapters.set_alias("acme", "chat", "prod", target, versions[0])
+            return "won"
+        except AliasConflict:
+            return "conflict"
+
+    with ThreadPoolExecutor(32) as pool:
+        outcomes = list(pool.map(promote, range(32)))
+    assert outcomes.count("won") == 1 and outcomes.count("conflict") == 31
+
+
+def test_delete_version(adapters, store):
+    v1 = adapters.publish("acme", "chat", adapter_files(seed=1), uploader="a").version
+    v2 = adapters.publish("acme", "chat", adapter_files(seed=2), uploader="a").version
+    adapters.set_alias("acme", "chat", "prod", v1, None)
+    with pytest.raises(VersionInUse, match="prod"):
+        adapters.delete_version("acme", "chat", v1)
+    adapters.set_alias("acme", "chat", "prod", v2, v1)
+    adapters.delete_version("acme", "chat", v1)
+    with pytest.raises(ModelNotFound):
+        adapters.resolve("acme", f"chat@{v1}")
+    assert store.list(layout.version_prefix("acme", "chat", v1)) == []
+    with pytest.raises(ModelNotFound):
+        adapters.delete_version("acme", "chat", v1)
+
+
+def test_files_without_manifest_are_invisible(adapters, store):
+    """A crash after the files and before the manifest leaves nothing visible; a retry completes it."""
+    files = adapter_files(seed=7)
+    manifest = adapters.publish("acme", "chat", files, uploader="a")
+    store.delete(layout.manifest_key("acme", "chat", manifest.version))  # as if the manifest never came
+    assert store.list(layout.version_prefix("acme", "chat", manifest.version))  # the files are there
+    with pytest.raises(ModelNotFound):
+        adapters.resolve("acme", "chat")
+    with pytest.raises(ModelNotFound):
+        adapters.resolve("acme", f"chat@{manifest.version}")
+    with pytest.raises(ModelNotFound):
+        adapters.get_adapter("acme", "chat")
+    assert adapters.list_adapters("acme") == []
+    again = adapters.publish("acme", "chat", files, uploader="a")
+    assert again.version == manifest.version and adapters.resolve("acme", "chat") == again
+
+
+def test_a_damaged_invisible_file_is_repaired_on_retry(adapters, store):
+    files = adapter_files(seed=8)
+    manifest = adapters.publish("acme", "chat", files, uploader="a")
+    store.delete(layout.manifest_key("acme", "chat", manifest.version))
+    store.put(layout.file_key("acme", "chat", manifest.version, "adapter_model.safetensors"), b"junk")
+    adapters.publish("acme", "chat", files, uploader="a")
+    assert adapters.open_file(manifest, "adapter_model.safetensors") == files["adapter_model.safetensors"]
+
+
+def test_tenants_are_isolated(adapters):
+    manifest = adapters.publish("acme", "secret", adapter_files(), uploader="acme")
+    adapters.set_alias("acme", "secret", "prod", manifest.version, None)
+    for ref in ("secret", "secret@prod", f"secret@{manifest.version}"):
+        with pytest.raises(ModelNotFound) as info:
+            adapters.resolve("beta", ref)
+        assert "acme" not in info.value.message
+    assert adapters.list_adapters("beta") == []
+    with pytest.raises(ModelNotFound):
+        adapters.get_adapter("beta", "secret")
+
+
+BAD_REFS = ["", "@", "chat@", "@prod", "chat@prod@x", "../acme/chat", "chat@../../x", "CHAT", "chat@%2e%2e",
+            "Ｃhat", "a" * 100, "chat@" + "0" * 17, "base_model", "chat@nope", None]
+HOSTILE_NAMES = ["../x", "%2e%2e", "/abs", "s3://x", "Ｘ", "a" * 100, "a.b", "a/b", "", "x\0"]
+
+
+def test_malformed_or_missing_refs_are_not_found(adapters):
+    adapters.publish("acme", "chat", adapter_files(), uploader="a")
+    for ref in BAD_REFS:  # one bucket for all: a fresh one per case costs seconds
+        with pytest.raises(ModelNotFound):
+            adapters.resolve("acme", ref)
+
+
+def test_hostile_adapter_names(adapters, store):
+    for name in HOSTILE_NAMES:
+        with pytest.raises(InvalidName):
+            adapters.publish("acme", name, adapter_files(), uploader="a")
+        with pytest.raises(InvalidName):
+            adapters.get_adapter("acme", name)
+        with pytest.raises(InvalidName):
+            adapters.publish(name, "chat", adapter_files(), uploader="a")
+        with pytest.raises(ModelNotFound):
+            adapters.resolve("acme", name)
+        with pytest.raises(ModelNotFound):
+            adapters.resolve(name, "chat")
+    assert store.list("") == []
+
+
+def test_invalid_adapter_leaves_nothing(adapters, store):
+    with pytest.raises(InvalidAdapter):
+        adapters.publish("acme", "chat", adapter_files(rank=32), uploader="a")
+    assert store.list("") == []
+
+
+def test_list_adapters(adapters):
+    adapters.publish("acme", "zeta", adapter_files(seed=1), uploader="a")
+    adapters.publish("acme", "alpha", adapter_files(seed=2), uploader="a")
+    adapters.publish("beta", "other", adapter_files(seed=3), uploader="b")
+    infos = adapters.list_adapters("acme")
+    assert [i.name for i in infos] == ["alpha", "zeta"] and all(len(i.versions) == 1 for i in infos)
+
+
+def test_an_alias_moved_away_and_back_has_a_new_etag(adapters, store):
+    """No ABA: a writer holding the ETag of `prod -> v1` must lose after v1 -> v2 -> v1."""
+    v1 = adapters.publish("acme", "chat", adapter_files(seed=1), uploader="a").version
+    v2 = adapters.publish("acme", "chat", adapter_files(seed=2), uploader="a").version
+    adapters.set_alias("acme", "chat", "prod", v1, None)
+    key = layout.alias_key("acme", "chat", "prod")
+    _, stale_etag = store.get(key)
+    adapters.set_alias("acme", "chat", "prod", v2, v1)
+    adapters.set_alias("acme", "chat", "prod", v1, v2)
+    assert store.get(key)[1] != stale_etag

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from common.errors import InvalidName, InvalidRequest
+from common.names import check_name
+from serving.protocol import COMPLETION_FIELDS, check_body, rewrite_sse_line
+
+
+def test_check_body_accepts_openai_fields():
+    body = {"model": "m", "prompt": "p", "max_tokens": 3, "temperature": 0, "stream": True}
+    assert check_body(body, COMPLETION_FIELDS, "prompt") is body
+
+
+@pytest.mark.parametrize("body, word", [
+    ([], "JSON object"),
+    ({"prompt": "p"}, "'model' is required"),
+    ({"model": "m"}, "'prompt' is required"),
+    ({"model": "m", "prompt": "p", "chat_template": "x"}, "chat_template"),
+    ({"model": 3, "prompt": "p"}, "'model' is required"),
+])
+def test_check_body_refuses_with_a_reason(body, word):
+    with pytest.raises(InvalidRequest) as e:
+        check_body(body, COMPLETION_FIELDS, "prompt")
+    assert word in e.value.message
+
+
+def test_sse_rewrite_hides_engine_name():
+    line = "data: " + json.dumps({"model": "lpx:acme:rev:abc", "choices": [{"text": "x"}]})
+    assert json.loads(rewrite_sse_line(line, "rev")[5:])["model"] == "rev"
+    assert rewrite_sse_line("data: [DONE]", "rev") == "data: [DONE]"
+    assert rewrite_sse_line("", "rev") == ""
+
+
+@pytest.mark.parametrize("bad", ["../x", "%2e%2e", "/abs", "s3://x", "Ｘ", "a" * 64, "", "A", "a.b", "a/b",
+                                 "lpx:x", "é"])
+def test_hostile_names_are_refused(bad):
+    with pytest.raises(InvalidName):
+        check_name(bad)
+
+
+def test_good_names_pass():
+    for good in ("acme", "a", "my-adapter_2", "0abc"):
+        assert check_name(good) == good

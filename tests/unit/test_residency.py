@@ -1,0 +1,71 @@
+"""Pure logic of the residency LRU (the engine path itself is covered by the e2e suite)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from serving.residency import AdapterResidency
+
+
+class RecordingEngine:
+    def __init__(self):
+        self.loaded, self.calls = set(), []
+
+    async def load_lora(self, name, path):
+        self.calls.append(("load", name))
+        await asyncio.sleep(0.01)
+        self.loaded.add(name)
+
+    async def unload_lora(self, name):
+        self.calls.append(("unload", name))
+        self.loaded.discard(name)
+
+
+async def _path():
+    return Path("/nonexistent")
+
+
+def test_concurrent_first_requests_load_once():
+    async def go():
+        eng = RecordingEngine()
+        res = AdapterResidency(eng, capacity=2)
+        await asyncio.gather(*(res.acquire("a", _path) for _ in range(20)))
+        return eng
+    assert asyncio.run(go()).calls == [("load", "a")]
+
+
+def test_evicts_least_recently_used_but_never_in_flight():
+    async def go():
+        eng = RecordingEngine()
+        res = AdapterResidency(eng, capacity=2)
+        await res.acquire("a", _path)          # a stays in flight
+        await res.acquire("b", _path)
+        res.release("b")
+        await res.acquire("c", _path)          # evicts b (a is busy)
+        res.release("c")
+        assert res.resident == ["a", "c"]
+        res.release("a")
+        await res.acquire("a", _path)          # hit, a becomes most recent
+        res.release("a")
+        await res.acquire("d", _path)          # evicts c
+        return eng, res
+    eng, res = asyncio.run(go())
+    assert ("unload", "b") in eng.calls and ("unload", "c") in eng.calls
+    assert ("unload", "a") not in eng.calls
+    assert res.resident == ["a", "d"]
+
+
+def test_failed_load_is_not_resident_and_waiters_see_the_error():
+    class Failing(RecordingEngine):
+        async def load_lora(self, name, path):
+            await asyncio.sleep(0.01)
+            raise RuntimeError("boom")
+
+    async def go():
+        res = AdapterResidency(Failing(), capacity=2)
+        results = await asyncio.gather(*(res.acquire("a", _path) for _ in range(3)), return_exceptions=True)
+        return res, results
+    res, results = asyncio.run(go())
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert res.resident == []
