@@ -8,6 +8,7 @@ opens is set explicitly, and free ones are picked when not given. Each gRPC port
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -141,6 +142,10 @@ class SeaweedServer:
         asked = {"s3": s3_port, "master": master_port, "volume": volume_port,
                  "filer": filer_port, "admin": admin_port}
         taken = {p + d for p in asked.values() if p for d in (0, GRPC_OFFSET)}
+        busy = sorted(p for p in taken if not _port_is_free(p))
+        if busy:  # weed would start anyway, and the readiness check would reach the other server
+            raise OSError(errno.EADDRINUSE, f"ports {busy} are in use: stop what holds them (make down) "
+                                            "or leave the ports unset to get free ones")
         self.ports = {c: asked[c] or free_port_pair(taken) for c in COMPONENTS}
         self.log_path = Path(log_path) if log_path else data / "weed.log"
         self._keys = (access_key, secret_key)
@@ -155,7 +160,8 @@ class SeaweedServer:
         # glog files and unix sockets go in data_dir, not /tmp (weed's defaults)
         args = [self.weed, f"-logdir={data / 'logs'}", "mini", f"-dir={data}", f"-admin.dataDir={data / 'admin'}",
                 "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false",
-                "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+                "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                "-s3.autoCreateBucket=false"]  # as on AWS: a PUT to a missing bucket fails, never creates one
         for component, port in self.ports.items():
             args += [f"-{component}.port={port}", f"-{component}.port.grpc={port + GRPC_OFFSET}"]
         for component in ("filer", "s3"):
@@ -166,7 +172,7 @@ class SeaweedServer:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until an S3 call succeeds; raise StorageUnavailable (with the log's tail) on timeout."""
-        client = boto3.client(
+        client = boto3.session.Session().client(
             "s3", endpoint_url=self.endpoint, region_name="us-east-1",
             aws_access_key_id=self._keys[0], aws_secret_access_key=self._keys[1],
             config=Config(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1, "mode": "standard"}))
@@ -191,6 +197,9 @@ class SeaweedServer:
         except subprocess.TimeoutExpired:
             pass
         self._proc = None
+        # weed leaves /tmp/seaweedfs-<component>-grpc-<port>.sock behind (a fixed path, not configurable)
+        for component, port in self.ports.items():
+            Path(f"/tmp/seaweedfs-{component}-grpc-{port + GRPC_OFFSET}.sock").unlink(missing_ok=True)
 
     def _log_tail(self, chars: int = 2000) -> str:
         if self.log_path is None or not self.log_path.exists():

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from common.errors import IntegrityError, StorageUnavailable
 from registry.errors import KeyMissing, PreconditionFailed
 from registry.settings import RegistrySettings
 
-_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 # 409 ConditionalRequestConflict is what AWS answers when two conditional writes race.
 _PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 _RETRY_AFTER_S = 2.0
@@ -131,24 +130,29 @@ class ObjectStore:
     def _translate(self, exc: Exception, key: str) -> Exception:
         """Map a botocore failure to KeyMissing, PreconditionFailed or a typed loraplex error."""
         where = f"S3 {self.settings.s3_endpoint} bucket {self.bucket!r}"
+        if isinstance(exc, NoCredentialsError):
+            return StorageUnavailable(f"{where}: no AWS credentials found: set AWS_ACCESS_KEY_ID and "
+                                      "AWS_SECRET_ACCESS_KEY", retry_after=_RETRY_AFTER_S)
         if not isinstance(exc, ClientError):  # connection refused, timeouts, broken connections
             return StorageUnavailable(f"{where} unreachable ({type(exc).__name__}): check that the object "
                                       "store is running and LORAPLEX_S3_ENDPOINT is right", retry_after=_RETRY_AFTER_S)
         code, status = _code(exc), exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if code in _MISSING_CODES:
+        # A bare 404 means "no such key" only for HEAD (no body to carry a code); on GET it is some
+        # other server at the endpoint, and must not pass for a missing key.
+        if code == "NoSuchKey" or (code in {"404", "NotFound"} and exc.operation_name == "HeadObject"):
             return KeyMissing(key)
         if code in _PRECONDITION_CODES:
             return PreconditionFailed(f"conditional write on {key!r} lost to a concurrent writer")
         if code == "BadDigest":
             return IntegrityError(f"{where} refused {key!r}: bytes damaged in transit (SHA-256 mismatch); retry")
-        if code == "NoSuchBucket":
+        if code == "NoSuchBucket" or (code == "404" and exc.operation_name == "HeadBucket"):
             return StorageUnavailable(f"{where} does not exist: create it (make up) or set LORAPLEX_S3_BUCKET",
                                       retry_after=_RETRY_AFTER_S)
         if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}:  # HEAD has no body
             return StorageUnavailable(f"{where} refused our credentials ({code}): check AWS_ACCESS_KEY_ID and "
                                       "AWS_SECRET_ACCESS_KEY", retry_after=_RETRY_AFTER_S)
-        return StorageUnavailable(f"{where} failed on {key!r} with {code or status}: retry later",
-                                  retry_after=_RETRY_AFTER_S)
+        return StorageUnavailable(f"{where} failed on {key!r} with {code or status}: retry later, and check that "
+                                  "LORAPLEX_S3_ENDPOINT is an S3 endpoint", retry_after=_RETRY_AFTER_S)
 
 
 def _code(exc: ClientError) -> str:

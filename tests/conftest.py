@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from registry.seaweed import SeaweedServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,21 +39,26 @@ def demo(artifacts_var):
     return build_demo(artifacts_var)
 
 
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory):
-    """One real SeaweedFS (S3) for the whole session; its credentials are exported for boto3."""
-    from registry.seaweed import SeaweedServer
+AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 
-    access, secret = "test" + secrets.token_hex(6), secrets.token_urlsafe(24)
-    server = SeaweedServer().start(tmp_path_factory.mktemp("seaweed"), access_key=access, secret_key=secret)
-    os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = access, secret
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    """One real SeaweedFS for the whole session: a SeaweedFS (`weed mini`) on free loopback ports, with generated credentials in os.environ."""
+    saved = {name: os.environ.get(name) for name in AWS_ENV}
+    access_key, secret_key = f"lpxtest{secrets.token_hex(6)}", secrets.token_urlsafe(24)
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        os.environ.pop(name, None)
+    os.environ.update(AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
+    server = SeaweedServer()
     try:
-        server.wait_ready(90)
+        server.start(tmp_path_factory.mktemp("seaweed"), access_key=access_key, secret_key=secret_key)
+        server.wait_ready(timeout=60)
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def bucket_name() -> str:
-    return "t-" + secrets.token_hex(6)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -1,46 +1,13 @@
-"""Fixtures on a real SeaweedFS: one server per test session, one fresh bucket per test.
-
-`seaweed` is self-contained (it imports only registry.seaweed) so it can move to tests/conftest.py
-and be shared with the e2e tests. Credentials are generated per session and exported through
-os.environ, where boto3's default chain (and any child process) finds them; the old values are
-restored at the end.
-"""
+"""Fixtures on the session's real SeaweedFS (tests/conftest.py): one fresh bucket per test."""
 
 from __future__ import annotations
 
-import os
-import secrets
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from registry.seaweed import SeaweedServer
-
-AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
-
-
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    """A SeaweedFS (`weed mini`) on free loopback ports, with generated credentials in os.environ."""
-    saved = {name: os.environ.get(name) for name in AWS_ENV}
-    access_key, secret_key = f"lpxtest{secrets.token_hex(6)}", secrets.token_urlsafe(24)
-    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        os.environ.pop(name, None)
-    os.environ.update(AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
-    server = SeaweedServer()
-    try:
-        server.start(tmp_path_factory.mktemp("seaweed"), access_key=access_key, secret_key=secret_key)
-        server.wait_ready(timeout=60)
-        yield server
-    finally:
-        server.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture

@@ -68,8 +68,9 @@ def test_the_store_checks_our_sha256(store):
 
 def test_missing_bucket_is_storage_unavailable(registry_settings):
     store = ObjectStore(registry_settings.model_copy(update={"s3_bucket": "no-such-bucket"}))
-    with pytest.raises(StorageUnavailable, match="does not exist"):
-        store.get("k")
+    for call in (lambda: store.get("k"), store.ping, lambda: store.put("k", b"v")):
+        with pytest.raises(StorageUnavailable, match="does not exist"):
+            call()
 
 
 def test_wrong_credentials_are_storage_unavailable(registry_settings, monkeypatch):
@@ -78,7 +79,19 @@ def test_wrong_credentials_are_storage_unavailable(registry_settings, monkeypatc
         ObjectStore(registry_settings).ping()
 
 
-def test_closed_port_fails_fast():
+def test_no_credentials_is_storage_unavailable(registry_settings, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(StorageUnavailable, match="no AWS credentials"):
+        ObjectStore(registry_settings).ping()
+
+
+def test_closed_port_fails_fast(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "any")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "any")
     store = ObjectStore(RegistrySettings(s3_endpoint=f"http://127.0.0.1:{free_port()}", s3_bucket="abc"))
     started = time.monotonic()
     with pytest.raises(StorageUnavailable) as info:
@@ -109,3 +122,8 @@ def test_a_second_server_runs_beside_the_first_then_stops(seaweed, tmp_path):
     with pytest.raises(StorageUnavailable):
         store.get("k")
     assert time.monotonic() - started < 5
+
+
+def test_a_busy_port_is_refused_before_start(seaweed, tmp_path):
+    with pytest.raises(OSError, match="in use"):
+        SeaweedServer().start(tmp_path, access_key="a", secret_key="b", s3_port=seaweed.ports["s3"])

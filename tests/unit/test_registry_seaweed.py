@@ -30,7 +30,7 @@ def test_every_port_is_set_on_the_command_line(tmp_path):
     for component, port in server.ports.items():
         assert f"-{component}.port={port}" in args and f"-{component}.port.grpc={port + GRPC_OFFSET}" in args
     for flag in ("-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false",
-                 "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-logdir={tmp_path / 'logs'}",
-                 f"-s3.localSocket={tmp_path / 's3.sock'}"):
+                 "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
+                 f"-logdir={tmp_path / 'logs'}", f"-s3.localSocket={tmp_path / 's3.sock'}"):
         assert flag in args
     assert server.endpoint == "http://127.0.0.1:21003"
