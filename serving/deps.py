@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from typing import Annotated
 
@@ -29,7 +28,7 @@ def bearer_key(request: Request) -> str:
 
 
 async def current_tenant(request: Request, gw: GatewayDep) -> Tenant:
-    tenant = await asyncio.to_thread(gw.tenants.authenticate, bearer_key(request))
+    tenant = await gw.authenticate(bearer_key(request))
     request.state.tenant = tenant.name
     return tenant
 

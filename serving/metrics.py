@@ -12,3 +12,5 @@ ADAPTER_CACHE = Counter("loraplex_adapter_residency_total", "Engine residency lo
 ADAPTER_LOAD_SECONDS = Histogram("loraplex_adapter_load_seconds", "Time to load an adapter into the engine.")
 ADAPTER_EVICTIONS = Counter("loraplex_adapter_evictions_total", "Adapters unloaded from the engine (LRU).")
 UPLOADS = Counter("loraplex_adapter_uploads_total", "Adapter uploads by result.", ["result"])
+STALE_SERVED = Counter("loraplex_stale_registry_reads_total",
+                       "Registry reads answered from the last good value while S3 was unavailable.", ["what"])

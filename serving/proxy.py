@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -35,7 +34,7 @@ async def resolve_target(gw: Gateway, tenant: Tenant, model: str) -> Target:
     """Map the client's `model` to an engine name, loading the tenant's adapter if needed."""
     if model == gw.settings.base_name:
         return Target(model, gw.settings.base_name, None)
-    manifest = await asyncio.to_thread(gw.adapters.resolve, tenant.name, model)
+    manifest = await gw.resolve(tenant.name, model)
     lora = engine_lora_name(tenant.name, manifest.name, manifest.version)
     await gw.residency.acquire(lora, lambda: gw.local_adapter(manifest))
     return Target(model, lora, lora)

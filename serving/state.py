@@ -13,9 +13,10 @@ from registry.cache import AdapterCache
 from registry.manifest import Manifest
 from registry.settings import RegistrySettings
 from registry.store import ObjectStore
-from registry.tenants import TenantRegistry
+from registry.tenants import Tenant, TenantRegistry, hash_key
 from registry.base_spec import BaseModelSpec
 from serving.engine import EngineClient
+from serving.fallback import LastGood
 from serving.residency import AdapterResidency
 from serving.settings import ServingSettings
 
@@ -29,6 +30,8 @@ class Gateway:
     cache: AdapterCache
     engine: EngineClient
     residency: AdapterResidency
+    known_keys: LastGood = field(default_factory=lambda: LastGood("tenant"))
+    known_models: LastGood = field(default_factory=lambda: LastGood("manifest"))
     _ready: tuple[float, bool, dict] = field(default=(0.0, False, {}))
 
     @classmethod
@@ -43,6 +46,17 @@ class Gateway:
             cache=AdapterCache(registry_settings, adapters.open_file), engine=engine,
             residency=AdapterResidency(engine, settings.max_cpu_loras),
         )
+
+    async def authenticate(self, api_key: str) -> Tenant:
+        return await self.known_keys.call(hash_key(api_key), lambda: self.tenants.authenticate(api_key))
+
+    def forget_tenant(self, name: str) -> None:
+        """After a key rotation or a delete: nothing of this tenant may be replayed during an S3 outage."""
+        self.known_keys.forget(lambda _k, tenant: tenant.name == name)
+        self.known_models.forget(lambda key, _m: key[0] == name)
+
+    async def resolve(self, tenant: str, ref: str) -> Manifest:
+        return await self.known_models.call((tenant, ref), lambda: self.adapters.resolve(tenant, ref))
 
     async def local_adapter(self, manifest: Manifest) -> Path:
         """A verified local copy of `manifest`'s files (downloaded once, SHA-256 checked)."""

@@ -92,4 +92,5 @@ async def set_alias(name: str, alias: str, body: AliasMove, tenant: TenantDep, g
 @router.delete("/{name}/versions/{version}", status_code=204)
 async def delete_version(name: str, version: str, tenant: TenantDep, gw: GatewayDep) -> Response:
     await asyncio.to_thread(gw.adapters.delete_version, tenant.name, name, version)
+    gw.known_models.forget(lambda key, m: key[0] == tenant.name and m.name == name and m.version == version)
     return Response(status_code=204)

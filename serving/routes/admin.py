@@ -32,10 +32,12 @@ async def list_tenants(gw: GatewayDep) -> dict:
 @router.post("/tenants/{name}/keys")
 async def rotate_key(name: str, gw: GatewayDep) -> dict:
     key = await asyncio.to_thread(gw.tenants.rotate_key, name)
+    gw.forget_tenant(name)
     return {"name": name, "api_key": key}
 
 
 @router.delete("/tenants/{name}", status_code=204)
 async def delete_tenant(name: str, gw: GatewayDep) -> Response:
     await asyncio.to_thread(gw.tenants.delete, name)
+    gw.forget_tenant(name)
     return Response(status_code=204)
