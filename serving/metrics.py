@@ -14,3 +14,5 @@ ADAPTER_EVICTIONS = Counter("loraplex_adapter_evictions_total", "Adapters unload
 UPLOADS = Counter("loraplex_adapter_uploads_total", "Adapter uploads by result.", ["result"])
 STALE_SERVED = Counter("loraplex_stale_registry_reads_total",
                        "Registry reads answered from the last good value while S3 was unavailable.", ["what"])
+REJECTED = Counter("loraplex_rejected_total", "Requests refused by admission (429 quota, 503 overload).",
+                   ["tenant", "status"])

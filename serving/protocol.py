@@ -45,6 +45,17 @@ def read_json(raw: bytes) -> object:
         raise InvalidRequest(f"the request body is not valid JSON: {e}") from e
 
 
+def estimate_tokens(body: dict) -> int:
+    """Tokens a request may cost before it runs (prompt by ~4 chars a token, plus the output cap)."""
+    prompt = body.get("prompt", "")
+    if "messages" in body:
+        prompt = [m.get("content") for m in body["messages"] if isinstance(m, dict)]
+    chars = len(json.dumps(prompt)) if not isinstance(prompt, str) else len(prompt)
+    out = body.get("max_tokens") or body.get("max_completion_tokens") or 256
+    n = body.get("n") or 1
+    return chars // 4 + 1 + int(out) * int(n) if isinstance(out, int) and isinstance(n, int) else chars // 4 + 257
+
+
 def rewrite_model(payload: dict, public_name: str) -> dict:
     """Show the client the model id it asked for, never the engine-side name."""
     if "model" in payload:

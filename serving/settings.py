@@ -26,4 +26,6 @@ class ServingSettings(BaseSettings):
     engine_timeout_s: float = Field(120.0, description="Timeout of one engine call (also between stream chunks).")
     engine_load_timeout_s: float = Field(60.0, description="Timeout of one adapter load into the engine.")
     ready_cache_s: float = Field(2.0, description="How long a /ready verdict is reused.")
+    max_inflight: int = Field(32, description="Requests forwarded to the engine at once; the rest wait, fairly.")
+    max_queue: int = Field(512, description="Requests allowed to wait; beyond it 503 with Retry-After.")
     max_upload_bytes: int = Field(256 * 2**20, description="Largest adapter upload accepted.")

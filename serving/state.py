@@ -15,6 +15,7 @@ from registry.settings import RegistrySettings
 from registry.store import ObjectStore
 from registry.tenants import Tenant, TenantRegistry, hash_key
 from registry.base_spec import BaseModelSpec
+from serving.admission import Admission
 from serving.engine import EngineClient
 from serving.fallback import LastGood
 from serving.residency import AdapterResidency
@@ -30,6 +31,7 @@ class Gateway:
     cache: AdapterCache
     engine: EngineClient
     residency: AdapterResidency
+    admission: Admission
     known_keys: LastGood = field(default_factory=lambda: LastGood("tenant"))
     known_models: LastGood = field(default_factory=lambda: LastGood("manifest"))
     _ready: tuple[float, bool, dict] = field(default=(0.0, False, {}))
@@ -45,6 +47,7 @@ class Gateway:
             settings=settings, store=store, tenants=TenantRegistry(store), adapters=adapters,
             cache=AdapterCache(registry_settings, adapters.open_file), engine=engine,
             residency=AdapterResidency(engine, settings.max_cpu_loras),
+            admission=Admission(settings.max_inflight, settings.max_queue),
         )
 
     async def authenticate(self, api_key: str) -> Tenant:

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import secrets
-import threading
-import time
-
-import httpx
 import pytest
-import uvicorn
 
 from common.procs import free_port, stop_group
-from registry.settings import RegistrySettings
-from registry.store import ObjectStore
-from serving.app import create_app
 from serving.engine import start_engine, wait_engine_ready
 from serving.settings import ServingSettings
-from serving.state import Gateway
-from tests.e2e.helpers import Stack, upload
+from tests.e2e.helpers import start_gateway, upload
 from training.demo import DEMO_TENANTS
 
 
@@ -38,28 +28,11 @@ def engine(demo, tmp_path_factory):
     stop_group(proc.pid)
 
 
-def _serve(app, port: int) -> uvicorn.Server:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return server
-
-
 @pytest.fixture(scope="session")
 def stack(engine, seaweed, demo, tmp_path_factory):
     """The gateway on a free port in front of the session engine and S3, with the demo tenants published."""
-    reg = RegistrySettings(s3_endpoint=seaweed.endpoint, s3_bucket="e2e-" + secrets.token_hex(4),
-                           cache_dir=tmp_path_factory.mktemp("cache"), base_model=demo.base_dir)
-    ObjectStore(reg).ensure_bucket()
-    admin_key = "admin-" + secrets.token_hex(8)
-    port = free_port()
-    settings = engine.model_copy(update={"admin_key": admin_key, "gateway_port": port})
-    gw = Gateway.from_settings(settings, reg)
-    server = _serve(create_app(gw), port)
-    st = Stack(f"http://127.0.0.1:{port}", admin_key, gw, {})
-    with st.client(admin_key) as admin:
+    st, server = start_gateway(engine, seaweed.endpoint, demo.base_dir, tmp_path_factory.mktemp("cache"))
+    with st.client(st.admin_key) as admin:
         for spec in DEMO_TENANTS:
             key = admin.post("/admin/tenants", json={"name": spec["tenant"], "quotas": {}}).json()["api_key"]
             version = upload(st, key, spec["adapter"], demo.adapter_dirs[spec["adapter"]])

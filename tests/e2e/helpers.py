@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import secrets
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import uvicorn
 
+from common.procs import free_port
+from registry.settings import RegistrySettings
+from registry.store import ObjectStore
+from serving.app import create_app
+from serving.settings import ServingSettings
 from serving.state import Gateway
 
 
@@ -20,6 +29,21 @@ class Stack:
     def client(self, key: str, **kw) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=120, **kw)
 
+
+
+def start_gateway(engine: ServingSettings, s3_endpoint: str, base_dir: Path, cache_dir: Path):
+    """A gateway over real HTTP (uvicorn in a thread) on a fresh bucket; returns (Stack, server)."""
+    reg = RegistrySettings(s3_endpoint=s3_endpoint, s3_bucket="e2e-" + secrets.token_hex(4),
+                           cache_dir=cache_dir, base_model=base_dir)
+    ObjectStore(reg).ensure_bucket()
+    admin_key, port = "admin-" + secrets.token_hex(8), free_port()
+    gw = Gateway.from_settings(engine.model_copy(update={"admin_key": admin_key, "gateway_port": port}), reg)
+    server = uvicorn.Server(uvicorn.Config(create_app(gw), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return Stack(f"http://127.0.0.1:{port}", admin_key, gw, {}), server
 
 
 def upload(st: Stack, key: str, name: str, directory: Path, expect: int = 201) -> dict:

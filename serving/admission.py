@@ -1,0 +1,136 @@
+"""Admission control: per-tenant quotas, a bounded global queue, and fair ordering between tenants.
+
+Fairness follows the Virtual Token Counter idea (Sheng et al., "Fairness in Serving Large Language
+Models", OSDI '24): each tenant's counter grows with the tokens it is served; when an engine slot
+frees, the waiting request of the tenant with the smallest counter goes first. A tenant that
+becomes active again is lifted to the smallest active counter, so idling banks no credit. A flood
+from one tenant therefore queues behind its own requests, not in front of everyone else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+from common.errors import Overloaded, QuotaExceeded
+from serving import metrics
+
+
+@dataclass
+class Quotas:
+    """A tenant's limits; 0 means unlimited. Read from the tenant's `quotas` object."""
+
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    max_concurrent: int = 0
+
+    @classmethod
+    def of(cls, raw: dict | None) -> "Quotas":
+        raw = raw or {}
+        return cls(**{k: int(raw.get(k) or 0) for k in ("requests_per_minute", "tokens_per_minute", "max_concurrent")})
+
+
+@dataclass
+class _Window:
+    """Sliding one-minute window of (time, amount) events."""
+
+    events: deque = field(default_factory=deque)
+    total: int = 0
+
+    def trim(self, now: float) -> None:
+        while self.events and self.events[0][0] <= now - 60:
+            self.total -= self.events.popleft()[1]
+
+    def add(self, now: float, amount: int) -> None:
+        self.events.append((now, amount))
+        self.total += amount
+
+    def retry_after(self, now: float) -> float:
+        return max(1.0, 60 - (now - self.events[0][0])) if self.events else 1.0
+
+
+class Admission:
+    """Decides when a request may go to the engine.
+
+    Args:
+        max_inflight: requests forwarded to the engine at once (beyond it they wait, fairly ordered).
+        max_queue: waiting requests over all tenants; beyond it new requests get 503 + Retry-After.
+    """
+
+    def __init__(self, max_inflight: int, max_queue: int):
+        self.max_inflight = max_inflight
+        self.max_queue = max_queue
+        self.inflight = 0
+        self.counters: dict[str, float] = defaultdict(float)
+        self.active: dict[str, int] = defaultdict(int)  # tenant -> requests waiting or running
+        self._waiting: dict[str, deque] = defaultdict(deque)  # tenant -> FIFO of (future, est_tokens)
+        self._requests: dict[str, _Window] = defaultdict(_Window)
+        self._tokens: dict[str, _Window] = defaultdict(_Window)
+
+    def check_quota(self, tenant: str, quotas: Quotas, est_tokens: int) -> None:
+        """429 with Retry-After if this request would exceed one of the tenant's limits."""
+        now = time.monotonic()
+        reqs, toks = self._requests[tenant], self._tokens[tenant]
+        reqs.trim(now)
+        toks.trim(now)
+        if quotas.max_concurrent and self.active[tenant] >= quotas.max_concurrent:
+            raise self._refuse(tenant, f"{quotas.max_concurrent} concurrent requests", 1.0)
+        if quotas.requests_per_minute and reqs.total + 1 > quotas.requests_per_minute:
+            raise self._refuse(tenant, f"{quotas.requests_per_minute} requests per minute", reqs.retry_after(now))
+        if quotas.tokens_per_minute and toks.total + est_tokens > quotas.tokens_per_minute:
+            raise self._refuse(tenant, f"{quotas.tokens_per_minute} tokens per minute", toks.retry_after(now))
+        reqs.add(now, 1)
+        toks.add(now, est_tokens)
+
+    def _refuse(self, tenant: str, limit: str, retry_after: float) -> QuotaExceeded:
+        metrics.REJECTED.labels(tenant, "429").inc()
+        return QuotaExceeded(f"tenant {tenant!r} is over its quota of {limit}: retry after "
+                             f"{retry_after:.0f}s or ask an admin to raise the quota", retry_after=retry_after)
+
+    async def acquire(self, tenant: str, est_tokens: int) -> None:
+        """Wait for an engine slot in fair order; pair with `release(tenant, est_tokens, tokens)`."""
+        if not self.active[tenant]:
+            floor = min((self.counters[t] for t, n in self.active.items() if n), default=0.0)
+            self.counters[tenant] = max(self.counters[tenant], floor)
+        if self.inflight < self.max_inflight and not self.queued:
+            self._grant(tenant, est_tokens)
+            return
+        if self.queued >= self.max_queue:
+            metrics.REJECTED.labels(tenant, "503").inc()
+            raise Overloaded(f"the server is at capacity ({self.max_queue} requests waiting): retry shortly",
+                             retry_after=2)
+        fut = asyncio.get_running_loop().create_future()
+        self.active[tenant] += 1
+        self._waiting[tenant].append((fut, est_tokens))
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self.release(tenant, est_tokens, 0)  # granted just as the caller went away
+            else:
+                self._waiting[tenant].remove((fut, est_tokens))
+                self.active[tenant] -= 1
+            raise
+
+    def _grant(self, tenant: str, est_tokens: int, queued: bool = False) -> None:
+        if not queued:
+            self.active[tenant] += 1
+        self.inflight += 1
+        self.counters[tenant] += est_tokens  # charged up front, corrected on release
+
+    def release(self, tenant: str, est_tokens: int, tokens: int) -> None:
+        """The request finished having been served `tokens` tokens: correct the charge, hand the slot on."""
+        self.counters[tenant] += tokens - est_tokens
+        self.active[tenant] -= 1
+        self.inflight -= 1
+        while self.inflight < self.max_inflight and self.queued:
+            nxt = min((t for t, q in self._waiting.items() if q), key=lambda t: self.counters[t])
+            fut, est = self._waiting[nxt].popleft()
+            self._grant(nxt, est, queued=True)
+            fut.set_result(None)
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self._waiting.values())
