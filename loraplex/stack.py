@@ -1,4 +1,5 @@
-"""The embedded stack on one host: SeaweedFS (S3), the vLLM engine and the gateway, as detached processes.
+"""The embedded stack on one host: SeaweedFS (S3) and the gateway as detached processes; the gateway
+starts the vLLM engine and restarts it if it dies.
 
 `up` returns only when the gateway's /ready answers 200 and var/stack.json is written; `down` stops
 every process it started, by the pids it recorded, process group and all.
@@ -21,8 +22,6 @@ from loraplex.settings import StackSettings
 from registry.seaweed import SeaweedServer
 from registry.settings import RegistrySettings
 from registry.store import ObjectStore
-from serving.engine import engine_command, engine_env
-from serving.settings import ServingSettings
 
 console = Console(stderr=True)
 SERVICES = ("gateway", "engine", "seaweed")
@@ -112,22 +111,22 @@ def _start_seaweed(cfg: StackSettings, aws: dict) -> SeaweedServer:
 def _start_all(cfg: StackSettings, keys: dict, base: Path, aws: dict) -> dict:
     weed = _start_seaweed(cfg, aws)
     engine_port = _pick_port(cfg.engine_port)
-    serving = ServingSettings(base_model=base, engine_url=f"http://127.0.0.1:{engine_port}")
-    console.print(f"starting the vLLM engine on 127.0.0.1:{engine_port} (about a minute on CPU) …")
-    proc = spawn(engine_command(serving, engine_port), log=cfg.log_dir / "engine.log", env=engine_env(serving))
-    _record(cfg, "engine", proc.pid)
-
+    engine_url = f"http://127.0.0.1:{engine_port}"
     if port_open(cfg.gateway_port):
         raise RuntimeError(f"port {cfg.gateway_port} is taken: stop what uses it or set LORAPLEX_GATEWAY_PORT")
+    console.print(f"starting the gateway on 127.0.0.1:{cfg.gateway_port}; it starts and supervises the vLLM "
+                  f"engine on 127.0.0.1:{engine_port} (about a minute on CPU) …")
     env = {**os.environ, **aws, "LORAPLEX_S3_ENDPOINT": weed.endpoint, "LORAPLEX_S3_BUCKET": cfg.s3_bucket,
-           "LORAPLEX_BASE_MODEL": str(base), "LORAPLEX_ENGINE_URL": serving.engine_url,
+           "LORAPLEX_BASE_MODEL": str(base), "LORAPLEX_ENGINE_URL": engine_url,
+           "LORAPLEX_ENGINE_MANAGED": "true", "LORAPLEX_ENGINE_LOG": str((cfg.log_dir / "engine.log").resolve()),
+           "LORAPLEX_ENGINE_PID_FILE": str((cfg.run_dir / "engine.pid").resolve()),
            "LORAPLEX_ADMIN_KEY": keys["admin_key"], "LORAPLEX_GATEWAY_PORT": str(cfg.gateway_port),
            "LORAPLEX_CACHE_DIR": str((cfg.var_dir / "cache" / "adapters").resolve())}
     gw = spawn([sys.executable, "-m", "serving"], log=cfg.log_dir / "gateway.log", env=env)
     _record(cfg, "gateway", gw.pid)
     gateway_url = f"http://127.0.0.1:{cfg.gateway_port}"
-    _wait_ready(gateway_url, cfg.ready_timeout_s, procs={"engine": proc, "gateway": gw})
-    return {"gateway_url": gateway_url, "engine_url": serving.engine_url, "admin_key": keys["admin_key"],
+    _wait_ready(gateway_url, cfg.ready_timeout_s, procs={"gateway": gw})
+    return {"gateway_url": gateway_url, "engine_url": engine_url, "admin_key": keys["admin_key"],
             "s3_endpoint": weed.endpoint, "bucket": cfg.s3_bucket, "base_model": _shown(base),
             "tenants": _previous_tenants(cfg)}
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-
 import uvicorn
 
+from serving import logs
 from serving.app import create_app
 from serving.settings import ServingSettings
 
 
 def main() -> None:
     settings = ServingSettings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
     uvicorn.run(create_app(), host=settings.gateway_host, port=settings.gateway_port,
                 log_level="warning", timeout_graceful_shutdown=30)
 

@@ -12,9 +12,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import LoraplexError
 from registry.settings import RegistrySettings
+from serving.logs import RequestLog
 from serving.routes import adapters, admin, inference, ops
 from serving.settings import ServingSettings
 from serving.state import Gateway
+from serving.supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +50,21 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         gw = gateway or Gateway.from_settings(ServingSettings(), RegistrySettings())
         app.state.gateway = gw
-        try:
-            gw.residency.adopt(await gw.engine.loaded_loras())
-        except LoraplexError:
-            log.warning("engine not reachable at start-up; adapters will be loaded on demand")
+        supervisor = EngineSupervisor(gw.settings, gw.residency) if gw.settings.engine_managed else None
+        if supervisor:
+            await supervisor.start()
+        else:
+            try:
+                gw.residency.adopt(await gw.engine.loaded_loras())
+            except LoraplexError:
+                log.warning("engine not reachable at start-up; adapters will be loaded on demand")
         yield
+        if supervisor:
+            await supervisor.stop()
         await gw.engine.aclose()
 
     app = FastAPI(title="loraplex gateway", lifespan=lifespan)
+    app.add_middleware(RequestLog)
     app.add_exception_handler(LoraplexError, on_loraplex_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

@@ -33,6 +33,7 @@ class AdapterResidency:
         self._lru: OrderedDict[str, None] = OrderedDict()
         self._inflight: Counter[str] = Counter()
         self._loading: dict[str, asyncio.Future] = {}
+        self._paths: dict[str, Path] = {}
 
     @property
     def resident(self) -> list[str]:
@@ -43,9 +44,23 @@ class AdapterResidency:
         for name in names:
             self._lru.setdefault(name, None)
 
-    def reset(self) -> None:
-        """Forget everything (the engine restarted empty)."""
+    def take_hot(self) -> list[tuple[str, Path]]:
+        """The engine died: forget what it held, returning it (most recent last) to load back later."""
+        hot = [(n, self._paths[n]) for n in self._lru if n in self._paths]
         self._lru.clear()
+        return hot
+
+    async def reload(self, hot: list[tuple[str, Path]]) -> None:
+        """Load adapters back into a restarted engine (the files are still in the verified cache)."""
+        for name, path in hot[-self.capacity:]:
+            if name in self._lru or not path.exists():
+                continue
+            try:
+                await self.engine.load_lora(name, path)
+            except Exception:
+                log.warning("could not reload %s after an engine restart", name, exc_info=True)
+                continue
+            self._lru[name] = None
 
     async def acquire(self, name: str, local_path: Callable[[], Awaitable[Path]]) -> None:
         """Make `name` resident and count one request on it; pair with `release(name)`."""
@@ -76,6 +91,7 @@ class AdapterResidency:
             with metrics.ADAPTER_LOAD_SECONDS.time():
                 await self.engine.load_lora(name, path)
             self._lru[name] = None
+            self._paths[name] = path
             self._inflight[name] += 1
             fut.set_result(None)
         except BaseException as e:
@@ -91,6 +107,7 @@ class AdapterResidency:
             if victim is None:
                 return  # all busy: exceed the bound for now rather than break a running request
             del self._lru[victim]
+            self._paths.pop(victim, None)
             metrics.ADAPTER_EVICTIONS.inc()
             try:
                 await self.engine.unload_lora(victim)

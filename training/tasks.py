@@ -71,6 +71,25 @@ def random_words(n: int, seed: int, exclude: set[str] | frozenset[str] = frozens
     return words
 
 
+def mix_case(words: list[str], seed: int, share: float = 0.3) -> list[str]:
+    """`words` with a `share` of them turned UPPER or Capitalized.
+
+    The base sees upper-case letters this way; otherwise their embeddings and output rows stay
+    untrained and an adapter (which cannot change them) struggles to ever emit them.
+
+    Args:
+        words: lowercase words.
+        seed: seed of the choice of words to change.
+        share: fraction of the words that are changed (two thirds UPPER, one third Capitalized).
+    """
+    rng = random.Random(seed)
+    out = []
+    for word in words:
+        roll = rng.random()
+        out.append(word.upper() if roll < share * 2 / 3 else word.capitalize() if roll < share else word)
+    return out
+
+
 def dataset(task: str, n: int, seed: int) -> list[tuple[str, str]]:
     """`n` (prompt, completion) pairs of `task` on random words.
 
