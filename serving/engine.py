@@ -30,7 +30,7 @@ def engine_command(settings: ServingSettings, port: int) -> list[str]:
         "--dtype", "float32", "--max-model-len", str(settings.max_model_len), "--seed", "0",
         "--enable-lora", "--max-loras", str(settings.max_loras),
         "--max-cpu-loras", str(settings.max_cpu_loras), "--max-lora-rank", str(settings.max_lora_rank),
-        "--disable-uvicorn-access-log", "--disable-log-stats",
+        "--disable-uvicorn-access-log",
     ]
 
 

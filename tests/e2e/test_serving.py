@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -156,3 +157,25 @@ def test_ops_endpoints(stack):
         r = c.get("/ready")
         assert r.status_code == 200, r.text
         assert "loraplex_requests_total" in c.get("/metrics").text
+
+
+def _aborted(engine_url: str) -> float:
+    text = httpx.get(f"{engine_url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:request_success_total") and 'finished_reason="abort"' in line)
+
+
+def test_client_disconnect_aborts_the_engine_request(stack, engine):
+    t = next(iter(stack.tenants.values()))
+    before = _aborted(engine.engine_url)
+    body = {"model": t["adapter"], "prompt": demo_prompt("abc"), "max_tokens": 230, "ignore_eos": True,
+            "temperature": 0, "stream": True}
+    with stack.client(t["key"]) as c:
+        with c.stream("POST", "/v1/completions", json=body) as r:
+            lines = r.iter_lines()
+            next(lines)
+            next(lines)  # streaming has begun; now hang up
+    deadline = time.monotonic() + 20
+    while _aborted(engine.engine_url) <= before:
+        assert time.monotonic() < deadline, "the engine kept generating for a client that left"
+        time.sleep(0.2)

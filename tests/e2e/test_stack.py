@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -48,6 +50,7 @@ def test_demo_up_status_down(tmp_path, demo):
         again = _cli(["demo"], env)
         assert again.returncode == 0, again.stderr
         assert json.loads((var / "stack.json").read_text())["tenants"] == info["tenants"]
+        _engine_crash_and_recovery(var, info)
         pids = [int(p.read_text()) for p in (var / "run").glob("*.pid")]
         assert len(pids) == 3
     finally:
@@ -56,3 +59,38 @@ def test_demo_up_status_down(tmp_path, demo):
     assert not any(pid_alive(p) for p in pids)
     assert not any(port_open(p) for p in ports.values())
     assert _cli(["status"], env).returncode == 1
+
+
+def _engine_crash_and_recovery(var, info):
+    """kill -9 of the engine mid-stream: a prompt clear error, /ready 503, restart, hot adapters back."""
+    spec = DEMO_TENANTS[0]
+    key = info["tenants"][spec["tenant"]]["api_key"]
+    url, headers = info["gateway_url"], {"Authorization": f"Bearer {key}"}
+    body = {"model": spec["adapter"], "prompt": "word: hello\nanswer:", "max_tokens": 200, "ignore_eos": True,
+            "temperature": 0, "stream": True}
+    engine_pid = int((var / "run" / "engine.pid").read_text())
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
+        with c.stream("POST", "/v1/completions", json=body) as r:
+            lines = r.iter_lines()
+            next(lines)  # the stream has begun
+            os.kill(engine_pid, signal.SIGKILL)
+            started = time.monotonic()
+            rest = list(lines)
+        assert time.monotonic() - started < 15, "clients must learn of the crash promptly"
+        assert any('"engine_unavailable"' in line for line in rest), rest[-3:]
+        assert c.get("/ready").status_code == 503
+        deadline = time.monotonic() + 420
+        while c.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the engine did not come back"
+            time.sleep(2)
+        assert int((var / "run" / "engine.pid").read_text()) != engine_pid
+        misses = _metric(c.get("/metrics").text, 'loraplex_adapter_residency_total{result="miss"}')
+        r = c.post("/v1/completions", json={"model": spec["adapter"], "prompt": "word: hello\nanswer:",
+                                            "max_tokens": 16, "temperature": 0})
+        assert r.status_code == 200 and r.json()["choices"][0]["text"].strip() == answer(spec["task"], "hello")
+        # the supervisor loaded the hot adapter back: this request found it resident
+        assert _metric(c.get("/metrics").text, 'loraplex_adapter_residency_total{result="miss"}') == misses
+
+
+def _metric(text: str, series: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series))
