@@ -10,6 +10,7 @@ from one tenant therefore queues behind its own requests, not in front of everyo
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -59,13 +60,15 @@ class Admission:
         max_queue: waiting requests over all tenants; beyond it new requests get 503 + Retry-After.
     """
 
-    def __init__(self, max_inflight: int, max_queue: int):
+    def __init__(self, max_inflight: int, max_queue: int, fair: bool = True):
         self.max_inflight = max_inflight
         self.max_queue = max_queue
+        self.fair = fair  # False: plain first-come first-served (the baseline the fairness bench compares)
+        self._arrivals = itertools.count()
         self.inflight = 0
         self.counters: dict[str, float] = defaultdict(float)
         self.active: dict[str, int] = defaultdict(int)  # tenant -> requests waiting or running
-        self._waiting: dict[str, deque] = defaultdict(deque)  # tenant -> FIFO of (future, est_tokens)
+        self._waiting: dict[str, deque] = defaultdict(deque)  # tenant -> FIFO of (arrival, future, est_tokens)
         self._requests: dict[str, _Window] = defaultdict(_Window)
         self._tokens: dict[str, _Window] = defaultdict(_Window)
 
@@ -103,14 +106,15 @@ class Admission:
                              retry_after=2)
         fut = asyncio.get_running_loop().create_future()
         self.active[tenant] += 1
-        self._waiting[tenant].append((fut, est_tokens))
+        entry = (next(self._arrivals), fut, est_tokens)
+        self._waiting[tenant].append(entry)
         try:
             await fut
         except BaseException:
             if fut.done() and not fut.cancelled():
                 self.release(tenant, est_tokens, 0)  # granted just as the caller went away
             else:
-                self._waiting[tenant].remove((fut, est_tokens))
+                self._waiting[tenant].remove(entry)
                 self.active[tenant] -= 1
             raise
 
@@ -126,10 +130,14 @@ class Admission:
         self.active[tenant] -= 1
         self.inflight -= 1
         while self.inflight < self.max_inflight and self.queued:
-            nxt = min((t for t, q in self._waiting.items() if q), key=lambda t: self.counters[t])
-            fut, est = self._waiting[nxt].popleft()
+            nxt = min((t for t, q in self._waiting.items() if q), key=self._priority)
+            _, fut, est = self._waiting[nxt].popleft()
             self._grant(nxt, est, queued=True)
             fut.set_result(None)
+
+    def _priority(self, tenant: str) -> tuple:
+        head = self._waiting[tenant][0][0]
+        return (self.counters[tenant], head) if self.fair else (head,)
 
     @property
     def queued(self) -> int:

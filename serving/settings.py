@@ -31,4 +31,6 @@ class ServingSettings(BaseSettings):
     ready_cache_s: float = Field(2.0, description="How long a /ready verdict is reused.")
     max_inflight: int = Field(32, description="Requests forwarded to the engine at once; the rest wait, fairly.")
     max_queue: int = Field(512, description="Requests allowed to wait; beyond it 503 with Retry-After.")
+    fair_admission: bool = Field(True, description="Order waiting requests by tokens served per tenant (VTC); "
+                                 "false: first come, first served.")
     max_upload_bytes: int = Field(256 * 2**20, description="Largest adapter upload accepted.")

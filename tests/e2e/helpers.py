@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import secrets
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from common.procs import free_port
 from registry.settings import RegistrySettings
 from registry.store import ObjectStore
 from serving.app import create_app
+from serving.embedded import serve_in_thread
 from serving.settings import ServingSettings
 from serving.state import Gateway
 
@@ -38,11 +36,7 @@ def start_gateway(engine: ServingSettings, s3_endpoint: str, base_dir: Path, cac
     ObjectStore(reg).ensure_bucket()
     admin_key, port = "admin-" + secrets.token_hex(8), free_port()
     gw = Gateway.from_settings(engine.model_copy(update={"admin_key": admin_key, "gateway_port": port}), reg)
-    server = uvicorn.Server(uvicorn.Config(create_app(gw), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
+    server = serve_in_thread(create_app(gw), port)
     return Stack(f"http://127.0.0.1:{port}", admin_key, gw, {}), server
 
 

@@ -29,7 +29,7 @@ def test_demo_up_status_down(tmp_path, demo):
     var.mkdir()
     # reuse the session's demo model and adapters (the build itself is tested in tests/integration)
     (var / "models").symlink_to(demo.base_dir.parent)
-    (var / "adapters").symlink_to(demo.var_dir / "adapters")
+    (var / "adapters").symlink_to(demo.base_dir.parent.parent / "adapters")
     ports = {"GATEWAY": free_port(), "S3": free_port(), "ENGINE": free_port()}
     env = {**os.environ, "LORAPLEX_VAR_DIR": str(var), "COLUMNS": "200",
            **{f"LORAPLEX_{k}_PORT": str(p) for k, p in ports.items()}}

@@ -87,3 +87,24 @@ def test_cancelled_waiter_leaves_no_trace():
         adm.release("a", 1, 1)
         assert adm.inflight == 0
     asyncio.run(go())
+
+
+def test_fifo_mode_serves_in_arrival_order():
+    async def go():
+        adm = Admission(max_inflight=1, max_queue=100, fair=False)
+        order = []
+
+        async def req(t):
+            await adm.acquire(t, 10)
+            order.append(t)
+            adm.release(t, 10, 10)
+
+        await adm.acquire("a", 10)
+        tasks = [asyncio.create_task(req("a")) for _ in range(5)]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(req("b")))
+        await asyncio.sleep(0)
+        adm.release("a", 10, 10)
+        await asyncio.gather(*tasks)
+        return order
+    assert asyncio.run(go()) == ["a"] * 5 + ["b"]

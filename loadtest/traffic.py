@@ -1,0 +1,79 @@
+"""An open-loop traffic driver over the public HTTP API: Poisson arrivals per tenant, streaming, timings.
+
+Open loop (arrivals do not wait for answers) is what exposes queueing: a closed loop slows its own
+arrivals down when the server is slow and hides the latency a flood inflicts on others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+
+import httpx
+
+
+@dataclass
+class TenantLoad:
+    """One tenant's traffic: its key, the model it asks for, arrivals per second, prompts to cycle."""
+
+    tenant: str
+    key: str
+    model: str
+    rate: float
+    prompts: list[str]
+    max_tokens: int = 16
+
+
+@dataclass
+class Sample:
+    tenant: str
+    sent_at: float
+    status: int
+    ttft_s: float | None
+    latency_s: float
+    tokens: int
+
+
+async def _one(client: httpx.AsyncClient, load: TenantLoad, prompt: str, t0: float) -> Sample:
+    sent = time.monotonic()
+    body = {"model": load.model, "prompt": prompt, "max_tokens": load.max_tokens, "temperature": 0, "stream": True}
+    ttft, tokens, status = None, 0, 0
+    try:
+        async with client.stream("POST", "/v1/completions", json=body,
+                                 headers={"Authorization": f"Bearer {load.key}"}) as r:
+            status = r.status_code
+            async for line in r.aiter_lines():
+                if line.startswith("data:") and "[DONE]" not in line:
+                    ttft = ttft if ttft is not None else time.monotonic() - sent
+                    tokens += 1
+    except httpx.HTTPError:
+        status = 599
+    return Sample(load.tenant, sent - t0, status, ttft, time.monotonic() - sent, tokens)
+
+
+async def drive(url: str, loads: list[TenantLoad], duration_s: float, seed: int = 0) -> list[Sample]:
+    """Send every tenant's Poisson arrivals for `duration_s`, then wait for the answers (bounded)."""
+    rng = random.Random(seed)
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(300, connect=10), limits=limits) as client:
+        t0 = time.monotonic()
+        tasks: list[asyncio.Task] = []
+
+        async def arrivals(load: TenantLoad) -> None:
+            i, t = 0, rng.expovariate(load.rate)
+            while t < duration_s:
+                await asyncio.sleep(max(0.0, t0 + t - time.monotonic()))
+                tasks.append(asyncio.create_task(_one(client, load, load.prompts[i % len(load.prompts)], t0)))
+                i, t = i + 1, t + rng.expovariate(load.rate)
+
+        await asyncio.gather(*(arrivals(load) for load in loads if load.rate > 0))
+        return list(await asyncio.wait_for(asyncio.gather(*tasks), timeout=duration_s * 10 + 120))
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]

