@@ -54,12 +54,14 @@ class GatewayClient:
                 raise ApiError(r.status_code, r.text) from None
         return r.json() if r.content else None
 
-    def push(self, directory: Path, name: str) -> dict:
+    def push(self, directory: Path, name: str, metadata: dict | None = None) -> dict:
+        """Upload the two PEFT files of `directory` (plus optional training metadata) as a new version."""
         missing = [f for f in ADAPTER_FILES if not (directory / f).is_file()]
         if missing:
             raise SystemExit(f"{directory} lacks {', '.join(missing)}: point at a PEFT adapter directory")
         files = [("files", (f, (directory / f).read_bytes(), "application/octet-stream")) for f in ADAPTER_FILES]
-        return self.call("POST", f"/v1/adapters/{name}/versions", files=files)
+        data = {"metadata": json.dumps(metadata)} if metadata else None
+        return self.call("POST", f"/v1/adapters/{name}/versions", files=files, data=data)
 
     def promote(self, name: str, alias: str, version: str, expected: str | None) -> dict:
         return self.call("PUT", f"/v1/adapters/{name}/aliases/{alias}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
@@ -30,8 +31,11 @@ def public_adapter(info) -> dict:
     return {"name": info.name, "aliases": info.aliases, "versions": [public_version(v) for v in info.versions]}
 
 
-async def read_upload(request: Request, limit: int) -> dict[str, bytes]:
-    """The two PEFT files of a multipart upload, by file name; anything else is refused."""
+async def read_upload(request: Request, limit: int) -> tuple[dict[str, bytes], dict | None]:
+    """The two PEFT files of a multipart upload by file name, and the optional `metadata` JSON field.
+
+    Any other file is refused (the validation gate names it); other fields are refused here.
+    """
     if int(request.headers.get("content-length") or 0) > limit + 1_000_000:
         raise InvalidAdapter("size", f"the upload is larger than {limit} bytes: shrink the adapter (lower rank)")
     try:
@@ -39,8 +43,13 @@ async def read_upload(request: Request, limit: int) -> dict[str, bytes]:
     except (MultiPartException, AssertionError) as e:
         raise InvalidRequest(f"expected a multipart/form-data upload of {' and '.join(ALLOWED_FILES)}: {e}") from e
     files: dict[str, bytes] = {}
-    for _, value in form.multi_items():
+    metadata = None
+    for field, value in form.multi_items():
         if not isinstance(value, UploadFile):
+            if field != "metadata":
+                raise InvalidRequest(f"unexpected form field {field!r}: send only the two files and an optional "
+                                     "'metadata' field (a JSON object)", param=field)
+            metadata = _parse_metadata(value)
             continue
         fname = value.filename or ""
         if fname in files:
@@ -49,7 +58,17 @@ async def read_upload(request: Request, limit: int) -> dict[str, bytes]:
         if len(files[fname]) > limit:
             raise InvalidAdapter("size", f"{fname} is larger than {limit} bytes: shrink the adapter")
     await form.close()
-    return files
+    return files, metadata
+
+
+def _parse_metadata(raw: str) -> dict:
+    try:
+        value = json.loads(raw)
+    except ValueError as e:
+        raise InvalidAdapter("metadata", f"the 'metadata' field is not valid JSON ({e}): send a JSON object") from e
+    if not isinstance(value, dict):
+        raise InvalidAdapter("metadata", "the 'metadata' field must be a JSON object")
+    return value
 
 
 @router.post("/{name}/versions", status_code=201)
@@ -58,8 +77,9 @@ async def upload_version(name: str, request: Request, tenant: TenantDep, gw: Gat
     if name == gw.settings.base_name:
         raise InvalidName(f"'{name}' is reserved for the base model: choose another adapter name", param="name")
     try:
-        files = await read_upload(request, gw.settings.max_upload_bytes)
-        manifest = await asyncio.to_thread(gw.adapters.publish, tenant.name, name, files, uploader=tenant.name)
+        files, metadata = await read_upload(request, gw.settings.max_upload_bytes)
+        manifest = await asyncio.to_thread(gw.adapters.publish, tenant.name, name, files, uploader=tenant.name,
+                                           metadata=metadata)
     except InvalidAdapter:
         metrics.UPLOADS.labels("refused").inc()
         raise

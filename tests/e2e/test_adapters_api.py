@@ -85,3 +85,19 @@ def test_tenant_admin_rotate_and_delete(stack, demo):
         assert admin.delete("/admin/tenants/rotor").status_code == 204
     with stack.client(new_key) as c:
         assert c.get("/v1/models").status_code == 401
+
+
+def test_training_metadata_travels_with_the_upload(stack, demo):
+    key = _new_tenant(stack, "meta")
+    d = demo.adapter_dirs["caesar"]
+    files = [("files", (f, (d / f).read_bytes())) for f in FILES]
+    meta = {"dataset_sha256": "ab" * 32, "settings": {"r": 8}, "metrics": {"val_loss": 0.01}}
+    with stack.client(key) as c:
+        r = c.post("/v1/adapters/c/versions", files=files, data={"metadata": json.dumps(meta)})
+        assert r.status_code == 201, r.text
+        assert r.json()["metadata"] == meta
+        assert c.get("/v1/adapters/c").json()["versions"][0]["metadata"] == meta
+        bad = c.post("/v1/adapters/c/versions", files=files, data={"metadata": "[1, 2"})
+        assert bad.status_code == 422 and "metadata" in bad.json()["error"]["message"]
+        extra = c.post("/v1/adapters/c/versions", files=files, data={"path": "/etc/passwd"})
+        assert extra.status_code == 400
