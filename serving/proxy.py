@@ -31,6 +31,7 @@ class Ticket:
     def __init__(self, gw: Gateway, tenant: str, public: str, est_tokens: int):
         self.gw, self.tenant, self.public, self.est = gw, tenant, public, est_tokens
         self.engine_model, self.lora = gw.settings.base_name, None
+        self.http = gw.engine.http
         self.started = time.monotonic()
         self.tokens = 0
         self.done = False
@@ -54,15 +55,18 @@ class Ticket:
 async def forward(gw: Gateway, tenant: Tenant, body: dict, path: str) -> Response:
     est = estimate_tokens(body)
     gw.admission.check_quota(tenant.name, Quotas.of(tenant.quotas), est)
+    dedicated = gw.dedicated_engine(tenant.name, body["model"])
     is_base = body["model"] == gw.settings.base_name
-    manifest = None if is_base else await gw.resolve(tenant.name, body["model"])  # 404s before queueing
+    manifest = None if is_base or dedicated else await gw.resolve(tenant.name, body["model"])  # 404s first
     await gw.admission.acquire(tenant.name, est)
     ticket = Ticket(gw, tenant.name, body["model"], est)
     try:
-        if manifest is not None:
+        if dedicated is not None:
+            ticket.http, ticket.engine_model = dedicated, body["model"]
+        elif manifest is not None:
             await ticket.hold_adapter(manifest)
-        req = gw.engine.http.build_request("POST", path, json={**body, "model": ticket.engine_model})
-        upstream = await gw.engine.http.send(req, stream=bool(body.get("stream")))
+        req = ticket.http.build_request("POST", path, json={**body, "model": ticket.engine_model})
+        upstream = await ticket.http.send(req, stream=bool(body.get("stream")))
     except httpx.HTTPError as e:
         ticket.finish("error")
         raise EngineUnavailable(f"the engine did not answer ({type(e).__name__}); retry shortly",

@@ -33,4 +33,9 @@ class ServingSettings(BaseSettings):
     max_queue: int = Field(512, description="Requests allowed to wait; beyond it 503 with Retry-After.")
     fair_admission: bool = Field(True, description="Order waiting requests by tokens served per tenant (VTC); "
                                  "false: first come, first served.")
+    dedicated_engines: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description='Separate-model mode: tenant -> {"model": NAME, "url": ENGINE_URL}. That tenant\'s requests for '
+                    'NAME go to its own engine (serving a merged or fully fine-tuned model) instead of an adapter on '
+                    'the shared base. JSON in LORAPLEX_DEDICATED_ENGINES.')
     max_upload_bytes: int = Field(256 * 2**20, description="Largest adapter upload accepted.")

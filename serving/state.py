@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from common.errors import LoraplexError
 from registry.adapters import AdapterRegistry
 from registry.cache import AdapterCache
@@ -32,6 +34,7 @@ class Gateway:
     engine: EngineClient
     residency: AdapterResidency
     admission: Admission
+    dedicated: dict[str, httpx.AsyncClient] = field(default_factory=dict)
     known_keys: LastGood = field(default_factory=lambda: LastGood("tenant"))
     known_models: LastGood = field(default_factory=lambda: LastGood("manifest"))
     _ready: tuple[float, bool, dict] = field(default=(0.0, False, {}))
@@ -52,6 +55,16 @@ class Gateway:
 
     async def authenticate(self, api_key: str) -> Tenant:
         return await self.known_keys.call(hash_key(api_key), lambda: self.tenants.authenticate(api_key))
+
+    def dedicated_engine(self, tenant: str, model: str) -> httpx.AsyncClient | None:
+        """Separate-model mode: the client of `tenant`'s own engine if it serves `model`, else None."""
+        spec = self.settings.dedicated_engines.get(tenant)
+        if not spec or spec.get("model") != model:
+            return None
+        url = spec["url"]
+        if url not in self.dedicated:
+            self.dedicated[url] = httpx.AsyncClient(base_url=url, timeout=self.engine.http.timeout)
+        return self.dedicated[url]
 
     def forget_tenant(self, name: str) -> None:
         """After a key rotation or a delete: nothing of this tenant may be replayed during an S3 outage."""

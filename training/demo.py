@@ -36,10 +36,12 @@ DEMO_TENANTS: tuple[dict[str, str], ...] = (
     {"tenant": "initech", "adapter": "caesar", "task": "caesar"},
 )
 SHAPE = TinyShape(hidden_size=128, num_heads=2, intermediate_size=256, num_layers=2)
-BASE_RECIPE = Recipe(steps=500, lr=5e-3, seed=0)
-ADAPTER_RECIPES = {  # by task: the harder the task, the more steps
+# Measured on 2 CPU cores: held-out exact-answer accuracy 99%+ for every task (5e-3 is unstable
+# for the base; reverse needs the most steps, upper and caesar converge by step ~150).
+BASE_RECIPE = Recipe(steps=500, lr=3e-3, seed=0)
+ADAPTER_RECIPES = {  # by task
     "reverse": Recipe(steps=400, lr=5e-3, seed=1),
-    "upper": Recipe(steps=250, lr=5e-3, seed=1),
+    "upper": Recipe(steps=200, lr=5e-3, seed=1),
     "caesar": Recipe(steps=200, lr=5e-3, seed=1),
 }
 TRAIN_WORDS, HELD_OUT_WORDS = 20000, 400

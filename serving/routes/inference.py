@@ -17,6 +17,9 @@ router = APIRouter()
 async def list_models(tenant: TenantDep, gw: GatewayDep) -> dict:
     infos = await asyncio.to_thread(gw.adapters.list_adapters, tenant.name)
     cards = [model_card(gw.settings.base_name, "loraplex")]
+    dedicated = gw.settings.dedicated_engines.get(tenant.name)
+    if dedicated:
+        cards.append(model_card(dedicated["model"], tenant.name))
     for info in infos:
         cards.append(model_card(info.name, tenant.name))
         cards += [model_card(f"{info.name}@{alias}", tenant.name) for alias in sorted(info.aliases)]

@@ -1,8 +1,8 @@
-"""Grouped LoRA shrink and expand on the CPU: one matrix product per distinct adapter and slice.
+"""Grouped LoRA shrink and expand on the CPU, on vLLM's stacked weights.
 
-Stacked weights are vLLM's: lora_a `[slots, 1, rank, in]` and lora_b `[slots, 1, out, rank]` (the
-`1` is optional). Only rows with an adapter are computed and written; rows without one (index -1)
-are left exactly as they were, so they contribute nothing.
+Shapes follow vLLM: lora_a `[slots, 1, rank, in]`, lora_b `[slots, 1, out, rank]` (the `1` is
+optional), one stacked tensor per output slice (q/k/v, gate/up). Only rows with an adapter are
+computed and written: a row without one (index -1) keeps exactly the value it had.
 """
 
 from __future__ import annotations
@@ -11,16 +11,35 @@ from collections.abc import Sequence
 
 import torch
 
+from serving.vllm_plugin import tiled
 from serving.vllm_plugin.plan import LoraPlan
+from serving.vllm_plugin.weights import as_slots
 
 
-def as_slots(weights: torch.Tensor) -> torch.Tensor:
-    """View stacked weights as `[slots, rows, cols]` (drops vLLM's singleton layer axis; no copy)."""
-    return weights[:, 0] if weights.dim() == 4 else weights
+def lora_linear(y: torch.Tensor, x: torch.Tensor, fused_a: torch.Tensor, lora_b: Sequence[torch.Tensor],
+                output_slices: Sequence[int], plan: LoraPlan, scale: float = 1.0, offset: int = 0) -> None:
+    """`y[row, slice i] += (x[row] @ A_i[slot].T * scale) @ B_i[slot].T`, in place.
+
+    Args:
+        y: `[rows, out]` output of the base layer, changed in place.
+        x: `[rows, in]` input of the layer.
+        fused_a: lora_a of all slices side by side, `[slots, slices * rank, in]` (see `StackedWeights`).
+        lora_b: one stacked lora_b per slice.
+        output_slices: width of each slice in `y`; slices sit side by side from `offset`.
+        plan: the batch's grouping (see `make_plan`): picks the kernel.
+        scale: multiplies the shrink (vLLM passes 1.0: it folds the scaling into B).
+        offset: first column of the first slice.
+    """
+    if plan.tiles is not None:
+        h = tiled.shrink(x, fused_a, plan.tiles, scale)
+        tiled.expand(y, h, lora_b, output_slices, plan.tiles, offset)
+    else:
+        h = shrink(x, fused_a, plan, scale)
+        expand(y, h, lora_b, output_slices, plan, offset)
 
 
 def pack_rows(x: torch.Tensor, plan: LoraPlan) -> torch.Tensor:
-    """The input rows that have an adapter, in plan order (a view when the plan is contiguous)."""
+    """The rows of `x` that have an adapter, in plan order (`[packed_rows, cols]`)."""
     if plan.rows is not None:
         return x.index_select(0, plan.rows)
     if len(plan.segments) == 1:
@@ -29,81 +48,65 @@ def pack_rows(x: torch.Tensor, plan: LoraPlan) -> torch.Tensor:
     return torch.cat([x[s.start:s.end] for s in plan.segments])
 
 
-def shrink(x: torch.Tensor, lora_a: Sequence[torch.Tensor], plan: LoraPlan, scale: float,
-           dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
-    """`(x @ A[slot].T) * scale` for every slice, on the packed rows only.
+def unpack_rows(dst: torch.Tensor, packed: torch.Tensor, plan: LoraPlan) -> None:
+    """Write packed rows back to their rows of `dst` (rows without an adapter are not touched)."""
+    dst = dst[:, :packed.shape[1]]
+    if plan.rows is not None:
+        dst.index_copy_(0, plan.rows, packed.to(dst.dtype))
+        return
+    pos = 0
+    for s in plan.segments:
+        n = s.end - s.start
+        dst[s.start:s.end] = packed[pos:pos + n]
+        pos += n
 
-    Args:
-        x: `[rows, in]` activations.
-        lora_a: one stacked lora_a tensor per output slice.
-        plan: the batch's grouping (see `make_plan`).
-        scale: multiplies the result (vLLM passes 1.0 for linear layers: scaling is folded into B).
-        dtype: dtype of the results (vLLM keeps its LoRA buffers in float32).
+
+def shrink(x: torch.Tensor, fused_a: torch.Tensor, plan: LoraPlan, scale: float = 1.0) -> torch.Tensor:
+    """`(x[row] @ A[slot].T) * scale` for the rows with an adapter, packed, in float32.
 
     Returns:
-        One `[packed_rows, rank]` tensor per slice.
+        `[packed_rows, slices * rank]`: row k is the k-th row of `pack_rows(x, plan)`.
     """
-    xs = pack_rows(x, plan).to(dtype)
-    outs = []
-    for weights in lora_a:
-        w = as_slots(weights)
-        out = torch.empty((plan.packed_rows, w.shape[1]), dtype=dtype, device=x.device)
-        for s in plan.segments:
-            n = s.end - s.start
-            torch.mm(xs[s.packed:s.packed + n], w[s.slot].to(dtype).t(), out=out[s.packed:s.packed + n])
-        if scale != 1.0:
-            out.mul_(scale)
-        outs.append(out)
-    return outs
+    src = (x if plan.rows is None else x.index_select(0, plan.rows)).to(torch.float32)
+    h = torch.empty((plan.packed_rows, fused_a.shape[1]), dtype=torch.float32, device=x.device)
+    pos = 0
+    for s in plan.segments:
+        n = s.end - s.start
+        torch.mm(src[s.start:s.end], fused_a[s.slot].t(), out=h[pos:pos + n])
+        pos += n
+    if scale != 1.0:
+        h.mul_(scale)
+    return h
 
 
-def expand(y: torch.Tensor, h: Sequence[torch.Tensor], lora_b: Sequence[torch.Tensor],
-           output_slices: Sequence[int], plan: LoraPlan, offset: int = 0, add_inputs: bool = True) -> None:
-    """`y[row, cols of slice i] += h[i][packed row] @ B_i[slot].T`, in place, for rows with an adapter.
+def expand(y: torch.Tensor, h: torch.Tensor, lora_b: Sequence[torch.Tensor], output_slices: Sequence[int],
+           plan: LoraPlan, offset: int = 0) -> None:
+    """`y[row, slice i] += h[packed row, rank block i] @ B_i[slot].T`, in place.
 
     Args:
-        y: `[rows, out]` output, changed in place.
-        h: per slice, `[packed_rows, rank]` (from `shrink`, or `pack_rows` of a full buffer).
-        lora_b: one stacked lora_b tensor per slice.
-        output_slices: width of each slice in `y`; slices sit side by side from `offset`.
+        y: `[rows, out]`, changed in place.
+        h: `[packed_rows, slices * rank]` (as `shrink` returns it).
+        lora_b: one stacked lora_b per slice.
+        output_slices: width of each slice in `y`, side by side from `offset`.
         plan: the batch's grouping.
         offset: first column of the first slice.
-        add_inputs: False overwrites the slice columns instead (rows without an adapter get 0).
     """
     width = sum(output_slices)
     cols = y[:, offset:offset + width]
-    if not add_inputs:
-        cols.zero_()
-    if plan.rows is None:
-        _expand_in_place(cols, h, lora_b, output_slices, plan)
-        return
-    delta = torch.empty((plan.packed_rows, width), dtype=y.dtype, device=y.device)
-    _expand_into(delta, h, lora_b, output_slices, plan)
-    cols.index_add_(0, plan.rows, delta)
-
-
-def _slice_products(h, lora_b, output_slices, plan, dtype):
-    """Yield (segment, column start, column end, product) for every slice of every segment."""
-    col = 0
-    for hi, weights, size in zip(h, lora_b, output_slices):
-        w = as_slots(weights)
-        for s in plan.segments:
-            n = s.end - s.start
-            # Adapters and model may pad differently (vLLM's expand keeps the common width too).
-            b = w[s.slot, :size].to(dtype)
-            yield s, col, col + b.shape[0], hi[s.packed:s.packed + n].to(dtype) @ b.t()
-        col += size
-
-
-def _expand_in_place(cols, h, lora_b, output_slices, plan) -> None:
-    """Contiguous plan: add each segment's product straight into its rows of `y` (no scatter)."""
-    for s, c0, c1, prod in _slice_products(h, lora_b, output_slices, plan, cols.dtype):
-        cols[s.start:s.end, c0:c1] += prod
-
-
-def _expand_into(delta, h, lora_b, output_slices, plan) -> None:
-    """Sorted plan: write each segment's product into the packed `delta` (zero where B is narrower)."""
-    if any(as_slots(w).shape[1] < size for w, size in zip(lora_b, output_slices)):
-        delta.zero_()
-    for s, c0, c1, prod in _slice_products(h, lora_b, output_slices, plan, delta.dtype):
-        delta[s.packed:s.packed + (s.end - s.start), c0:c1] = prod
+    h = h.to(y.dtype)
+    # Contiguous runs are added straight into their rows of y; sorted rows go through one scatter.
+    dst = cols if plan.rows is None else torch.zeros((plan.packed_rows, width), dtype=y.dtype, device=y.device)
+    rank = h.shape[1] // len(lora_b)
+    pos = 0
+    for s in plan.segments:
+        n = s.end - s.start
+        r0 = s.start if plan.rows is None else pos
+        col = 0
+        for i, (weights, size) in enumerate(zip(lora_b, output_slices)):
+            # Adapter and model may pad differently: add the common width (as vLLM's expand does).
+            w = as_slots(weights)[s.slot, :size].to(y.dtype)
+            dst[r0:r0 + n, col:col + w.shape[0]].addmm_(h[pos:pos + n, i * rank:(i + 1) * rank], w.t())
+            col += size
+        pos += n
+    if plan.rows is not None:
+        cols.index_add_(0, plan.rows, dst)

@@ -1,8 +1,13 @@
-"""Which rows of a batch use which adapter slot: computed once per engine step, used by every LoRA layer.
+"""Which rows of a batch use which adapter slot: computed once per LoRA mapping, used by every LoRA layer.
 
 vLLM hands the CPU path one slot index per token (-1: no adapter). The stock ops turn that into a
-per-token copy of the adapter weights. Here the rows are grouped by slot instead, once per step, so
-each layer runs one matrix product per distinct adapter on plain views of the stacked weights.
+per-token copy of the adapter weights. Here the rows are grouped by slot instead, once per mapping
+(vLLM only remaps when the batch's adapters change), so the layers compute on plain views of the
+stacked weights:
+
+- "loop": one matrix product per distinct adapter, on row views (large runs: prefill, one adapter);
+- "tiles": rows laid out slot-major as `[slots, size]` tiles for one batched product per layer,
+  whatever the number of adapters (many small runs: decode steps of many adapters).
 """
 
 from __future__ import annotations
@@ -11,6 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
+# Runs at least this long keep the loop: big products are efficient and tiles would only add copies.
+LOOP_MIN_AVG_ROWS = 128
+# Tiles pad every slot of the range to the longest run; give up on them beyond this much padding.
+TILES_MAX_WASTE = 2.0
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -18,15 +28,32 @@ class Segment:
 
     Args:
         slot: index into the stacked LoRA weights.
-        start: first row of the run: in the input itself for a contiguous plan, else in `LoraPlan.rows`.
+        start: first row: in the input itself for a contiguous plan, else in `LoraPlan.rows`.
         end: one past the last row (same coordinates as `start`).
-        packed: where the run starts in the packed buffer that holds only rows with an adapter.
     """
 
     slot: int
     start: int
     end: int
-    packed: int
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """The batched layout: slots `lo..hi-1`, each with `size` row positions (short runs padded).
+
+    Args:
+        lo: first slot of the range.
+        hi: one past the last slot.
+        size: positions per slot (the longest run).
+        rows: `[(hi - lo) * size]` input row of each position (padding points at row 0).
+        pads: positions that are padding (their inputs are zeroed, so they add exactly 0), or None.
+    """
+
+    lo: int
+    hi: int
+    size: int
+    rows: torch.Tensor
+    pads: torch.Tensor | None
 
 
 @dataclass(frozen=True)
@@ -34,64 +61,90 @@ class LoraPlan:
     """The grouping of one batch's rows by adapter slot.
 
     Args:
-        num_rows: rows the indices covered (rows beyond it get no adapter).
-        segments: one per run of equal slots, rows without an adapter left out.
-        rows: None when each slot's rows already form one contiguous run (views, no copies);
-            else the row numbers sorted by slot, for one gather before and one scatter after.
-        packed_rows: how many rows have an adapter.
+        num_rows: rows the indices covered.
+        segments: one per adapter slot in use, in slot order; rows without an adapter are left out.
+        rows: None when each slot's rows already form one run (row views, no copies); else the row
+            numbers sorted by slot (adapter rows only), for one gather before and one scatter after.
+        tiles: the batched layout when it is the cheaper kernel, else None (use the loop).
     """
 
     num_rows: int
     segments: tuple[Segment, ...]
     rows: torch.Tensor | None
-    packed_rows: int
+    tiles: Tiles | None = None
 
     @property
     def empty(self) -> bool:
         """True when no row has an adapter: the LoRA layers have nothing to add."""
         return not self.segments
 
+    @property
+    def slots(self) -> frozenset[int]:
+        """The adapter slots this batch uses."""
+        return frozenset(s.slot for s in self.segments)
 
-def _runs(indices: torch.Tensor) -> tuple[list[int], list[int]]:
-    """Slots and lengths of the runs of equal values in `indices` (one host transfer)."""
+    @property
+    def packed_rows(self) -> int:
+        """Rows that have an adapter."""
+        return sum(s.end - s.start for s in self.segments)
+
+
+def _runs(indices: torch.Tensor) -> list[tuple[int, int]]:
+    """(slot, length) of each run of equal values in `indices` (one host transfer)."""
     values, counts = torch.unique_consecutive(indices, return_counts=True)
-    return values.tolist(), counts.tolist()
+    return list(zip(values.tolist(), counts.tolist()))
 
 
-def _segments(slots: list[int], counts: list[int]) -> tuple[Segment, ...]:
-    """Segments for runs laid end to end, skipping the runs without an adapter (slot < 0)."""
-    segments, start, packed = [], 0, 0
-    for slot, count in zip(slots, counts):
+def _segments(runs: list[tuple[int, int]], shift: int = 0) -> tuple[Segment, ...]:
+    """Segments for runs laid end to end, skipping runs without an adapter, sorted by slot."""
+    segments, start = [], -shift
+    for slot, count in runs:
         if slot >= 0:
-            segments.append(Segment(slot, start, start + count, packed))
-            packed += count
+            segments.append(Segment(slot, start, start + count))
         start += count
-    return tuple(segments)
+    return tuple(sorted(segments, key=lambda s: s.slot))
 
 
 def make_plan(indices: torch.Tensor) -> LoraPlan:
-    """Group the rows of a batch by adapter slot.
+    """Group the rows of a batch by adapter slot and choose the kernel.
 
     Args:
         indices: one slot index per row (int64); -1 means the row has no adapter.
 
     Returns:
-        A contiguous plan when each slot's rows form one run (common: one prompt's tokens, or a
-        single adapter), else a plan that sorts the rows by slot with a stable sort.
+        The plan; see the module docstring for the two kernels.
     """
-    num_rows = int(indices.numel())
-    if num_rows == 0:
-        return LoraPlan(0, (), None, 0)
-    slots, counts = _runs(indices)
-    used = [s for s in slots if s >= 0]
+    indices = indices.to("cpu", torch.long)
+    if indices.numel() == 0:
+        return LoraPlan(0, (), None)
+    runs = _runs(indices)
+    used = [slot for slot, _ in runs if slot >= 0]
     if len(used) == len(set(used)):
-        segments = _segments(slots, counts)
-        return LoraPlan(num_rows, segments, None, sum(s.end - s.start for s in segments))
-    # Interleaved slots (decode steps of requests on different adapters): sort once per step.
-    order = torch.argsort(indices, stable=True)
-    slots, counts = _runs(indices[order])
-    segments = _segments(slots, counts)
-    first = segments[0].start
-    rows = order[first:]
-    shifted = tuple(Segment(s.slot, s.start - first, s.end - first, s.packed) for s in segments)
-    return LoraPlan(num_rows, shifted, rows, len(rows))
+        plan = LoraPlan(indices.numel(), _segments(runs), None)
+    else:
+        # Interleaved slots (decode steps of requests on different adapters): sort once.
+        order = torch.argsort(indices, stable=True)
+        unassigned = int((indices < 0).sum())
+        plan = LoraPlan(indices.numel(), _segments(_runs(indices[order]), unassigned), order[unassigned:])
+    tiles = _tiles(plan)
+    return plan if tiles is None else LoraPlan(plan.num_rows, plan.segments, plan.rows, tiles)
+
+
+def _tiles(plan: LoraPlan) -> Tiles | None:
+    """The batched layout when many short runs make it cheaper than the loop, else None."""
+    segs = plan.segments
+    if len(segs) < 3 or plan.packed_rows >= LOOP_MIN_AVG_ROWS * len(segs):
+        return None
+    lo, hi = segs[0].slot, segs[-1].slot + 1
+    size = max(s.end - s.start for s in segs)
+    if (hi - lo) * size > TILES_MAX_WASTE * plan.packed_rows:
+        return None
+    rows = torch.zeros((hi - lo) * size, dtype=torch.long)
+    real = torch.zeros((hi - lo) * size, dtype=torch.bool)
+    for s in segs:
+        base = (s.slot - lo) * size
+        n = s.end - s.start
+        rows[base:base + n] = torch.arange(s.start, s.end) if plan.rows is None else plan.rows[s.start:s.end]
+        real[base:base + n] = True
+    pads = torch.nonzero(~real).flatten()
+    return Tiles(lo, hi, size, rows, pads if pads.numel() else None)

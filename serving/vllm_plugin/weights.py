@@ -1,0 +1,66 @@
+"""Forms of vLLM's stacked LoRA weights that the ops reuse across steps, rebuilt when an adapter changes.
+
+vLLM writes adapters into preallocated stacked tensors in place (`copy_` on load, zeroing on
+removal); every in-place write bumps the tensor's version counter, so a cached form is valid exactly
+as long as the versions it was built from are unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+def as_slots(weights: torch.Tensor) -> torch.Tensor:
+    """View stacked weights as `[slots, rows, cols]` (drops vLLM's singleton axis; no copy)."""
+    return weights[:, 0] if weights.dim() == 4 else weights
+
+
+@dataclass
+class _Entry:
+    tensors: tuple[torch.Tensor, ...]
+    versions: tuple[int, ...]
+    fused: torch.Tensor | None = None
+    nonzero: frozenset[int] | None = None
+
+
+class StackedWeights:
+    """Per-layer cache of derived weights, keyed by the identity and version of vLLM's tensors."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, _Entry] = {}
+
+    def _entry(self, stacked: Sequence[torch.Tensor]) -> _Entry:
+        tensors = tuple(stacked)
+        versions = tuple(t._version for t in tensors)
+        entry = self._entries.get(id(tensors[0]))
+        if entry is None or entry.tensors[0] is not tensors[0] or entry.versions != versions:
+            entry = _Entry(tensors, versions)
+            self._entries[id(tensors[0])] = entry
+        return entry
+
+    def fused(self, lora_a: Sequence[torch.Tensor]) -> torch.Tensor:
+        """All slices' lora_a side by side, `[slots, slices * rank, in]` in float32.
+
+        One product per adapter then computes every slice's shrink (q, k and v at once); float32 is
+        the dtype of vLLM's LoRA intermediate, so no per-step cast is needed.
+        """
+        entry = self._entry(lora_a)
+        if entry.fused is None:
+            parts = [as_slots(w) for w in entry.tensors]
+            fused = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+            entry.fused = fused.to(torch.float32)
+        return entry.fused
+
+    def nonzero_slots(self, stacked: Sequence[torch.Tensor]) -> frozenset[int]:
+        """Slots with any nonzero weight (an adapter that does not target this layer leaves zeros)."""
+        entry = self._entry(stacked)
+        if entry.nonzero is None:
+            slots = set()
+            for w in entry.tensors:
+                flat = as_slots(w).flatten(1)
+                slots.update(torch.nonzero(flat.abs().amax(dim=1) > 0).flatten().tolist())
+            entry.nonzero = frozenset(slots)
+        return entry.nonzero
