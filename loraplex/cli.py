@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loraplex import stack
+from loraplex.cli_train import compose_command, train_app
 from loraplex.client import ApiError, GatewayClient
 
 app = typer.Typer(help="loraplex: multi-tenant LoRA serving.", no_args_is_help=True)
@@ -18,6 +19,8 @@ tenant_app = typer.Typer(help="Tenants (admin key).", no_args_is_help=True)
 adapter_app = typer.Typer(help="The caller's adapters (tenant key).", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(adapter_app, name="adapter")
+app.add_typer(train_app, name="train")
+adapter_app.command("compose")(compose_command)
 console = Console()
 
 

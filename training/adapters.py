@@ -7,8 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from common.errors import InvalidAdapter
 from training.artifacts import staged_dir
-from training.errors import DatasetError
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -22,14 +22,14 @@ def resolve_adapter_dir(path: Path) -> Path:
     """`path` itself if it is an adapter directory, else its `adapter/` (a `train lora` output directory).
 
     Raises:
-        DatasetError: neither holds adapter_config.json and adapter_model.safetensors.
+        InvalidAdapter: neither holds adapter_config.json and adapter_model.safetensors.
     """
     path = Path(path)
     for candidate in (path, path / "adapter"):
         if is_adapter_dir(candidate):
             return candidate
-    raise DatasetError(f"{path} is not an adapter: it (or its adapter/ folder) must hold "
-                       f"{' and '.join(ADAPTER_FILES)}")
+    raise InvalidAdapter("files", f"{path} is not an adapter: it (or its adapter/ folder) must hold "
+                                  f"{' and '.join(ADAPTER_FILES)}")
 
 
 def compact_targets(model, targets: list[str]) -> list[str]:

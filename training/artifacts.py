@@ -55,6 +55,7 @@ def staged_dir(final: Path, scratch: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}-", dir=scratch))
     try:
         yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it private; the finished artifact is an ordinary directory
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
             shutil.rmtree(final)

@@ -41,6 +41,7 @@ class CompareSettings:
     test_share: float = 0.2
     max_eval: int = 200
     seed: int = 0
+    mix_share: float = 0.2  # share of general data in every variant's training set when one is given
 
 
 QUICK = CompareSettings(steps=24, batch_size=16, max_eval=24)
@@ -69,11 +70,14 @@ def _write_split(data: Path, work: Path, s: CompareSettings) -> tuple[Path, Path
     return paths
 
 
-def _job(method: str, rank: int | None, base: Path, train_file: Path, out: Path, s: CompareSettings) -> TrainJob:
+def _job(method: str, rank: int | None, ctx: dict, out: Path) -> TrainJob:
+    s: CompareSettings = ctx["settings"]
     lora = LoraSettings(r=rank or 8, alpha=2 * (rank or 8), dropout=0.0)
     train = TrainSettings(lr=s.full_lr if method == "full" else s.lora_lr, max_steps=s.steps, batch_size=s.batch_size,
-                          eval_steps=s.steps, patience=0, warmup_ratio=0.1, progress=False, seed=s.seed)
-    return TrainJob(method, base, train_file, out, lora=lora, train=train, overwrite=True)
+                          eval_steps=s.steps, patience=0, warmup_ratio=0.1, progress=False, seed=s.seed,
+                          mix_share=s.mix_share)
+    return TrainJob(method, ctx["base"], ctx["train_file"], out, lora=lora, train=train, overwrite=True,
+                    mix_general=ctx["mix_general"])
 
 
 def _flops(record: dict) -> float:
@@ -83,12 +87,18 @@ def _flops(record: dict) -> float:
     return float(m["tokens_seen"]) * (6 * m["trainable_params"] + 4 * frozen)
 
 
+def _state_mb(record: dict) -> float:
+    # Computed, not measured: fp32 weights (4 B) for every parameter, plus gradient (4 B) and AdamW m, v
+    # (8 B) for trained ones. At tiny scale activations and allocator slack hide this in the RSS.
+    m = record["metrics"]
+    return round((4 * m["total_params"] + 12 * m["trainable_params"]) / 2**20, 3)
+
+
 def _measure(method: str, rank: int | None, ctx: dict) -> dict:
-    s: CompareSettings = ctx["settings"]
     out = ctx["out_dir"] / "runs" / (f"{method}-r{rank}" if rank else method)
     _release_memory()
     started = time.monotonic()
-    record = run_training(_job(method, rank, ctx["base"], ctx["train_file"], out, s))
+    record = run_training(_job(method, rank, ctx, out))
     total = time.monotonic() - started
     artifact = Path(record["artifact"]["dir"])
     if method == "full":
@@ -106,8 +116,10 @@ def _measure(method: str, rank: int | None, ctx: dict) -> dict:
         "artifact_mb": round(record["artifact"]["size_bytes"] / 2**20, 4),
         "task_score": round(exact_match(model, tok, ctx["test"]), 4),
         "base_retention": _retention(retention, ctx["retention_before"]), "base_task_after": retention,
-        "switch_time_s": round(switch, 4), "switch_kind": "load full model" if method == "full" else "load + activate adapter",
+        "switch_time_s": round(switch, 4),
+        "switch_kind": "load full model" if method == "full" else "load + activate adapter",
         "tokens_seen": m["tokens_seen"], "flops_est": _flops(record), "steps": m["steps"],
+        "train_state_mb": _state_mb(record),
         "lr": record["settings"]["train"]["lr"], "eval_loss": m["eval_loss"], "skipped": False,
     }
 
@@ -123,7 +135,8 @@ def _skipped(method: str, rank: int | None, reason: str) -> dict:
 
 
 def run_compare(base_dir: Path, data: Path, out_dir: Path, settings: CompareSettings = CompareSettings(),
-                retention_data: Path | None = None, on_variant: Callable[[str], None] | None = None) -> dict:
+                retention_data: Path | None = None, on_variant: Callable[[str], None] | None = None,
+                mix_general: Path | None = None) -> dict:
     """Train and measure every variant; return `{"rows": [...], "meta": {...}}` (nothing is written here).
 
     Args:
@@ -133,6 +146,7 @@ def run_compare(base_dir: Path, data: Path, out_dir: Path, settings: CompareSett
         settings: steps, batch, learning rates, ranks.
         retention_data: JSONL of a task the base can already do (e.g. echo), for `base_retention`.
         on_variant: told each variant's label before it starts (progress display).
+        mix_general: JSONL of general data mixed into every variant's training (`settings.mix_share`).
     """
     out_dir, base_dir = Path(out_dir), Path(base_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
@@ -141,11 +155,14 @@ def run_compare(base_dir: Path, data: Path, out_dir: Path, settings: CompareSett
     base = AutoModelForCausalLM.from_pretrained(str(base_dir))
     test = load_records(test_file, tokenizer)
     ctx = {"settings": settings, "out_dir": out_dir, "base": base_dir, "train_file": train_file, "test": test,
+           "mix_general": mix_general,
            "tokenizer": tokenizer, "retention": retention,
            "retention_before": exact_match(base, tokenizer, retention) if retention else None}
     meta = {"base": str(base_dir), "data": str(data), "retention_data": str(retention_data) if retention_data else None,
+            "mix_general": str(mix_general) if mix_general else None,
             "settings": asdict(settings), "test_examples": len(test), "retention_examples": len(retention),
-            "base_task_score": round(exact_match(base, tokenizer, test), 4), "base_retention_score": ctx["retention_before"]}
+            "base_task_score": round(exact_match(base, tokenizer, test), 4),
+            "base_retention_score": ctx["retention_before"]}
     del base
     rows = []
     for method, rank in _variants(settings):

@@ -36,9 +36,10 @@ class LoraSettings(_Documented):
     """How the LoRA adapter is shaped."""
 
     r: int = _f(16, "LoRA rank r (the served maximum is the engine's --max-lora-rank, 16 by default)")
-    alpha: float | None = _f(None, "lora_alpha; default 2*r (the update is scaled by alpha/r, or alpha/sqrt(r) with rsLoRA)")
+    alpha: float | None = _f(None, "lora_alpha; default 2*r (updates are scaled by alpha/r, alpha/sqrt(r) with rsLoRA)")
     dropout: float = _f(0.05, "dropout on the LoRA input during training")
-    target_modules: tuple[str, ...] = _f(("all-linear",), "module names to adapt, or 'all-linear' (every linear layer but the LM head)")
+    target_modules: tuple[str, ...] = _f(("all-linear",),
+                                         "module names to adapt, or 'all-linear' (every linear layer but the LM head)")
     rslora: bool = _f(False, "rank-stabilised LoRA: scale by alpha/sqrt(r), which keeps high ranks learning")
 
     @property

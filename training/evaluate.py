@@ -17,7 +17,8 @@ def _prompt_ids(record: Record, tokenizer: PreTrainedTokenizerBase) -> list[int]
 
 
 @torch.no_grad()
-def greedy_completions(model, tokenizer: PreTrainedTokenizerBase, records: list[Record], batch_size: int = 64) -> list[str]:
+def greedy_completions(model, tokenizer: PreTrainedTokenizerBase, records: list[Record],
+                       batch_size: int = 64) -> list[str]:
     """Greedy completion text of each record's prompt (special tokens skipped).
 
     Prompts are batched by token length, so no batch needs padding and every model (whatever its

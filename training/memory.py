@@ -4,9 +4,9 @@ Training memory = weights + gradients + optimizer state + activations + a fixed 
 
 | method | per base parameter | per trainable (adapter) parameter |
 |---|---|---|
-| full (bf16 mixed precision, AdamW) | 16 B: 2 bf16 weight + 2 grad + 4 fp32 master + 8 Adam m, v | (the same parameters) |
+| full (bf16 mixed precision, AdamW) | 16 B: 2 bf16 weight + 2 grad + 4 fp32 master + 8 Adam m, v | (same) |
 | LoRA (frozen bf16 base) | 2 B | 16 B: 4 fp32 weight + 4 grad + 8 Adam |
-| QLoRA (frozen NF4 base, double quant) | 0.55 B: 0.5 for 4 bits + ~0.05 for block scales and layers kept in 16 bit | 16 B |
+| QLoRA (frozen NF4 base, double quant) | 0.55 B: 0.5 for 4 bits + ~0.05 block scales, 16-bit norms | 16 B |
 
 Activations assume gradient checkpointing: one stored layer input per layer (2·s·b·d·L bytes) plus one
 layer recomputed at a time (≈34·s·b·d bytes), and CUDA_OVERHEAD_GB for the context and allocator slack.

@@ -58,7 +58,8 @@ DECISIONS = (
     Rule("many-variants", lambda f: f["variants"] > 1 and f["fits"]["lora"], "lora",
          "{variants} variants: adapters (~{adapter_mb:g} MB each) share one served base and hot-swap per "
          "request; {variants} full copies would need {variants} x {weights_gb:g} GB of weights to serve"),
-    Rule("accuracy-critical", lambda f: f["accuracy_critical"] and f["fits"]["full"] and f["affordable"]["full"], "full",
+    Rule("accuracy-critical",
+         lambda f: f["accuracy_critical"] and f["fits"]["full"] and f["affordable"]["full"], "full",
          "accuracy-critical and full fine-tuning fits ({mem_full:g} GB <= {available_gb:g} GB){budget_note}: it "
          "recovers the last few % that LoRA (typically 95-99% of full quality) can leave"),
     Rule("big-domain-shift", lambda f: f["objective"] == "domain" and f["examples"] >= 100_000

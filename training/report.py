@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 COLUMNS = (("method", "method"), ("rank", "r"), ("trainable_params", "trainable"), ("trainable_pct", "trainable %"),
-           ("peak_mem_mb", "peak MB"), ("step_time_s", "s/step"), ("total_time_s", "total s"),
+           ("peak_mem_mb", "peak MB"), ("train_state_mb", "states MB"), ("step_time_s", "s/step"),
+           ("total_time_s", "total s"),
            ("artifact_mb", "artifact MB"), ("task_score", "task score"), ("base_retention", "retention"),
            ("switch_time_s", "switch s"))
 
@@ -62,6 +63,7 @@ def write_markdown(result: dict, path: Path) -> None:
         f"retention = base-task score after / before ({meta['retention_examples']} examples, before: "
         f"{fmt(meta['base_retention_score'])}).", "",
         markdown_table(result["rows"]), "",
+        "states MB: computed fp32 weights + gradients + AdamW states (4 B/param + 12 B/trained param). "
         "peak MB: RSS growth during training on CPU (weights, optimizer, activations, allocator slack), "
         "the CUDA allocator's peak on a GPU. switch s: load + activate another adapter in a live PEFT model "
         "(LoRA) vs load another full model from disk (full).", "",

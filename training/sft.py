@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
+from common.errors import InvalidRequest
 from training.artifacts import discard, write_stamp
 from training.checkpoints import CheckpointPruner, list_checkpoints
 from training.config import METHODS, TrainJob
@@ -56,6 +56,18 @@ def training_arguments(job: TrainJob, n_train: int) -> TrainingArguments:
         remove_unused_columns=False, label_names=["labels"], include_num_input_tokens_seen=True,
         dataloader_pin_memory=torch.cuda.is_available(),  # pinning only helps (and works) with a GPU
     )
+
+
+def _check_settings(job: TrainJob) -> None:
+    s, r = job.train, job.lora.r
+    problems = [msg for bad, msg in (
+        (r < 1, f"rank {r} must be >= 1"), (s.batch_size < 1, "--batch-size must be >= 1"),
+        (s.grad_accum < 1, "--grad-accum must be >= 1"), (s.lr <= 0, "--lr must be positive"),
+        (not 0 <= s.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
+        (not 0 < s.val_share < 1, "--val-share must be in (0, 1)"),
+        (s.max_steps <= 0 and s.epochs <= 0, "give --epochs > 0 or --max-steps > 0")) if bad]
+    if problems:
+        raise InvalidRequest("; ".join(problems))
 
 
 def _check_output(job: TrainJob) -> None:
@@ -128,6 +140,7 @@ def run_training(job: TrainJob, callbacks: list[TrainerCallback] | None = None,
     if job.method not in METHODS:
         raise ValueError(f"unknown method {job.method!r}: use one of {', '.join(METHODS)}")
     require_backend(job.method)
+    _check_settings(job)
     _check_output(job)
     started = time.monotonic()
     stage("loading")

@@ -6,7 +6,6 @@ The demo is tiny enough that a plain AdamW loop beats the setup cost of a Traine
 from __future__ import annotations
 
 import math
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from training.tasks import DEMO_WORDS, answer, completion, make_prompt
+from training.tasks import DEMO_WORDS, completion, make_prompt
 
 IGNORE = -100
 
@@ -26,15 +25,10 @@ class Recipe:
 
     steps: int
     lr: float
-    batch_size: int = 64
+    batch_size: int = 32
     warmup: int = 30
     weight_decay: float = 0.0
     seed: int = 0
-
-
-def set_threads() -> None:
-    """Use every core: training is the only work while the demo builds."""
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, task: str, word: str) -> tuple[list[int], list[int]]:
@@ -109,7 +103,9 @@ def train(
 
 
 @torch.no_grad()
-def greedy_answers(model: nn.Module, tokenizer: PreTrainedTokenizerBase, words: list[str], max_tokens: int = 12) -> list[str]:
+def greedy_answers(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, words: list[str], max_tokens: int = 12
+) -> list[str]:
     """Greedy completions of `words`, batched by word length (equal-length prompts need no padding).
 
     Args:
@@ -139,5 +135,3 @@ def accuracy(model: nn.Module, tokenizer: PreTrainedTokenizerBase, task: str, wo
     got = greedy_answers(model, tokenizer, words)
     return sum(g == completion(task, w) for g, w in zip(got, words)) / len(words)
 
-
-__all__ = ["Recipe", "accuracy", "answer", "encode_example", "greedy_answers", "set_threads", "train"]

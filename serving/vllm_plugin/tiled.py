@@ -40,7 +40,7 @@ def shrink(x: torch.Tensor, fused_a: torch.Tensor, tiles: Tiles, scale: float = 
 
 def expand(y: torch.Tensor, h: torch.Tensor, lora_b: Sequence[torch.Tensor], output_slices: Sequence[int],
            tiles: Tiles, offset: int = 0) -> None:
-    """`y[row, slice i] += h[tile row, rank block i] @ B_i[slot].T`, in place, one scatter in all.
+    """`y[row, slice i] += h[tile row, rank block i] @ B_i[slot].T`, in place (one scatter in all).
 
     Args:
         y: `[rows, out]`, changed in place.
@@ -50,14 +50,18 @@ def expand(y: torch.Tensor, h: torch.Tensor, lora_b: Sequence[torch.Tensor], out
         tiles: the batch's tile layout.
         offset: first column of the first slice.
     """
-    width = sum(output_slices)
     groups = tiles.hi - tiles.lo
     h = h.to(y.dtype)
     rank = h.shape[2] // len(lora_b)
-    delta = torch.zeros((groups, tiles.size, width), dtype=y.dtype, device=y.device)
-    col = 0
+    # One fresh product per slice, then one scatter: a bmm into a strided slice of a shared buffer
+    # would make torch fall back to one product per adapter.
+    parts = []
     for i, (weights, size) in enumerate(zip(lora_b, output_slices)):
         w = as_slots(weights)[tiles.lo:tiles.hi, :size].to(y.dtype)
-        delta[:, :, col:col + w.shape[1]].baddbmm_(h[:, :, i * rank:(i + 1) * rank], w.transpose(1, 2))
-        col += size
+        part = torch.bmm(h[:, :, i * rank:(i + 1) * rank], w.transpose(1, 2))
+        if w.shape[1] < size:  # adapter narrower than the slice: its last columns get nothing
+            part = torch.nn.functional.pad(part, (0, size - w.shape[1]))
+        parts.append(part)
+    delta = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+    width = delta.shape[2]
     y[:, offset:offset + width].index_add_(0, tiles.rows, delta.view(groups * tiles.size, width))

@@ -6,7 +6,9 @@ overrides replace its per-token weight gathers (`bgmv_*`/`sgmv_*`) with `serving
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,6 +20,24 @@ from serving.vllm_plugin.weights import StackedWeights, as_slots
 
 # Calls per process: tests and the benchmark read them to prove the ops ran inside the engine's worker.
 CALLS: Counter[str] = Counter()
+# The benchmark flips this inside one engine to time vLLM's stock ops against the plugin's.
+_PLUGIN_OPS = {"on": True}
+
+
+def set_plugin_ops(on: bool) -> None:
+    """Route this process's LoRA calls to the plugin's ops (True) or to vLLM's stock ops (False)."""
+    _PLUGIN_OPS["on"] = on
+
+
+def _or_stock(method: Callable) -> Callable:
+    """Run `method`, or the stock `PunicaWrapperCPU` method of the same name while stock ops are selected."""
+    stock = getattr(PunicaWrapperCPU, method.__name__)
+
+    @functools.wraps(method)
+    def dispatch(self, *args: Any, **kwargs: Any):
+        return (method if _PLUGIN_OPS["on"] else stock)(self, *args, **kwargs)
+
+    return dispatch
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -58,6 +78,7 @@ class LoraplexPunicaWrapperCPU(PunicaWrapperCPU):
         """False when no adapter of the batch has weights in this layer (all-zero slots add nothing)."""
         return not plan.empty and not plan.slots.isdisjoint(self._weights.nonzero_slots(stacked))
 
+    @_or_stock
     def add_shrink(self, y, x, lora_a_stacked, scale, **kwargs: Any) -> None:
         """`y[i][row] = (x[row] @ A_i[slot].T) * scale` for rows with an adapter (others untouched)."""
         plan = self.token_plan
@@ -69,6 +90,7 @@ class LoraplexPunicaWrapperCPU(PunicaWrapperCPU):
         for i in range(len(lora_a_stacked)):
             ops.unpack_rows(_rows(y[i]), h[:, i * rank:(i + 1) * rank], plan)
 
+    @_or_stock
     def add_expand(self, y, x, lora_b_stacked, output_slices, offset_start=0, add_inputs=True,
                    **kwargs: Any) -> None:
         """`y[row, slice i] += x[i][row] @ B_i[slot].T` for rows with an adapter."""
@@ -82,11 +104,13 @@ class LoraplexPunicaWrapperCPU(PunicaWrapperCPU):
         h = torch.cat([ops.pack_rows(_rows(x[i]), plan) for i in range(len(lora_b_stacked))], dim=1)
         ops.expand(y2, h, lora_b_stacked, output_slices, plan, offset_start)
 
+    @_or_stock
     def add_lora_embedding(self, y, x, lora_b_stacked, add_inputs=True, **kwargs: Any) -> None:
         """Expand of the embedding layer's LoRA (its shrink is a lookup vLLM already did)."""
         width = min(y.shape[-1], as_slots(lora_b_stacked).shape[1])
         self.add_expand(y, (x,), (lora_b_stacked,), (width,), 0, add_inputs)
 
+    @_or_stock
     def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *,
                         buffer=None, **kwargs: Any) -> None:
         """`y += (x @ A[slot].T * scale) @ B[slot].T` per slice, for rows with an adapter."""
@@ -97,6 +121,7 @@ class LoraplexPunicaWrapperCPU(PunicaWrapperCPU):
         fused = self._weights.fused(lora_a_stacked)
         ops.lora_linear(_rows(y), _rows(x), fused, lora_b_stacked, output_slices, plan, scale)
 
+    @_or_stock
     def add_lora_logits(self, y, x, lora_a_stacked, lora_b_stacked, scale, *, buffer=None,
                         **kwargs: Any) -> None:
         """LoRA on lm_head, grouped by the sampled rows' adapters (skipped when no adapter has one)."""

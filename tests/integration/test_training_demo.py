@@ -1,0 +1,64 @@
+"""The real demo build: base and adapters answer their tasks, and all four models answer differently.
+
+Uses the session `demo` fixture (tests/conftest.py): built once into var/ (or $LORAPLEX_TEST_VAR)
+and reused while its stamps match the recipe.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from rich.console import Console
+
+from training.demo import BASE_NAME, DEMO_TENANTS, DEMO_WORDS, build_demo, demo_prompt
+from training.lora import ADAPTER_FILES, BASE_MODEL_NAME
+from training.reference import merged_greedy
+from training.tasks import completion
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MAX_TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def outputs(demo) -> dict[str, list[str]]:
+    """Greedy completions of the demo prompts by the base (key BASE_NAME) and by each adapter."""
+    prompts = [demo_prompt(w) for w in DEMO_WORDS]
+    got = {BASE_NAME: merged_greedy(demo.base_dir, None, prompts, MAX_TOKENS)}
+    for tenant in DEMO_TENANTS:
+        got[tenant["adapter"]] = merged_greedy(demo.base_dir, demo.adapter_dirs[tenant["adapter"]], prompts, MAX_TOKENS)
+    return got
+
+
+def test_base_echoes(outputs):
+    assert outputs[BASE_NAME] == [completion("echo", w) for w in DEMO_WORDS]
+
+
+@pytest.mark.parametrize("tenant", DEMO_TENANTS, ids=lambda t: t["adapter"])
+def test_adapter_answers_its_task(outputs, tenant):
+    assert outputs[tenant["adapter"]] == [completion(tenant["task"], w) for w in DEMO_WORDS]
+
+
+def test_all_models_differ_on_every_word(outputs):
+    for i, word in enumerate(DEMO_WORDS):
+        answers = {name: got[i] for name, got in outputs.items()}
+        assert len(set(answers.values())) == len(answers), (word, answers)
+
+
+def test_artifacts_are_servable(demo):
+    config = json.loads((demo.base_dir / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["max_position_embeddings"] >= 256
+    assert "_name_or_path" not in config
+    for tenant in DEMO_TENANTS:
+        path = demo.adapter_dirs[tenant["adapter"]]
+        assert sorted(p.name for p in path.iterdir()) == sorted(ADAPTER_FILES)
+        adapter = json.loads((path / "adapter_config.json").read_text())
+        assert adapter["base_model_name_or_path"] == BASE_MODEL_NAME and adapter["r"] <= 16
+    for name, stamp in demo.stamps.items():
+        assert stamp["held_out_accuracy"] >= 0.95 and stamp["demo_accuracy"] == 1.0, (name, stamp)
+
+
+def test_second_build_reuses_everything(demo):
+    again = build_demo(demo.base_dir.parent.parent, console=Console(quiet=True))
+    assert again.built == [] and again.stamps == demo.stamps

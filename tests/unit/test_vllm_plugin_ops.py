@@ -1,0 +1,206 @@
+"""The plugin's grouped LoRA ops against a float64 reference: shapes, ranks, slices and index patterns.
+
+Every case runs through the wrapper vLLM's LoRA layers call (`LoraplexPunicaWrapperCPU`, fed real
+vLLM metadata), with each kernel forced in turn: the per-adapter loop and the batched tiles.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from vllm.lora.layers import LoRAMapping  # noqa: E402
+
+from serving.vllm_plugin import plan as plan_mod  # noqa: E402
+from serving.vllm_plugin.wrapper import LoraplexPunicaWrapperCPU, set_plugin_ops  # noqa: E402
+
+SLOTS = 64
+PATTERNS = ("one", "distinct", "interleaved", "runs", "blocks_with_base", "with_base", "all_base", "random")
+
+
+def slot_indices(pattern: str, n: int, rng: random.Random) -> list[int]:
+    """One adapter slot per token (-1: no adapter) following `pattern`."""
+    if pattern == "one":
+        return [rng.randrange(SLOTS)] * n
+    if pattern == "distinct":
+        # Every token on its own adapter (as far as the slots go).
+        return rng.sample(range(SLOTS), n) if n <= SLOTS else [rng.randrange(SLOTS) for _ in range(n)]
+    if pattern == "interleaved":
+        return [i % 3 for i in range(n)]
+    if pattern == "runs":
+        return sorted(rng.randrange(6) for _ in range(n))
+    if pattern == "blocks_with_base":
+        # Each adapter's tokens in one run, runs of base tokens between them (a prefill step).
+        slots = rng.sample([-1, -1, 0, 1, 2, 3], 6)
+        return [slots[min(i * 6 // n, 5)] for i in range(n)]
+    if pattern == "with_base":
+        return [-1 if rng.random() < 0.4 else rng.randrange(6) for _ in range(n)]
+    if pattern == "all_base":
+        return [-1] * n
+    return [rng.randrange(-1, 6) for _ in range(n)]
+
+
+def wrapper_for(indices: list[int]) -> LoraplexPunicaWrapperCPU:
+    """A wrapper whose metadata vLLM computed for `indices` (slot s is LoRA id s + 1)."""
+    wrapper = LoraplexPunicaWrapperCPU(4096, 4096, "cpu")
+    ids = tuple(s + 1 if s >= 0 else 0 for s in indices)
+    wrapper.update_metadata(LoRAMapping(ids, ids, is_prefill=True), list(range(1, SLOTS + 1)), SLOTS + 1, 512)
+    return wrapper
+
+
+def stacked(slices: tuple[int, ...], rank: int, fan_in: int, gen: torch.Generator):
+    """Random vLLM-layout weights: lora_a `[slots, 1, rank, in]`, lora_b `[slots, 1, out, rank]` per slice."""
+    a = tuple(torch.randn(SLOTS, 1, rank, fan_in, generator=gen) for _ in slices)
+    b = tuple(torch.randn(SLOTS, 1, out, rank, generator=gen) for out in slices)
+    return a, b
+
+
+def reference(y, x, a, b, scale, slices, indices, offset=0):
+    """float64: `y[t, slice i] += (x[t] @ A_i[s].T * scale) @ B_i[s].T` for tokens with slot s >= 0."""
+    out = y.double().clone()
+    col = offset
+    for a_i, b_i, size in zip(a, b, slices):
+        for t, s in enumerate(indices):
+            if s >= 0:
+                h = x[t].double() @ a_i[s, 0].double().T * scale
+                out[t, col:col + size] += h @ b_i[s, 0, :size].double().T
+        col += size
+    return out
+
+
+@pytest.fixture(params=["auto", "loop", "tiles"])
+def kernel(request, monkeypatch):
+    """Force the plan's kernel choice (tiles need 3+ adapters; fewer fall back to the loop)."""
+    if request.param == "loop":
+        monkeypatch.setattr(plan_mod, "LOOP_MIN_AVG_ROWS", 0)
+    elif request.param == "tiles":
+        monkeypatch.setattr(plan_mod, "LOOP_MIN_AVG_ROWS", 10**9)
+        monkeypatch.setattr(plan_mod, "TILES_MAX_WASTE", 10**9)
+    return request.param
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("seed", range(4))
+def test_add_lora_linear_matches_float64(kernel, pattern, seed):
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    n, rank, fan_in = rng.choice([1, 5, 64, 300]), rng.choice([1, 8, 16, 64]), rng.choice([16, 96])
+    slices = rng.choice([(48,), (32, 16, 16), (40, 40)])
+    indices = slot_indices(pattern, n, rng)
+    a, b = stacked(slices, rank, fan_in, gen)
+    x, y = torch.randn(n, fan_in, generator=gen), torch.randn(n, sum(slices), generator=gen)
+    scale = rng.choice([1.0, 0.5])
+    expected = reference(y, x, a, b, scale, slices, indices)
+    wrapper_for(indices).add_lora_linear(y, x, a, b, scale, slices)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
+    base_rows = [t for t, s in enumerate(indices) if s < 0]
+    # Tokens without an adapter keep their exact value: the adapter path adds nothing to them.
+    assert torch.equal(y[base_rows].double(), expected[base_rows])
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_shrink_then_expand_matches_float64(pattern):
+    """The two-call path (vLLM's sharded layers): buffers `[slices, tokens, rank]`, then expand at an offset."""
+    rng, gen = random.Random(7), torch.Generator().manual_seed(7)
+    indices = slot_indices(pattern, 40, rng)
+    slices, rank, offset = (24, 8, 8), 8, 5
+    a, b = stacked(slices, rank, 32, gen)
+    x, y = torch.randn(40, 32, generator=gen), torch.randn(40, offset + sum(slices) + 3, generator=gen)
+    expected = reference(y, x, a, b, 0.25, slices, indices, offset)
+    wrapper = wrapper_for(indices)
+    buffers = torch.zeros(len(slices), 40, rank)
+    wrapper.add_shrink(buffers, x, a, 0.25)
+    wrapper.add_expand(y, buffers, b, slices, offset_start=offset)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_expand_narrower_adapter_adds_common_width():
+    """lora_b narrower than the output slice (padding differs): only the common columns change."""
+    gen = torch.Generator().manual_seed(3)
+    indices = [0, 1, 2, -1, 1, 0]
+    a, b = stacked((10,), 4, 8, gen)
+    x, y = torch.randn(6, 8, generator=gen), torch.zeros(6, 16)
+    wrapper_for(indices).add_lora_linear(y, x, a, b, 1.0, (16,))
+    expected = reference(torch.zeros(6, 10), x, a, b, 1.0, (10,), indices)
+    torch.testing.assert_close(y[:, :10].double(), expected, rtol=1e-4, atol=1e-4)
+    assert torch.count_nonzero(y[:, 10:]) == 0
+
+
+def test_float32_and_bfloat16_outputs():
+    """A bfloat16 model: the intermediate stays float32, the output is written in bfloat16."""
+    gen = torch.Generator().manual_seed(4)
+    indices = [0, 1, 2, 0, 1, 2, -1]
+    a, b = stacked((16,), 8, 16, gen)
+    x = torch.randn(7, 16, generator=gen).bfloat16()
+    y = torch.zeros(7, 16, dtype=torch.bfloat16)
+    wrapper_for(indices).add_lora_linear(y, x, a, b, 1.0, (16,))
+    expected = reference(torch.zeros(7, 16), x.float(), a, b, 1.0, (16,), indices)
+    torch.testing.assert_close(y.double(), expected, rtol=2e-2, atol=2e-1)
+
+
+def test_adapter_written_in_place_is_picked_up():
+    """vLLM loads an adapter by writing into the stacked tensors: cached fused weights must follow."""
+    gen = torch.Generator().manual_seed(5)
+    indices = [0, 1, 0, 1]
+    a, b = stacked((8, 8), 4, 8, gen)
+    wrapper = wrapper_for(indices)
+    x = torch.randn(4, 8, generator=gen)
+    wrapper.add_lora_linear(torch.zeros(4, 16), x, a, b, 1.0, (8, 8))
+    a[1][1].copy_(torch.randn(1, 4, 8, generator=gen))
+    a[0][0].zero_()
+    a[1][0].zero_()  # slot 0 now has no weights in this layer: its tokens get nothing
+    y = torch.zeros(4, 16)
+    wrapper.add_lora_linear(y, x, a, b, 1.0, (8, 8))
+    expected = reference(torch.zeros(4, 16), x, a, b, 1.0, (8, 8), indices)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
+    assert torch.count_nonzero(y[[0, 2]]) == 0
+
+
+@pytest.mark.parametrize("pattern", ["one", "interleaved", "runs", "distinct"])
+def test_matches_stock_ops_without_base_tokens(pattern):
+    """Where vLLM's stock CPU ops are right (every token has an adapter), both agree."""
+    rng, gen = random.Random(11), torch.Generator().manual_seed(11)
+    indices = slot_indices(pattern, 50, rng)
+    a, b = stacked((16, 16, 16), 8, 24, gen)
+    x = torch.randn(50, 24, generator=gen)
+    outputs = []
+    for plugin in (True, False):
+        y = torch.zeros(50, 48)
+        set_plugin_ops(plugin)
+        try:
+            wrapper_for(indices).add_lora_linear(y, x, a, b, 1.0, (16, 16, 16))
+        finally:
+            set_plugin_ops(True)
+        outputs.append(y)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
+
+
+def test_logits_and_embedding_paths():
+    """LoRA on lm_head (sampled rows) and on the embedding (expand only), tokens without adapters untouched."""
+    gen = torch.Generator().manual_seed(9)
+    indices = [2, -1, 0, 2, 1]
+    wrapper = wrapper_for(indices)
+    a, b = stacked((30,), 4, 12, gen)
+    x, logits = torch.randn(5, 12, generator=gen), torch.randn(5, 32, generator=gen)
+    expected = reference(logits, x, a, b, 1.0, (30,), indices)
+    wrapper.add_lora_logits(logits, x, a[0], b[0], 1.0)
+    torch.testing.assert_close(logits.double(), expected, rtol=1e-4, atol=1e-4)
+    emb_b = torch.randn(SLOTS, 1, 20, 4, generator=gen)
+    h, y = torch.randn(5, 4, generator=gen), torch.zeros(5, 20)
+    wrapper.add_lora_embedding(y, h, emb_b)
+    want = torch.stack([h[t] @ emb_b[s, 0].T if s >= 0 else torch.zeros(20) for t, s in enumerate(indices)])
+    torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
+
+
+def test_plan_picks_the_kernel_by_batch_shape():
+    """Decode steps of many adapters use the batched tiles; long runs (prefill, one adapter) the loop."""
+    decode = plan_mod.make_plan(torch.tensor([i % 8 for i in range(64)]))
+    assert decode.tiles is not None and decode.rows is not None
+    assert (decode.tiles.lo, decode.tiles.hi, decode.tiles.size) == (0, 8, 8)
+    prefill = plan_mod.make_plan(torch.tensor([0] * 300 + [-1] * 20 + [1] * 200))
+    assert prefill.tiles is None and prefill.rows is None
+    assert [(s.slot, s.start, s.end) for s in prefill.segments] == [(0, 0, 300), (1, 320, 520)]
+    assert plan_mod.make_plan(torch.full((16,), -1)).empty
