@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 from rich.console import Console
 
 from common.procs import free_port, stop_group
@@ -42,7 +43,7 @@ def _gateway(engine: ServingSettings, s3: str, base: Path, tmp: Path, fair: bool
                            base_model=base)
     ObjectStore(reg).ensure_bucket()
     admin, port = "admin-" + secrets.token_hex(8), free_port()
-    settings = engine.model_copy(update={"admin_key": admin, "gateway_port": port, "fair_admission": fair,
+    settings = engine.model_copy(update={"admin_key": SecretStr(admin), "gateway_port": port, "fair_admission": fair,
                                          "max_inflight": inflight, "max_queue": 4096})
     server = serve_in_thread(create_app(Gateway.from_settings(settings, reg)), port)
     return f"http://127.0.0.1:{port}", admin, server

@@ -39,6 +39,9 @@ def engine_env(settings: ServingSettings) -> dict[str, str]:
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.engine_kv_cache_gb))
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # vLLM's CPU default pins the worker to one core and reserves the rest; on a small shared host
+    # (tests, several engines at once) pinned engines pile onto the same core and starve.
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     return env
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
 from common.procs import free_port
 from registry.settings import RegistrySettings
@@ -35,7 +36,8 @@ def start_gateway(engine: ServingSettings, s3_endpoint: str, base_dir: Path, cac
                            cache_dir=cache_dir, base_model=base_dir)
     ObjectStore(reg).ensure_bucket()
     admin_key, port = "admin-" + secrets.token_hex(8), free_port()
-    gw = Gateway.from_settings(engine.model_copy(update={"admin_key": admin_key, "gateway_port": port}), reg)
+    settings = engine.model_copy(update={"admin_key": SecretStr(admin_key), "gateway_port": port})
+    gw = Gateway.from_settings(settings, reg)
     server = serve_in_thread(create_app(gw), port)
     return Stack(f"http://127.0.0.1:{port}", admin_key, gw, {}), server
 

@@ -62,12 +62,13 @@ def stacked(slices: tuple[int, ...], rank: int, fan_in: int, gen: torch.Generato
 def reference(y, x, a, b, scale, slices, indices, offset=0):
     """float64: `y[t, slice i] += (x[t] @ A_i[s].T * scale) @ B_i[s].T` for tokens with slot s >= 0."""
     out = y.double().clone()
+    idx = torch.tensor(indices)
     col = offset
     for a_i, b_i, size in zip(a, b, slices):
-        for t, s in enumerate(indices):
-            if s >= 0:
-                h = x[t].double() @ a_i[s, 0].double().T * scale
-                out[t, col:col + size] += h @ b_i[s, 0, :size].double().T
+        for s in set(indices) - {-1}:
+            rows = torch.nonzero(idx == s).flatten()
+            h = x[rows].double() @ a_i[s, 0].double().T * scale
+            out[rows, col:col + size] += h @ b_i[s, 0, :size].double().T
         col += size
     return out
 
