@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loraplex import stack
+from loraplex.cli_bench import bench_app
 from loraplex.cli_train import compose_command, train_app
 from loraplex.client import ApiError, GatewayClient
 
@@ -20,6 +21,7 @@ adapter_app = typer.Typer(help="The caller's adapters (tenant key).", no_args_is
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(adapter_app, name="adapter")
 app.add_typer(train_app, name="train")
+app.add_typer(bench_app, name="bench")
 adapter_app.command("compose")(compose_command)
 console = Console()
 
@@ -64,6 +66,17 @@ def demo() -> None:
     from loraplex.demo import run_demo
 
     run_demo()
+
+
+@bench_app.command("fairness")
+def bench_fairness(out: Path = typer.Option(Path("var/bench"), "--out"),
+                   duration: float = typer.Option(30.0, help="seconds of traffic per phase"),
+                   flood_factor: float = typer.Option(10.0, help="the flooding tenant's rate / its share"),
+                   inflight: int = typer.Option(4, help="the gateway's max in-flight requests")) -> None:
+    """One tenant floods at 10x its share: the other tenants' p99, FIFO vs fair (VTC) admission."""
+    from loraplex.bench_fairness import run_fairness
+
+    run_fairness(out, duration_s=duration, flood_factor=flood_factor, inflight=inflight)
 
 
 @tenant_app.command("create")
