@@ -52,6 +52,7 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
         app.state.gateway = gw
         supervisor = EngineSupervisor(gw.settings, gw.residency) if gw.settings.engine_managed else None
         if supervisor:
+            gw.supervisor = supervisor
             await supervisor.start()
         else:
             try:

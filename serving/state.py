@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from common.errors import LoraplexError
+from common.errors import EngineUnavailable, LoraplexError
 from registry.adapters import AdapterRegistry
 from registry.cache import AdapterCache
 from registry.manifest import Manifest
@@ -35,6 +35,7 @@ class Gateway:
     residency: AdapterResidency
     admission: Admission
     dedicated: dict[str, httpx.AsyncClient] = field(default_factory=dict)
+    supervisor: object | None = None  # an EngineSupervisor when the gateway owns the engine
     known_keys: LastGood = field(default_factory=lambda: LastGood("tenant"))
     known_models: LastGood = field(default_factory=lambda: LastGood("manifest"))
     _ready: tuple[float, bool, dict] = field(default=(0.0, False, {}))
@@ -91,6 +92,8 @@ class Gateway:
         except Exception as e:  # e.g. the bucket is missing: not ready, never a crash
             detail["storage"] = f"{type(e).__name__}: {e} (does bucket {self.store.bucket!r} exist?)"
         try:
+            if getattr(self.supervisor, "recovering", False):
+                raise EngineUnavailable("the engine is restarting after a crash; hot adapters are being reloaded")
             await self.engine.probe()
         except LoraplexError as e:
             detail["engine"] = e.message

@@ -30,6 +30,7 @@ class EngineSupervisor:
         self.restarts = 0
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self.recovering = False  # /ready stays 503 until the restarted engine has its hot adapters back
 
     async def start(self) -> None:
         """Start the engine and watch it; returns at once (readiness is /ready's business)."""
@@ -49,6 +50,7 @@ class EngineSupervisor:
             if self.proc is None or self.proc.poll() is None:
                 continue
             code = self.proc.returncode
+            self.recovering = True
             log.error("engine exited", extra={"fields": {"code": code, "restarts": self.restarts}})
             hot = self.residency.take_hot()
             await asyncio.to_thread(stop_group, self.proc.pid, 5)  # its workers, if any survived
@@ -61,6 +63,7 @@ class EngineSupervisor:
                 log.exception("engine restart failed; trying again")
                 continue
             await self.residency.reload(hot)
+            self.recovering = False
 
     async def stop(self) -> None:
         self._stopping = True

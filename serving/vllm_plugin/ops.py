@@ -13,17 +13,19 @@ import torch
 
 from serving.vllm_plugin import tiled
 from serving.vllm_plugin.plan import LoraPlan
-from serving.vllm_plugin.weights import as_slots
+from serving.vllm_plugin.weights import StackedWeights
 
 
-def lora_linear(y: torch.Tensor, x: torch.Tensor, fused_a: torch.Tensor, lora_b: Sequence[torch.Tensor],
-                output_slices: Sequence[int], plan: LoraPlan, scale: float = 1.0, offset: int = 0) -> None:
+def lora_linear(y: torch.Tensor, x: torch.Tensor, weights: StackedWeights, lora_a: Sequence[torch.Tensor],
+                lora_b: Sequence[torch.Tensor], output_slices: Sequence[int], plan: LoraPlan,
+                scale: float = 1.0, offset: int = 0) -> None:
     """`y[row, slice i] += (x[row] @ A_i[slot].T * scale) @ B_i[slot].T`, in place.
 
     Args:
         y: `[rows, out]` output of the base layer, changed in place.
         x: `[rows, in]` input of the layer.
-        fused_a: lora_a of all slices side by side, `[slots, slices * rank, in]` (see `StackedWeights`).
+        weights: the layer's cache of derived weights (fused lora_a, per-slot views).
+        lora_a: one stacked lora_a per slice (all slices are shrunk by one product, see `StackedWeights`).
         lora_b: one stacked lora_b per slice.
         output_slices: width of each slice in `y`; slices sit side by side from `offset`.
         plan: the batch's grouping (see `make_plan`): picks the kernel.
@@ -31,11 +33,11 @@ def lora_linear(y: torch.Tensor, x: torch.Tensor, fused_a: torch.Tensor, lora_b:
         offset: first column of the first slice.
     """
     if plan.tiles is not None:
-        h = tiled.shrink(x, fused_a, plan.tiles, scale)
+        h = tiled.shrink(x, weights.fused(lora_a), plan.tiles, scale)
         tiled.expand(y, h, lora_b, output_slices, plan.tiles, offset)
     else:
-        h = shrink(x, fused_a, plan, scale)
-        expand(y, h, lora_b, output_slices, plan, offset)
+        h = shrink(x, weights.shrink_slots(lora_a), plan, scale)
+        expand(y, h, weights.expand_slots(lora_b, output_slices, y.dtype), output_slices, plan, offset)
 
 
 def pack_rows(x: torch.Tensor, plan: LoraPlan) -> torch.Tensor:
@@ -61,52 +63,60 @@ def unpack_rows(dst: torch.Tensor, packed: torch.Tensor, plan: LoraPlan) -> None
         pos += n
 
 
-def shrink(x: torch.Tensor, fused_a: torch.Tensor, plan: LoraPlan, scale: float = 1.0) -> torch.Tensor:
+def shrink(x: torch.Tensor, a_slots: Sequence[torch.Tensor], plan: LoraPlan, scale: float = 1.0) -> torch.Tensor:
     """`(x[row] @ A[slot].T) * scale` for the rows with an adapter, packed, in float32.
+
+    Args:
+        x: `[rows, in]`.
+        a_slots: per slot, `[in, slices * rank]` float32 (`StackedWeights.shrink_slots`).
+        plan: the batch's grouping.
+        scale: multiplies the result.
 
     Returns:
         `[packed_rows, slices * rank]`: row k is the k-th row of `pack_rows(x, plan)`.
     """
-    src = (x if plan.rows is None else x.index_select(0, plan.rows)).to(torch.float32)
-    h = torch.empty((plan.packed_rows, fused_a.shape[1]), dtype=torch.float32, device=x.device)
+    src = x if plan.rows is None else x.index_select(0, plan.rows)
+    if src.dtype != torch.float32:
+        src = src.to(torch.float32)
+    h = torch.empty((plan.packed_rows, a_slots[0].shape[1]), dtype=torch.float32, device=x.device)
     pos = 0
     for s in plan.segments:
         n = s.end - s.start
-        torch.mm(src[s.start:s.end], fused_a[s.slot].t(), out=h[pos:pos + n])
+        torch.mm(src[s.start:s.end], a_slots[s.slot], out=h[pos:pos + n])
         pos += n
     if scale != 1.0:
         h.mul_(scale)
     return h
 
 
-def expand(y: torch.Tensor, h: torch.Tensor, lora_b: Sequence[torch.Tensor], output_slices: Sequence[int],
-           plan: LoraPlan, offset: int = 0) -> None:
+def expand(y: torch.Tensor, h: torch.Tensor, b_slots: Sequence[Sequence[torch.Tensor]],
+           output_slices: Sequence[int], plan: LoraPlan, offset: int = 0) -> None:
     """`y[row, slice i] += h[packed row, rank block i] @ B_i[slot].T`, in place.
 
     Args:
         y: `[rows, out]`, changed in place.
         h: `[packed_rows, slices * rank]` (as `shrink` returns it).
-        lora_b: one stacked lora_b per slice.
+        b_slots: per slot, per slice, `[rank, width]` in y's dtype (`StackedWeights.expand_slots`);
+            a width below the slice's (adapter padded differently) leaves the last columns alone.
         output_slices: width of each slice in `y`, side by side from `offset`.
         plan: the batch's grouping.
         offset: first column of the first slice.
     """
     width = sum(output_slices)
     cols = y[:, offset:offset + width]
-    h = h.to(y.dtype)
-    # Contiguous runs are added straight into their rows of y; sorted rows go through one scatter.
+    if h.dtype != y.dtype:
+        h = h.to(y.dtype)
+    # In-place runs are added straight into their rows of y; sorted rows go through one scatter.
     dst = cols if plan.rows is None else torch.zeros((plan.packed_rows, width), dtype=y.dtype, device=y.device)
-    rank = h.shape[1] // len(lora_b)
+    rank = h.shape[1] // len(output_slices)
+    starts = [sum(output_slices[:i]) for i in range(len(output_slices))]
+    h_blocks = [h[:, i * rank:(i + 1) * rank] for i in range(len(output_slices))]
     pos = 0
     for s in plan.segments:
         n = s.end - s.start
-        r0 = s.start if plan.rows is None else pos
-        col = 0
-        for i, (weights, size) in enumerate(zip(lora_b, output_slices)):
-            # Adapter and model may pad differently: add the common width (as vLLM's expand does).
-            w = as_slots(weights)[s.slot, :size].to(y.dtype)
-            dst[r0:r0 + n, col:col + w.shape[0]].addmm_(h[pos:pos + n, i * rank:(i + 1) * rank], w.t())
-            col += size
+        rows = slice(s.start, s.end) if plan.rows is None else slice(pos, pos + n)
+        for w, h_block, c0 in zip(b_slots[s.slot], h_blocks, starts):
+            dst[rows, c0:c0 + w.shape[1]].addmm_(h_block[pos:pos + n], w)
         pos += n
     if plan.rows is not None:
         cols.index_add_(0, plan.rows, dst)

@@ -5,9 +5,10 @@ per-token copy of the adapter weights. Here the rows are grouped by slot instead
 (vLLM only remaps when the batch's adapters change), so the layers compute on plain views of the
 stacked weights:
 
-- "loop": one matrix product per distinct adapter, on row views (large runs: prefill, one adapter);
-- "tiles": rows laid out slot-major as `[slots, size]` tiles for one batched product per layer,
-  whatever the number of adapters (many small runs: decode steps of many adapters).
+- "loop": one matrix product per run of rows on one adapter, in place on row views (long runs:
+  prefill chunks, a single adapter), or per adapter after sorting the rows;
+- "tiles": rows sorted and laid out slot-major as `[slots, size]` tiles for one batched product per
+  layer, whatever the number of adapters (short interleaved runs: decode steps of many adapters).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-# Runs at least this long keep the loop: big products are efficient and tiles would only add copies.
-LOOP_MIN_AVG_ROWS = 128
+# Runs at least this long (on average) are looped over in place: big products are efficient, and
+# sorting would only add a gather and a scatter.
+LOOP_MIN_AVG_ROWS = 48
 # Tiles pad every slot of the range to the longest run; give up on them beyond this much padding.
 TILES_MAX_WASTE = 2.0
 
@@ -28,7 +30,7 @@ class Segment:
 
     Args:
         slot: index into the stacked LoRA weights.
-        start: first row: in the input itself for a contiguous plan, else in `LoraPlan.rows`.
+        start: first row: in the input itself for an in-place plan, else in `LoraPlan.rows`.
         end: one past the last row (same coordinates as `start`).
     """
 
@@ -62,9 +64,9 @@ class LoraPlan:
 
     Args:
         num_rows: rows the indices covered.
-        segments: one per adapter slot in use, in slot order; rows without an adapter are left out.
-        rows: None when each slot's rows already form one run (row views, no copies); else the row
-            numbers sorted by slot (adapter rows only), for one gather before and one scatter after.
+        segments: the runs of rows with an adapter (in row order), or one per slot when sorted.
+        rows: None when the segments are runs of the input itself (row views, no copies); else the
+            row numbers sorted by slot (adapter rows only), for one gather before and one scatter after.
         tiles: the batched layout when it is the cheaper kernel, else None (use the loop).
     """
 
@@ -96,13 +98,13 @@ def _runs(indices: torch.Tensor) -> list[tuple[int, int]]:
 
 
 def _segments(runs: list[tuple[int, int]], shift: int = 0) -> tuple[Segment, ...]:
-    """Segments for runs laid end to end, skipping runs without an adapter, sorted by slot."""
+    """Segments for runs laid end to end from row `-shift`, skipping runs without an adapter."""
     segments, start = [], -shift
     for slot, count in runs:
         if slot >= 0:
             segments.append(Segment(slot, start, start + count))
         start += count
-    return tuple(sorted(segments, key=lambda s: s.slot))
+    return tuple(segments)
 
 
 def make_plan(indices: torch.Tensor) -> LoraPlan:
@@ -112,28 +114,28 @@ def make_plan(indices: torch.Tensor) -> LoraPlan:
         indices: one slot index per row (int64); -1 means the row has no adapter.
 
     Returns:
-        The plan; see the module docstring for the two kernels.
+        Long runs (prefill, a single adapter): the loop over the runs in place, no copies.
+        Short interleaved runs (decode steps of several adapters): rows sorted by slot (stable), as
+        tiles when the padding stays small, else looped over one segment per slot.
     """
     indices = indices.to("cpu", torch.long)
-    if indices.numel() == 0:
-        return LoraPlan(0, (), None)
-    runs = _runs(indices)
-    used = [slot for slot, _ in runs if slot >= 0]
-    if len(used) == len(set(used)):
-        plan = LoraPlan(indices.numel(), _segments(runs), None)
-    else:
-        # Interleaved slots (decode steps of requests on different adapters): sort once.
-        order = torch.argsort(indices, stable=True)
-        unassigned = int((indices < 0).sum())
-        plan = LoraPlan(indices.numel(), _segments(_runs(indices[order]), unassigned), order[unassigned:])
+    runs = _runs(indices) if indices.numel() else []
+    in_place = _segments(runs)
+    if not in_place:
+        return LoraPlan(indices.numel(), (), None)
+    if len(in_place) <= 2 or sum(s.end - s.start for s in in_place) >= LOOP_MIN_AVG_ROWS * len(in_place):
+        return LoraPlan(indices.numel(), in_place, None)
+    order = torch.argsort(indices, stable=True)
+    unassigned = int((indices < 0).sum())
+    plan = LoraPlan(indices.numel(), _segments(_runs(indices[order]), unassigned), order[unassigned:])
     tiles = _tiles(plan)
     return plan if tiles is None else LoraPlan(plan.num_rows, plan.segments, plan.rows, tiles)
 
 
 def _tiles(plan: LoraPlan) -> Tiles | None:
-    """The batched layout when many short runs make it cheaper than the loop, else None."""
+    """The batched layout of a sorted plan (one segment per slot), unless it would pad too much."""
     segs = plan.segments
-    if len(segs) < 3 or plan.packed_rows >= LOOP_MIN_AVG_ROWS * len(segs):
+    if len(segs) < 2:
         return None
     lo, hi = segs[0].slot, segs[-1].slot + 1
     size = max(s.end - s.start for s in segs)
@@ -143,8 +145,7 @@ def _tiles(plan: LoraPlan) -> Tiles | None:
     real = torch.zeros((hi - lo) * size, dtype=torch.bool)
     for s in segs:
         base = (s.slot - lo) * size
-        n = s.end - s.start
-        rows[base:base + n] = torch.arange(s.start, s.end) if plan.rows is None else plan.rows[s.start:s.end]
-        real[base:base + n] = True
+        rows[base:base + s.end - s.start] = plan.rows[s.start:s.end]
+        real[base:base + s.end - s.start] = True
     pads = torch.nonzero(~real).flatten()
     return Tiles(lo, hi, size, rows, pads if pads.numel() else None)

@@ -8,7 +8,7 @@ as long as the versions it was built from are unchanged.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,6 +24,7 @@ class _Entry:
     versions: tuple[int, ...]
     fused: torch.Tensor | None = None
     nonzero: frozenset[int] | None = None
+    views: dict = field(default_factory=dict)
 
 
 class StackedWeights:
@@ -64,3 +65,25 @@ class StackedWeights:
                 slots.update(torch.nonzero(flat.abs().amax(dim=1) > 0).flatten().tolist())
             entry.nonzero = frozenset(slots)
         return entry.nonzero
+
+    def shrink_slots(self, lora_a: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Per slot, the fused lora_a transposed for `x @ w` (`[in, slices * rank]` views, no copies)."""
+        entry = self._entry(lora_a)
+        if "shrink" not in entry.views:
+            fused = self.fused(lora_a)
+            entry.views["shrink"] = [fused[slot].t() for slot in range(fused.shape[0])]
+        return entry.views["shrink"]
+
+    def expand_slots(self, lora_b: Sequence[torch.Tensor], output_slices: Sequence[int],
+                     dtype: torch.dtype) -> list[tuple[torch.Tensor, ...]]:
+        """Per slot, each slice's lora_b transposed for `h @ w`, cut to the slice width, in `dtype`.
+
+        Views when the dtype matches; a converted copy (made once per adapter load) when it does not.
+        """
+        entry = self._entry(lora_b)
+        key = ("expand", tuple(output_slices), dtype)
+        if key not in entry.views:
+            parts = [as_slots(w)[:, :size].to(dtype) for w, size in zip(entry.tensors, output_slices)]
+            entry.views[key] = [tuple(p[slot].t() for p in parts) for slot in range(parts[0].shape[0])]
+        return entry.views[key]
+

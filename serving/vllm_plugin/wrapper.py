@@ -85,7 +85,7 @@ class LoraplexPunicaWrapperCPU(PunicaWrapperCPU):
         if plan.empty:
             return
         CALLS["shrink"] += 1
-        h = ops.shrink(_rows(x), self._weights.fused(lora_a_stacked), plan, scale)
+        h = ops.shrink(_rows(x), self._weights.shrink_slots(lora_a_stacked), plan, scale)
         rank = h.shape[1] // len(lora_a_stacked)
         for i in range(len(lora_a_stacked)):
             ops.unpack_rows(_rows(y[i]), h[:, i * rank:(i + 1) * rank], plan)
@@ -102,7 +102,8 @@ class LoraplexPunicaWrapperCPU(PunicaWrapperCPU):
             return
         CALLS["expand"] += 1
         h = torch.cat([ops.pack_rows(_rows(x[i]), plan) for i in range(len(lora_b_stacked))], dim=1)
-        ops.expand(y2, h, lora_b_stacked, output_slices, plan, offset_start)
+        b_slots = self._weights.expand_slots(lora_b_stacked, output_slices, y2.dtype)
+        ops.expand(y2, h, b_slots, output_slices, plan, offset_start)
 
     @_or_stock
     def add_lora_embedding(self, y, x, lora_b_stacked, add_inputs=True, **kwargs: Any) -> None:
@@ -118,8 +119,8 @@ class LoraplexPunicaWrapperCPU(PunicaWrapperCPU):
         if not self._applies(plan, lora_a_stacked):
             return
         CALLS["linear"] += 1
-        fused = self._weights.fused(lora_a_stacked)
-        ops.lora_linear(_rows(y), _rows(x), fused, lora_b_stacked, output_slices, plan, scale)
+        ops.lora_linear(_rows(y), _rows(x), self._weights, lora_a_stacked, lora_b_stacked, output_slices, plan,
+                        scale)
 
     @_or_stock
     def add_lora_logits(self, y, x, lora_a_stacked, lora_b_stacked, scale, *, buffer=None,
@@ -132,5 +133,4 @@ class LoraplexPunicaWrapperCPU(PunicaWrapperCPU):
         y2 = _rows(y)
         # The stacked lm_head B may be narrower than the padded logits: add the common width only.
         width = min(y2.shape[-1], as_slots(lora_b_stacked).shape[1])
-        fused = self._weights.fused((lora_a_stacked,))
-        ops.lora_linear(y2, _rows(x), fused, (lora_b_stacked,), (width,), plan, scale)
+        ops.lora_linear(y2, _rows(x), self._weights, (lora_a_stacked,), (lora_b_stacked,), (width,), plan, scale)

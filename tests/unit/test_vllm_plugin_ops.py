@@ -73,14 +73,17 @@ def reference(y, x, a, b, scale, slices, indices, offset=0):
     return out
 
 
-@pytest.fixture(params=["auto", "loop", "tiles"])
+@pytest.fixture(params=["auto", "in-place", "sorted", "tiles"])
 def kernel(request, monkeypatch):
-    """Force the plan's kernel choice (tiles need 3+ adapters; fewer fall back to the loop)."""
-    if request.param == "loop":
+    """Force the plan's kernel: the loop over runs in place, the loop over sorted rows, or tiles.
+
+    Batches of one or two runs always take the in-place loop.
+    """
+    if request.param == "in-place":
         monkeypatch.setattr(plan_mod, "LOOP_MIN_AVG_ROWS", 0)
-    elif request.param == "tiles":
+    elif request.param in ("sorted", "tiles"):
         monkeypatch.setattr(plan_mod, "LOOP_MIN_AVG_ROWS", 10**9)
-        monkeypatch.setattr(plan_mod, "TILES_MAX_WASTE", 10**9)
+        monkeypatch.setattr(plan_mod, "TILES_MAX_WASTE", 10**9 if request.param == "tiles" else 0)
     return request.param
 
 
