@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from common.errors import EngineUnavailable, LoraplexError
+from common.errors import LoraplexError
 from registry.adapters import AdapterRegistry
 from registry.cache import AdapterCache
 from registry.manifest import Manifest
@@ -81,6 +81,8 @@ class Gateway:
 
     async def readiness(self) -> tuple[bool, dict]:
         """Engine answers a real generate and S3 answers; the verdict is reused for a moment."""
+        if getattr(self.supervisor, "recovering", False):  # never from the cache: a crash is news at once
+            return False, {"engine": "the engine is restarting after a crash; hot adapters are being reloaded"}
         at, ok, detail = self._ready
         if time.monotonic() - at < self.settings.ready_cache_s:
             return ok, detail
@@ -92,8 +94,6 @@ class Gateway:
         except Exception as e:  # e.g. the bucket is missing: not ready, never a crash
             detail["storage"] = f"{type(e).__name__}: {e} (does bucket {self.store.bucket!r} exist?)"
         try:
-            if getattr(self.supervisor, "recovering", False):
-                raise EngineUnavailable("the engine is restarting after a crash; hot adapters are being reloaded")
             await self.engine.probe()
         except LoraplexError as e:
             detail["engine"] = e.message
