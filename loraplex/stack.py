@@ -19,7 +19,7 @@ from rich.console import Console
 
 from common.procs import free_port, pid_alive, port_open, spawn, stop_group
 from loraplex.settings import StackSettings
-from registry.seaweed import SeaweedServer
+from registry.seaweed import GRPC_OFFSET, SeaweedServer
 from registry.settings import RegistrySettings
 from registry.store import ObjectStore
 
@@ -95,7 +95,9 @@ def _start_seaweed(cfg: StackSettings, aws: dict) -> SeaweedServer:
     """Start SeaweedFS with the ports it had last time where they are free (its volumes remember them)."""
     ports_file = cfg.var_dir / "s3-ports.json"
     old = json.loads(ports_file.read_text()) if ports_file.exists() else {"s3": cfg.s3_port}
-    wanted = {f"{k}_port": p for k, p in old.items() if not port_open(p) and not port_open(p + 10000)}
+    # each gRPC port is HTTP + 10000 in SeaweedFS: a port above 55535 cannot be used
+    wanted = {f"{k}_port": p for k, p in old.items()
+              if p + GRPC_OFFSET <= 65535 and not port_open(p) and not port_open(p + GRPC_OFFSET)}
     cfg.log_dir.mkdir(parents=True, exist_ok=True)
     console.print("starting SeaweedFS …")
     weed = SeaweedServer().start(cfg.var_dir / "s3", access_key=aws["AWS_ACCESS_KEY_ID"],

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from common.procs import free_port, pid_alive, port_open
+from registry.seaweed import free_port_pair
 from training.demo import DEMO_TENANTS, DEMO_WORDS
 from training.tasks import answer
 
@@ -30,7 +31,7 @@ def test_demo_up_status_down(tmp_path, demo):
     # reuse the session's demo model and adapters (the build itself is tested in tests/integration)
     (var / "models").symlink_to(demo.base_dir.parent)
     (var / "adapters").symlink_to(demo.base_dir.parent.parent / "adapters")
-    ports = {"GATEWAY": free_port(), "S3": free_port(), "ENGINE": free_port()}
+    ports = {"GATEWAY": free_port(), "S3": free_port_pair(), "ENGINE": free_port()}  # S3 needs port+10000 too
     env = {**os.environ, "LORAPLEX_VAR_DIR": str(var), "COLUMNS": "200",
            **{f"LORAPLEX_{k}_PORT": str(p) for k, p in ports.items()}}
     for k in ("LORAPLEX_GATEWAY_URL", "LORAPLEX_API_KEY", "LORAPLEX_ADMIN_KEY", "LORAPLEX_BASE_MODEL"):
