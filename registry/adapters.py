@@ -17,6 +17,7 @@ from registry import layout
 from registry.aliases import list_aliases, read_alias, swap_alias
 from registry.base_spec import BaseModelSpec
 from registry.errors import KeyMissing, PreconditionFailed
+from registry.health import upload_health
 from registry.manifest import (ADAPTER_FILES, Manifest, content_digest, file_entries, is_version, utc_now,
                                version_of)
 from registry.settings import RegistrySettings
@@ -42,15 +43,18 @@ class AdapterRegistry:
         store: the registry bucket.
         settings: caps and the base model used by validation.
         base_spec: the served base; default: read from `settings.base_model` if set, else no base checks.
+        probes: checks run after the static gate (the gateway passes `registry.probe.default_probes`).
     """
 
-    def __init__(self, store: ObjectStore, settings: RegistrySettings, base_spec: BaseModelSpec | None = None):
+    def __init__(self, store: ObjectStore, settings: RegistrySettings, base_spec: BaseModelSpec | None = None,
+                 probes: list | None = None):
         self.store = store
         self.settings = settings
         if base_spec is None and settings.base_model is not None:
             base_spec = BaseModelSpec.from_dir(settings.base_model)
         self.base_spec = base_spec
         self.validator = AdapterValidator.from_settings(settings, base_spec)
+        self.validator.probes.extend(probes or [])
 
     def publish(self, tenant: str, name: str, files: dict[str, bytes], *, uploader: str,
                 metadata: dict | None = None) -> Manifest:
@@ -86,7 +90,7 @@ class AdapterRegistry:
             size_bytes=sum(e.size for e in entries.values()), rank=adapter.rank, alpha=adapter.alpha,
             target_modules=adapter.target_modules,
             base_model=self.base_spec.fingerprint if self.base_spec else None,
-            created_at=utc_now(), uploader=uploader, metadata=metadata)
+            created_at=utc_now(), uploader=uploader, metadata=metadata, health=upload_health(files))
         try:
             self.store.put(layout.manifest_key(tenant, name, version), manifest.model_dump_json().encode(),
                            if_none_match=True)

@@ -49,6 +49,8 @@ class Manifest(BaseModel):
     created_at: str = Field(description="ISO-8601 UTC time of the first upload of these bytes.")
     uploader: str
     metadata: dict = Field(default_factory=dict, description="Optional training metadata, free-form.")
+    health: dict | None = Field(None, description="Singular-value spectrum of the updates, computed at upload "
+                                "(registry/health.py): effective rank, near-zero share, per module.")
 
     @property
     def ref(self) -> str:

@@ -31,3 +31,15 @@ class RegistrySettings(BaseSettings):
     base_model: Path | None = Field(None, description="Local HF model dir; enables base-dependent validation.")
     max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank accepted (the engine's --max-lora-rank).")
     max_upload_bytes: int = Field(256 * MIB, gt=0, description="Largest total size of one adapter version.")
+    noop_probe: bool = Field(True, description="Run each upload on the served base with and without the adapter "
+                             "and refuse it if the output barely moves (a silent no-op); needs base_model.")
+    noop_probe_min_change: float = Field(1e-5, gt=0, description="Smallest relative change of the probe's logits "
+                                         "(||adapted - base|| / ||base||) an adapter must cause; fp32 round-off is "
+                                         "about 1e-7, a trained adapter 1e-2 and more.")
+    noop_probe_max_base_bytes: int = Field(4 * GIB, gt=0, description="Skip the probe (with a warning) for a base "
+                                           "whose fp32 weights exceed this, or half the host's available memory.")
+    model_cache_dir: Path = Field(Path("var/cache/models"), description="Local directory of verified full/merged "
+                                  "model artifacts fetched from the registry's models/.")
+    model_cache_max_bytes: int = Field(20 * GIB, gt=0, description="Bytes the local model cache may hold (LRU).")
+    max_model_upload_bytes: int = Field(16 * GIB, gt=0, description="Largest total size of one full/merged model "
+                                        "version (every file is held in memory once while it is stored).")

@@ -17,6 +17,7 @@ from registry.settings import RegistrySettings
 from registry.store import ObjectStore
 from registry.tenants import Tenant, TenantRegistry, hash_key
 from registry.base_spec import BaseModelSpec
+from registry.probe import default_probes
 from serving.admission import Admission
 from serving.engine import EngineClient
 from serving.fallback import LastGood
@@ -45,7 +46,8 @@ class Gateway:
         store = ObjectStore(registry_settings)
         base_dir = registry_settings.base_model or settings.base_model
         base_spec = BaseModelSpec.from_dir(Path(base_dir)) if base_dir else None
-        adapters = AdapterRegistry(store, registry_settings, base_spec)
+        adapters = AdapterRegistry(store, registry_settings, base_spec,
+                                   probes=default_probes(registry_settings, base_spec, warm=True))
         engine = EngineClient(settings)
         return cls(
             settings=settings, store=store, tenants=TenantRegistry(store), adapters=adapters,

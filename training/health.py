@@ -117,8 +117,17 @@ def adapter_health(adapter_dir: str | Path, energy: float = 0.99, near_zero_rel:
     """
     adapter_dir = Path(adapter_dir)
     config = json.loads((adapter_dir / CONFIG).read_text())
+    return tensors_health(config, load_file(str(adapter_dir / WEIGHTS)), energy, near_zero_rel)
+
+
+def tensors_health(config: dict, tensors: dict[str, torch.Tensor], energy: float = 0.99,
+                   near_zero_rel: float = 1e-3) -> dict:
+    """`adapter_health` of an adapter already in memory: its parsed config and its LoRA tensors.
+
+    The registry calls this at upload with the tensors of `safetensors.torch.load(bytes)`.
+    """
     per_module = {}
-    for module, pair in sorted(_module_pairs(load_file(str(adapter_dir / WEIGHTS))).items()):
+    for module, pair in sorted(_module_pairs(tensors).items()):
         a, b = pair["lora_A"].float(), pair["lora_B"].float()
         s = update_spectrum(a, b, _scale(config, module, a.shape[0]))
         per_module[module] = {"rank": a.shape[0], **spectrum_stats(s, energy, near_zero_rel)}

@@ -1,0 +1,102 @@
+"""The behavioural no-op probe on the real demo base model and its trained demo adapters."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from safetensors.torch import load, save
+
+from common.errors import InvalidAdapter
+from registry.base_spec import BaseModelSpec
+from registry.probe import NoOpProbe, _load, adapted_logits
+from registry.validation import AdapterValidator
+
+FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def base(demo) -> BaseModelSpec:
+    return BaseModelSpec.from_dir(demo.base_dir)
+
+
+def adapter_bytes(directory) -> dict[str, bytes]:
+    return {f: (directory / f).read_bytes() for f in FILES}
+
+
+def scaled(files: dict[str, bytes], factor: float) -> dict[str, bytes]:
+    """The same adapter with every lora_B multiplied by `factor` (non-zero and finite)."""
+    tensors = load(files[FILES[1]])
+    tensors = {k: v * factor if ".lora_B." in k else v for k, v in tensors.items()}
+    return {**files, FILES[1]: save(tensors)}
+
+
+def gate(base: BaseModelSpec, probe: NoOpProbe) -> AdapterValidator:
+    return AdapterValidator(max_rank=16, base=base, probes=[probe])
+
+
+def test_trained_demo_adapters_pass_fast(base, demo):
+    probe = NoOpProbe(base)
+    probe.warm()  # the one-time load is not what the bound is about
+    for name, directory in demo.adapter_dirs.items():
+        gate(base, probe).validate(adapter_bytes(directory))
+        assert probe.last["relative_change"] > 0.05, (name, probe.last)
+        assert probe.last["seconds"] < 2.0, probe.last
+
+
+def test_a_silent_no_op_is_refused_by_the_probe(base, demo):
+    files = scaled(adapter_bytes(demo.adapter_dirs["reverse"]), 1e-9)
+    AdapterValidator(max_rank=16, base=base).validate(files)  # the static gate lets it through...
+    with pytest.raises(InvalidAdapter) as refused:
+        gate(base, NoOpProbe(base)).validate(files)  # ...the probe does not
+    assert refused.value.rule == "no-op-probe"
+    assert "[no-op-probe]" in refused.value.message and "no-op" in refused.value.message
+
+
+def test_a_weak_but_real_adapter_still_passes(base, demo):
+    probe = NoOpProbe(base)
+    gate(base, probe).validate(scaled(adapter_bytes(demo.adapter_dirs["shout"]), 1e-2))
+    assert 1e-5 < probe.last["relative_change"] < 0.1
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_the_applied_update_matches_peft(base, demo, rslora, tmp_path):
+    """The hooks compute exactly what PEFT computes (alpha/r, or alpha/sqrt(r) with rsLoRA)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    source = demo.adapter_dirs["caesar"]
+    config = json.loads((source / FILES[0]).read_text()) | {"use_rslora": rslora}
+    (tmp_path / FILES[0]).write_text(json.dumps(config))
+    (tmp_path / FILES[1]).write_bytes((source / FILES[1]).read_bytes())
+    loaded = _load(str(base.path.resolve()))
+    tensors = load((tmp_path / FILES[1]).read_bytes())
+    modules = sorted({k.removeprefix("base_model.model.").split(".lora_")[0] for k in tensors})
+    ours = adapted_logits(loaded, config, tensors, modules, config["r"])
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base.path), dtype=torch.float32),
+                                      str(tmp_path)).eval()
+    with torch.no_grad():
+        theirs = model(input_ids=loaded.inputs).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(ours, loaded.base_logits, atol=1e-2)
+
+
+def test_a_base_too_large_for_the_host_is_skipped_with_a_warning(base, demo, caplog):
+    probe = NoOpProbe(base, max_base_bytes=1024)
+    files = scaled(adapter_bytes(demo.adapter_dirs["reverse"]), 1e-9)
+    with caplog.at_level(logging.WARNING, logger="registry.probe"):
+        gate(base, probe).validate(files)  # not probed: only the static checks ran
+    assert not probe.enabled() and "NOOP_PROBE_MAX_BASE_BYTES" in probe.skip_reason
+    assert any("no-op probe skipped" in r.getMessage() for r in caplog.records)
+
+
+def test_settings_switch_the_probe(base):
+    from registry.probe import default_probes
+    from registry.settings import RegistrySettings
+
+    assert default_probes(RegistrySettings(noop_probe=False), base) == []
+    assert default_probes(RegistrySettings(), None) == []
+    [probe] = default_probes(RegistrySettings(noop_probe_min_change=1e-3), base)
+    assert probe.min_change == 1e-3
