@@ -13,7 +13,9 @@ from rich.table import Table
 from loraplex import stack
 from loraplex.cli_bench import bench_app
 from loraplex.cli_train import compose_command, train_app
-from loraplex.client import ApiError, GatewayClient
+from loraplex.cli_model import model_app
+from loraplex.client import ADAPTER_FILES, ApiError, GatewayClient
+from loraplex.progress import byte_progress, files_bytes
 
 app = typer.Typer(help="loraplex: multi-tenant LoRA serving.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Tenants (admin key).", no_args_is_help=True)
@@ -22,6 +24,7 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(adapter_app, name="adapter")
 app.add_typer(train_app, name="train")
 app.add_typer(bench_app, name="bench")
+app.add_typer(model_app, name="model")
 adapter_app.command("compose")(compose_command)
 console = Console()
 
@@ -111,9 +114,12 @@ def adapter_push(directory: Path, name: str = typer.Option(..., "--name"),
                  tenant: Optional[str] = typer.Option(None, help="use this tenant's key from var/stack.json")) -> None:
     """Upload a PEFT adapter directory as a new (content-addressed) version; optionally point an alias at it."""
     client = GatewayClient.from_env(tenant=tenant)
-    with console.status(f"uploading {directory} …"):
-        out = _api(lambda: client.push(directory, name))
+    paths = [directory / f for f in ADAPTER_FILES if (directory / f).is_file()]
+    with byte_progress(f"uploading {directory.name}", files_bytes(paths), console) as advance:
+        out = _api(lambda: client.push(directory, name, progress=advance))
     console.print(f"{name} version [bold]{out['version']}[/] ({out['size_bytes']} bytes, rank {out['rank']})")
+    if out.get("health"):
+        console.print(_health_line(out["health"]))
     if alias:
         current = _api(lambda: client.call("GET", f"/v1/adapters/{name}"))["aliases"].get(alias)
         _api(lambda: client.promote(name, alias, out["version"], current))
@@ -121,14 +127,65 @@ def adapter_push(directory: Path, name: str = typer.Option(..., "--name"),
 
 
 @adapter_app.command("ls")
-def adapter_ls(tenant: Optional[str] = typer.Option(None)) -> None:
+def adapter_ls(tenant: Optional[str] = typer.Option(None),
+               as_json: bool = typer.Option(False, "--json", help="print the API's answer")) -> None:
+    """The caller's adapters, one row per version, with the health of each update (effective rank)."""
     out = _api(lambda: GatewayClient.from_env(tenant=tenant).call("GET", "/v1/adapters"))
-    table = Table("adapter", "version", "rank", "bytes", "created", "aliases")
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    table = Table("adapter", "version", "rank", "eff. rank", "near-zero", "bytes", "created", "aliases")
     for a in out["data"]:
         for v in a["versions"]:
             aliases = ", ".join(k for k, ver in a["aliases"].items() if ver == v["version"])
-            table.add_row(a["name"], v["version"], str(v["rank"]), str(v["size_bytes"]), v["created_at"], aliases)
+            effective, near_zero = _health_cells(v.get("health"))
+            table.add_row(a["name"], v["version"], str(v["rank"]), effective, near_zero, str(v["size_bytes"]),
+                          v["created_at"], aliases)
     console.print(table)
+
+
+@adapter_app.command("show")
+def adapter_show(name: str, version: Optional[str] = typer.Argument(None, help="default: the newest version"),
+                 tenant: Optional[str] = typer.Option(None),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """One adapter version: files, training metadata and its health, module by module."""
+    info = _api(lambda: GatewayClient.from_env(tenant=tenant).call("GET", f"/v1/adapters/{name}"))
+    version = info["aliases"].get(version, version) if version else info["versions"][0]["version"]
+    v = next((v for v in info["versions"] if v["version"] == version), None)
+    if v is None:
+        console.print(f"[red]error[/]: {name} has no version or alias {version!r}: see `loraplex adapter ls`")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps(v, indent=2))
+        return
+    aliases = [a for a, ver in info["aliases"].items() if ver == version]
+    console.print(f"[bold]{name}@{version}[/]  rank {v['rank']}, alpha {v['alpha']}, {v['size_bytes']} bytes, "
+                  f"{v['created_at']}" + (f", aliases {', '.join(aliases)}" if aliases else ""))
+    health = v.get("health")
+    if not health:
+        console.print("no health summary (uploaded before the registry computed one)")
+        return
+    console.print(_health_line(health))
+    for note in health.get("notes", []):
+        console.print(f"  note: {note}")
+    table = Table("module", "effective rank", "energy rank (99%)", "near-zero share")
+    for module, row in health.get("per_module", {}).items():
+        table.add_row(module, f"{row['effective_rank']:.2f}", str(row["energy_rank"]), f"{row['near_zero_share']:.0%}")
+    console.print(table)
+
+
+def _health_cells(health: dict | None) -> tuple[str, str]:
+    if not health or not health.get("modules"):
+        return "-", "-"
+    return f"{health['effective_rank']['median']:.1f}", f"{health['near_zero_share']:.0%}"
+
+
+def _health_line(health: dict) -> str:
+    if not health.get("modules"):
+        return "health: no LoRA modules"
+    return (f"health: effective rank median {health['effective_rank']['median']:g} of r={health['rank']} "
+            f"(energy rank median {health['energy_rank']['median']:g}), {health['near_zero_share']:.0%} of "
+            f"singular values near zero, {health['modules']} modules")
 
 
 @adapter_app.command("promote")

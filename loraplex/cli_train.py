@@ -118,17 +118,14 @@ def _train_command(method: str):
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier run in OUT"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help=T("progress")),
         threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
-        push: Optional[str] = typer.Option(None, "--push", help="publish the adapter under this name", hidden=no_lora),
-        tenant: Optional[str] = typer.Option(None, help="push with this tenant's key from var/stack.json",
-                                             hidden=no_lora),
-        alias: Optional[str] = typer.Option(None, help="after --push, point NAME@ALIAS at the new version",
-                                            hidden=no_lora),
+        push: Optional[str] = typer.Option(None, "--push", help="publish the result under this name: an adapter "
+                                           "(lora, qlora) or a registry model of kind full (full)"),
+        tenant: Optional[str] = typer.Option(None, help="push with this tenant's key from var/stack.json"),
+        alias: Optional[str] = typer.Option(None, help="after --push, point NAME@ALIAS at the new version"),
         as_json: bool = typer.Option(False, "--json", help="print train.json to stdout"),
     ) -> None:
         from training.sft import run_training
 
-        if push and no_lora:
-            _fail("--push publishes adapters; a full model is served as a base (LORAPLEX_BASE_MODEL), not pushed")
         lora = LoraSettings(r=r, alpha=alpha, dropout=dropout, rslora=rslora,
                             target_modules=tuple(t.strip() for t in target_modules.split(",") if t.strip()))
         train = TrainSettings(lr=lr, scheduler=scheduler, warmup_ratio=warmup_ratio, epochs=epochs, max_steps=max_steps,
@@ -141,7 +138,12 @@ def _train_command(method: str):
         _set_threads(threads)
         with _errors(as_json):
             record = run_training(job, on_stage=lambda s: console.print(f"[dim]{method}: {s}…[/]"))
-        if push:
+        if push and no_lora:  # a full model goes to the registry's models/, beside adapters/
+            from loraplex.cli_model import base_lineage, push_model
+
+            record["push"] = push_model(out / "model", push, "full", tenant=tenant, alias=alias,
+                                        derived_from=base_lineage(base), metadata=_training_metadata(record))
+        elif push:
             record["push"] = _push(out / "adapter", push, tenant, alias, _training_metadata(record))
         from training.views import train_summary
 
@@ -165,6 +167,10 @@ def merge_command(
     adapter: Path = typer.Option(..., "--adapter", help="adapter directory (or a `train lora` output directory)"),
     out: Path = typer.Option(..., "--out", help="directory for the merged full model"),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16"),
+    push: Optional[str] = typer.Option(None, "--push", help="publish the merged model under this name "
+                                       "(registry models/, kind merged)"),
+    tenant: Optional[str] = typer.Option(None, help="push with this tenant's key from var/stack.json"),
+    alias: Optional[str] = typer.Option(None, help="after --push, point NAME@ALIAS at the new version"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fold an adapter into its base (PEFT merge_and_unload, safe_merge) and save a plain full model."""
@@ -172,8 +178,24 @@ def merge_command(
 
     with _errors(as_json):
         result = merge(base, adapter, out, dtype)
+    if push:
+        from loraplex.cli_model import base_lineage, push_model
+
+        lineage = base_lineage(base) | {"adapter": _adapter_lineage(Path(result["adapter"]))}
+        result["push"] = push_model(out, push, "merged", tenant=tenant, alias=alias, derived_from=lineage,
+                                    metadata={"merge": {"dtype": dtype, "seconds": result["seconds"]}})
     _emit(as_json, result, f"merged into {result['out_dir']} ({result['size_bytes'] / 2**20:.1f} MB, "
                            f"{result['seconds']:.1f}s); load it with transformers or serve it with vLLM")
+
+
+def _adapter_lineage(adapter_dir: Path) -> dict:
+    """What a merged model was merged from: the adapter's rank, targets and weights digest."""
+    from training.artifacts import file_sha256
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    return {"name": adapter_dir.parent.name if adapter_dir.name == "adapter" else adapter_dir.name,
+            "r": config.get("r"), "lora_alpha": config.get("lora_alpha"), "target_modules": config.get("target_modules"),
+            "weights_sha256": file_sha256(adapter_dir / "adapter_model.safetensors")}
 
 
 @train_app.command("health")

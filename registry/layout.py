@@ -1,10 +1,21 @@
 """The key layout of the registry bucket, in one place (documented in docs/registry.md).
 
+Two trees of the same shape: `adapters/<tenant>/<name>/...` (LoRA adapters) and `models/<tenant>/<name>/...`
+(full fine-tunes and merged models); the functions below take `root=MODELS` for the second.
+
 Every name in a key has passed `common.names.check_name` (or is a version id of 16 hex chars, or a
-SHA-256 hex digest), so no key can contain `/`, `..` or anything outside [a-z0-9_-].
+SHA-256 hex digest, or a model file name checked by registry/models.py), so no key can contain `/` or `..`.
 """
 
 from __future__ import annotations
+
+ADAPTERS, MODELS = "adapters", "models"  # LoRA adapters; full fine-tunes and merged models
+
+
+def _root(root: str) -> str:
+    if root not in (ADAPTERS, MODELS):  # never a user string: a typo must not invent a prefix
+        raise ValueError(f"unknown registry root {root!r}")
+    return root
 
 
 def tenant_key(tenant: str) -> str:
@@ -17,38 +28,38 @@ def key_index_key(key_sha256: str) -> str:
     return f"keys/{key_sha256}.json"
 
 
-def tenant_prefix(tenant: str) -> str:
-    """Everything a tenant's adapters store."""
-    return f"adapters/{tenant}/"
+def tenant_prefix(tenant: str, root: str = ADAPTERS) -> str:
+    """Everything a tenant's adapters (or, with root=MODELS, its models) store."""
+    return f"{_root(root)}/{tenant}/"
 
 
-def adapter_prefix(tenant: str, name: str) -> str:
-    """Versions and aliases of one adapter."""
-    return f"adapters/{tenant}/{name}/"
+def adapter_prefix(tenant: str, name: str, root: str = ADAPTERS) -> str:
+    """Versions and aliases of one adapter (or model)."""
+    return f"{_root(root)}/{tenant}/{name}/"
 
 
-def versions_prefix(tenant: str, name: str) -> str:
-    return f"adapters/{tenant}/{name}/versions/"
+def versions_prefix(tenant: str, name: str, root: str = ADAPTERS) -> str:
+    return adapter_prefix(tenant, name, root) + "versions/"
 
 
-def version_prefix(tenant: str, name: str, version: str) -> str:
+def version_prefix(tenant: str, name: str, version: str, root: str = ADAPTERS) -> str:
     """The files and manifest of one immutable version."""
-    return f"adapters/{tenant}/{name}/versions/{version}/"
+    return versions_prefix(tenant, name, root) + f"{version}/"
 
 
-def manifest_key(tenant: str, name: str, version: str) -> str:
+def manifest_key(tenant: str, name: str, version: str, root: str = ADAPTERS) -> str:
     """Written last: a version exists exactly when this object does."""
-    return version_prefix(tenant, name, version) + "manifest.json"
+    return version_prefix(tenant, name, version, root) + "manifest.json"
 
 
-def file_key(tenant: str, name: str, version: str, filename: str) -> str:
-    return version_prefix(tenant, name, version) + filename
+def file_key(tenant: str, name: str, version: str, filename: str, root: str = ADAPTERS) -> str:
+    return version_prefix(tenant, name, version, root) + filename
 
 
-def aliases_prefix(tenant: str, name: str) -> str:
-    return f"adapters/{tenant}/{name}/aliases/"
+def aliases_prefix(tenant: str, name: str, root: str = ADAPTERS) -> str:
+    return adapter_prefix(tenant, name, root) + "aliases/"
 
 
-def alias_key(tenant: str, name: str, alias: str) -> str:
+def alias_key(tenant: str, name: str, alias: str, root: str = ADAPTERS) -> str:
     """A small JSON object `{"version", ...}`, changed only by conditional writes."""
-    return f"adapters/{tenant}/{name}/aliases/{alias}.json"
+    return aliases_prefix(tenant, name, root) + f"{alias}.json"

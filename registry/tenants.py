@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from common.errors import AuthenticationFailed, Conflict, TenantExists, TenantNotFound
 from common.names import check_name
 from registry.errors import KeyMissing, PreconditionFailed
-from registry.layout import key_index_key, tenant_key, tenant_prefix
+from registry.layout import MODELS, key_index_key, tenant_key, tenant_prefix
 from registry.manifest import utc_now
 from registry.store import ObjectStore
 
@@ -152,7 +152,7 @@ class TenantRegistry:
         return api_key
 
     def delete(self, name: str) -> None:
-        """Delete a tenant: its key fails at once, then its adapters are removed (manifests first).
+        """Delete a tenant: its key fails at once, then its adapters and models are removed (manifests first).
 
         Raises:
             TenantNotFound: no such tenant.
@@ -183,7 +183,7 @@ def _dump(model: BaseModel) -> bytes:
 
 
 def _purge_adapters(store: ObjectStore, tenant: str) -> None:
-    """Remove every adapter object of `tenant`: manifests first, so versions vanish before their files."""
-    keys = store.list(tenant_prefix(tenant))
+    """Remove every adapter and model object of `tenant`: manifests first, so versions vanish before files."""
+    keys = store.list(tenant_prefix(tenant)) + store.list(tenant_prefix(tenant, MODELS))
     for key in sorted(keys, key=lambda k: not k.endswith("/manifest.json")):
         store.delete(key)

@@ -1,0 +1,205 @@
+"""What adapters and models share: immutable content-addressed versions, CAS aliases, tenant-scoped lookups.
+
+Consistency (see docs/registry.md): a version's files are written first, its manifest last, each with
+a conditional create; a version exists exactly when its manifest does. Aliases change only by
+conditional writes on their ETag. Every lookup is scoped to the caller's tenant prefix.
+
+Subclasses say where their tree is (`ROOT`), what they are called in messages (`NOUN`, `API`) and what
+their manifest looks like (`MANIFEST`), and add their own `publish`.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel
+
+from common.errors import Conflict, InvalidName, ModelNotFound, VersionInUse
+from common.names import NAME_RE, check_name
+from registry import layout
+from registry.aliases import list_aliases, read_alias, swap_alias
+from registry.errors import KeyMissing, PreconditionFailed
+from registry.manifest import is_version
+from registry.store import ObjectStore
+
+DEFAULT_ALIAS = "prod"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class VersionedRegistry(Generic[M]):
+    """Versions and aliases of named artifacts of every tenant under `ROOT/<tenant>/<name>/`."""
+
+    ROOT = layout.ADAPTERS
+    NOUN = "adapter"
+    API = "/v1/adapters"
+    MANIFEST: type[BaseModel]
+
+    store: ObjectStore
+
+    def names(self, tenant: str) -> list[str]:
+        """Names of `tenant`'s artifacts with any object stored (versions or leftovers), sorted."""
+        check_name(tenant, "tenant")
+        return sorted({key.split("/")[2] for key in self.store.list(layout.tenant_prefix(tenant, self.ROOT))})
+
+    def versions_and_aliases(self, tenant: str, name: str) -> tuple[list[M], dict[str, str]]:
+        """An artifact's versions (newest first) and aliases; ModelNotFound if it has no version."""
+        check_name(tenant, "tenant")
+        check_name(name, f"{self.NOUN} name")
+        versions = self._versions(tenant, name)
+        if not versions:
+            raise ModelNotFound(f"{self.NOUN} {name!r} not found: list your {self.NOUN}s with GET {self.API}",
+                                param="name")
+        return versions, self._aliases(tenant, name)
+
+    def resolve(self, tenant: str, ref: str) -> M:
+        """Resolve a name within `tenant`: `NAME`, `NAME@ALIAS` or `NAME@VERSION`.
+
+        `NAME` means the `prod` alias if set, else the newest version. Anything missing or malformed
+        raises ModelNotFound, whatever other tenants hold.
+        """
+        listing = "GET /v1/models" if self.ROOT == layout.ADAPTERS else f"GET {self.API}"
+        not_found = ModelNotFound(f"model {str(ref)[:100]!r} not found: list your models with {listing}",
+                                  param="model")
+        name, _, selector = ref.partition("@") if isinstance(ref, str) else ("", "", "")
+        if not NAME_RE.fullmatch(tenant or "") or not NAME_RE.fullmatch(name):
+            raise not_found
+        try:
+            if is_version(selector):
+                return self._manifest(tenant, name, selector)
+            if selector and NAME_RE.fullmatch(selector):
+                return self._manifest(tenant, name, self._alias_target(tenant, name, selector))
+            if not selector and "@" not in ref:
+                return self._default_version(tenant, name)
+        except (KeyMissing, ModelNotFound):
+            pass
+        raise not_found
+
+    def set_alias(self, tenant: str, name: str, alias: str, version: str,
+                  expected_version: str | None) -> dict:
+        """Point `alias` at `version`, only if it points at `expected_version` now (compare-and-swap).
+
+        Args:
+            expected_version: the version the alias must point to now; None: the alias must not exist yet.
+
+        Returns:
+            `{"name", "alias", "version", "previous_version", "updated_at"}`.
+
+        Raises:
+            AliasConflict: the alias moved (or exists / does not exist); the message says how to retry.
+            ModelNotFound: `version` is not a version of this artifact.
+        """
+        check_name(tenant, "tenant")
+        check_name(name, f"{self.NOUN} name")
+        check_name(alias, "alias")
+        if is_version(alias):
+            raise InvalidName(f"alias {alias!r} looks like a version id: pick a name that is not 16 hex digits",
+                              param="alias")
+        self._manifest(tenant, name, version)  # the target must exist
+        updated_at = swap_alias(self.store, layout.alias_key(tenant, name, alias, self.ROOT), alias, version,
+                                expected_version)
+        return {"name": name, "alias": alias, "version": version, "previous_version": expected_version,
+                "updated_at": updated_at}
+
+    def delete_version(self, tenant: str, name: str, version: str) -> None:
+        """Delete a version: its manifest first (invisible at once), then its files.
+
+        Raises:
+            VersionInUse: an alias points at it. ModelNotFound: no such version.
+        """
+        check_name(tenant, "tenant")
+        check_name(name, f"{self.NOUN} name")
+        self._manifest(tenant, name, version)
+        users = sorted(a for a, v in self._aliases(tenant, name).items() if v == version)
+        if users:
+            raise VersionInUse(f"version {version} is in use by alias {', '.join(users)}: point the alias at "
+                               f"another version (PUT {self.API}/{name}/aliases/{users[0]}) and retry")
+        self.store.delete(layout.manifest_key(tenant, name, version, self.ROOT))
+        for key in self.store.list(layout.version_prefix(tenant, name, version, self.ROOT)):
+            self.store.delete(key)
+
+    def open_file(self, manifest: M, filename: str) -> bytes:
+        """The stored bytes of one file of a version (the cache verifies them against the manifest)."""
+        if filename not in manifest.files or not is_version(manifest.version):
+            raise ModelNotFound(f"{filename!r} is not a file of {manifest.ref}")
+        check_name(manifest.tenant, "tenant")
+        check_name(manifest.name, f"{self.NOUN} name")
+        try:
+            return self.store.get(layout.file_key(manifest.tenant, manifest.name, manifest.version, filename,
+                                                  self.ROOT))[0]
+        except KeyMissing:
+            raise ModelNotFound(f"model {manifest.ref!r} was deleted: list your {self.NOUN}s with GET {self.API}",
+                                param="model") from None
+
+    def _manifest(self, tenant: str, name: str, version: str) -> M:
+        not_found = ModelNotFound(f"version {str(version)[:40]!r} of {self.NOUN} {name!r} not found: list versions "
+                                  f"with GET {self.API}/{name}", param="version")
+        if not is_version(version):
+            raise not_found
+        try:
+            raw, _ = self.store.get(layout.manifest_key(tenant, name, version, self.ROOT))
+        except KeyMissing:
+            raise not_found from None
+        manifest = self.MANIFEST.model_validate_json(raw)
+        if (manifest.tenant, manifest.name, manifest.version) != (tenant, name, version):
+            raise not_found  # a manifest copied to the wrong prefix never leaks across names or tenants
+        return manifest
+
+    def _published(self, tenant: str, name: str, version: str, digest: str) -> M | None:
+        try:
+            manifest = self._manifest(tenant, name, version)
+        except ModelNotFound:
+            return None
+        if manifest.sha256 != digest:
+            raise Conflict(f"version id {version} of {name!r} already names other bytes (a 64-bit prefix "
+                           "collision): change any byte of the upload, e.g. its metadata in the config, and retry")
+        return manifest
+
+    def _put_file(self, key: str, data: bytes) -> None:
+        """Create a version file; an identical existing one (an earlier or concurrent upload) is fine."""
+        try:
+            self.store.put(key, data, if_none_match=True)
+            return
+        except PreconditionFailed:
+            current, etag = self.store.get(key)
+        if current != data:  # not visible (no manifest yet), so repairing it harms no reader
+            self.store.put(key, data, if_match=etag)
+
+    def _put_manifest(self, manifest: M, digest: str) -> M:
+        """Write the manifest last, by conditional create: from here on the version exists."""
+        try:
+            self.store.put(layout.manifest_key(manifest.tenant, manifest.name, manifest.version, self.ROOT),
+                           manifest.model_dump_json().encode(), if_none_match=True)
+        except PreconditionFailed:  # a concurrent upload of the same bytes won: return its manifest
+            return self._published(manifest.tenant, manifest.name, manifest.version, digest) or manifest
+        return manifest
+
+    def _versions(self, tenant: str, name: str) -> list[M]:
+        keys = self.store.list(layout.versions_prefix(tenant, name, self.ROOT))
+        manifests = []
+        for key in keys:
+            if key.endswith("/manifest.json"):
+                try:
+                    manifests.append(self._manifest(tenant, name, key.split("/")[-2]))
+                except ModelNotFound:  # deleted while we listed
+                    continue
+        return sorted(manifests, key=lambda m: (m.created_at, m.version), reverse=True)
+
+    def _default_version(self, tenant: str, name: str) -> M:
+        try:
+            return self._manifest(tenant, name, self._alias_target(tenant, name, DEFAULT_ALIAS))
+        except KeyMissing:
+            versions = self._versions(tenant, name)
+            if not versions:
+                raise
+            return versions[0]
+
+    def _aliases(self, tenant: str, name: str) -> dict[str, str]:
+        return list_aliases(self.store, layout.aliases_prefix(tenant, name, self.ROOT))
+
+    def _alias_target(self, tenant: str, name: str, alias: str) -> str:
+        key = layout.alias_key(tenant, name, alias, self.ROOT)
+        version, _ = read_alias(self.store, key)
+        if version is None:
+            raise KeyMissing(key)
+        return version
