@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common.errors import LoraplexError
 from registry.settings import RegistrySettings
 from serving.logs import RequestLog
-from serving.routes import adapters, admin, inference, ops
+from serving.routes import adapters, admin, inference, models, ops
 from serving.settings import ServingSettings
 from serving.state import Gateway
 from serving.supervisor import EngineSupervisor
@@ -69,6 +69,6 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
     app.add_exception_handler(LoraplexError, on_loraplex_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    for module in (ops, inference, adapters, admin):
+    for module in (ops, inference, adapters, admin, models):
         app.include_router(module.router)
     return app
