@@ -28,8 +28,20 @@ down: install          ## stop the embedded stack
 status: install        ## show the embedded stack
 	$(PY) -m loraplex.cli status
 
-bench loadtest:
-	@echo "'make $@' arrives with issue 7 (hot-swap vs separate-model benchmark); not built yet." >&2; exit 2
+BENCH_OUT ?= var/bench/hotswap
+BENCH_ARGS ?=
+bench: install         ## hot-swap vs separate-model benchmark (N=2,4,8) into $(BENCH_OUT); updates docs/benchmarks.md
+	$(PY) -m loraplex.cli bench hotswap --out $(BENCH_OUT) --docs docs/benchmarks.md $(BENCH_ARGS)
+
+LOADTEST_TIME ?= 30s
+LOADTEST_RATE ?= 2
+LOADTEST_ARGS ?=
+loadtest: install      ## locust, headless, against the running stack (var/stack.json); CSVs in var/loadtest/
+	@test -f var/stack.json || { echo "no var/stack.json: start the stack first (make demo, or make up and create tenants)" >&2; exit 2; }
+	mkdir -p var/loadtest
+	LORAPLEX_LOADTEST_RATE=$(LOADTEST_RATE) $(VENV)/bin/locust -f loadtest/locustfile.py --headless \
+	  -u $$($(PY) -c "import json; print(max(1, len(json.load(open('var/stack.json')).get('tenants') or {})))") -r 100 \
+	  -t $(LOADTEST_TIME) --csv var/loadtest/locust --only-summary $(LOADTEST_ARGS)
 
 clean:                 ## stop the stack and remove var/ (models, data, keys) — the venv stays
 	-$(PY) -m loraplex.cli down

@@ -6,6 +6,7 @@ Mounted by loraplex/cli.py:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -54,3 +55,51 @@ def _table(rows: list[dict]) -> Table:
         table.add_row(mix, str(rank), case_name(n, rank), f"{stock['ratio_to_lora_disabled']:.2f}",
                       f"{plugin['ratio_to_lora_disabled']:.2f}", f"{plugin['tok_per_s'] / stock['tok_per_s']:.2f}x")
     return table
+
+
+@bench_app.command("hotswap")
+def hotswap(
+    tenants: str = typer.Option("2,4,8", "--tenants", help="Values of N (tenants), comma-separated."),
+    out: Path = typer.Option(Path("var/bench/hotswap"), "--out", help="Directory for hotswap.json/.csv/.md, the "
+                                                                       "PNGs, locust's CSVs and the engines' logs."),
+    duration: float = typer.Option(30.0, "--duration", help="Seconds of Poisson arrivals per row."),
+    rate: Optional[float] = typer.Option(None, "--rate", help="Offered requests/s over all tenants (default: "
+                                                              "--load x the hotswap capacity at the smallest N)."),
+    load: float = typer.Option(0.6, "--load", help="Fraction of the hotswap capacity offered when --rate is unset."),
+    zipf: float = typer.Option(1.0, "--zipf", help="Zipf exponent of tenant popularity (0 = uniform)."),
+    prompt_tokens: int = typer.Option(32, "--prompt-tokens"),
+    max_tokens: int = typer.Option(32, "--max-tokens", help="Answer length (exact: ignore_eos)."),
+    rank: int = typer.Option(16, "--rank", help="LoRA rank of the tenants' random adapters."),
+    model: str = typer.Option("demo", "--model", help="demo (the tiny demo base) or bench (a random 13M-parameter "
+                                                      "Llama, so a toy model's size does not dominate)."),
+    modes: str = typer.Option("hotswap,separate,reload", "--modes", help="Which modes to run."),
+    memory_fraction: float = typer.Option(0.7, "--memory-fraction", help="Share of available memory the separate "
+                                                                         "engines may use."),
+    capacity: bool = typer.Option(True, "--capacity/--no-capacity", help="Also measure each row's saturated "
+                                                                         "throughput (a short burst)."),
+    docs: Optional[Path] = typer.Option(None, "--docs", help="Also write the section between the hotswap markers "
+                                                             "of this markdown file (e.g. docs/benchmarks.md)."),
+) -> None:
+    """Hot-swapped adapters on one engine vs one engine per tenant (merged models) vs one engine that reloads
+    the tenant's merged weights on demand: throughput, TTFT, memory, cold start, storage, for each N."""
+    from loadtest import hotswap as hs
+
+    try:
+        cfg = hs.Settings(tenants=tuple(sorted(int(x) for x in tenants.split(",") if x.strip())),
+                          modes=tuple(m.strip() for m in modes.split(",") if m.strip()), duration_s=duration,
+                          rate=rate, load=load, zipf=zipf, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+                          rank=rank, model=model, memory_fraction=memory_fraction, capacity=capacity)
+    except ValueError as exc:
+        console.print(f"[red]error[/]: {exc}")
+        raise typer.Exit(2) from None
+    try:
+        hs.run_bench(out, cfg, console=console)
+    except (hs.BenchError, RuntimeError) as exc:
+        console.print(f"[red]error[/]: {exc}")
+        raise typer.Exit(1) from None
+    report = json.loads((out / "hotswap.json").read_text())
+    console.print(hs.markdown(report["rows"], report["meta"]))
+    if docs is not None:
+        hs.update_docs(hs.docs_section(report["rows"], report["meta"], out), docs)
+        console.print(f"updated the hotswap section of {docs}")
+    console.print(f"wrote {out / 'hotswap.json'}, hotswap.csv, hotswap.md and hotswap_*.png")
