@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -39,9 +40,45 @@ def _api(fn):
 
 
 @app.command()
-def up() -> None:
+def up(ray: bool = typer.Option(False, "--ray", help="Serve through Ray Serve on a local Ray cluster: the gateway "
+                                                     "as ingress, LORAPLEX_RAY_ENGINE_REPLICAS engine replicas "
+                                                     "(docs/scale-out.md).")) -> None:
     """Start the embedded stack (SeaweedFS, vLLM engine, gateway) in the background; returns when ready."""
-    stack.up()
+    stack.up(ray=ray)
+
+
+serve_app = typer.Typer(help="Run loraplex on a serving framework.", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+
+
+@serve_app.command("ray")
+def serve_ray(
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to deploy to (e.g. auto, "
+                                          "ray://head:10001); without it a local cluster runs in the foreground."),
+    replicas: Optional[int] = typer.Option(None, "--replicas", help="Engine replicas (LORAPLEX_RAY_ENGINE_REPLICAS)."),
+    adapters_per_replica: Optional[int] = typer.Option(None, "--adapters-per-replica",
+                                                       help="Adapters each replica keeps loaded (its LRU)."),
+    routing: Optional[str] = typer.Option(None, "--routing", help="affinity (default) or random."),
+) -> None:
+    """Deploy the gateway (ingress) and the engine replicas as a Ray Serve application.
+
+    Configuration comes from LORAPLEX_* and LORAPLEX_RAY_* (docs/scale-out.md); the LORAPLEX_*, AWS_* and
+    VLLM_* variables of this shell travel to the replicas."""
+    from serving import ray_app
+    from serving.ray_settings import RaySettings
+
+    overrides = {k: v for k, v in {"address": address, "engine_replicas": replicas,
+                                   "adapters_per_replica": adapters_per_replica, "routing": routing}.items()
+                 if v is not None}
+    settings = RaySettings(**overrides)
+    if settings.address is None:
+        for key, value in overrides.items():  # run_local reads its settings from the environment
+            os.environ[f"LORAPLEX_RAY_{key.upper()}"] = str(value)
+        ray_app.run_local()
+        return
+    url = ray_app.deploy(settings)
+    console.print(f"[green]deployed[/] {settings.app_name!r} to {settings.address}: gateway at {url} "
+                  f"({settings.engine_replicas} engine replicas, routing {settings.routing})")
 
 
 @app.command()

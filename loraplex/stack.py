@@ -66,8 +66,11 @@ def base_model_dir(cfg: StackSettings) -> Path:
     return build_demo(cfg.var_dir).base_dir
 
 
-def up(cfg: StackSettings | None = None) -> dict:
-    """Start whatever is not running, wait for /ready, write and return var/stack.json."""
+def up(cfg: StackSettings | None = None, ray: bool = False) -> dict:
+    """Start whatever is not running, wait for /ready, write and return var/stack.json.
+
+    `ray`: serve through Ray Serve on a local cluster (serving/ray_app.py) instead of one engine.
+    """
     cfg = cfg or StackSettings()
     running = {n: p for n, p in pids(cfg).items() if pid_alive(p)}
     if set(running) == set(SERVICES) and cfg.stack_file.exists():
@@ -81,7 +84,7 @@ def up(cfg: StackSettings | None = None) -> dict:
     aws = {"AWS_ACCESS_KEY_ID": keys["s3_access_key"], "AWS_SECRET_ACCESS_KEY": keys["s3_secret_key"]}
     os.environ.update(aws)  # this process creates the bucket; the children inherit the same keys
     try:
-        info = _start_all(cfg, keys, base, aws)
+        info = _start_all(cfg, keys, base, aws) if not ray else _start_all_ray(cfg, keys, base, aws)
     except BaseException:
         console.print(f"[red]start-up failed[/]; logs are in {cfg.log_dir}/")
         down(cfg, quiet=True)
@@ -128,6 +131,37 @@ def _start_all(cfg: StackSettings, keys: dict, base: Path, aws: dict) -> dict:
     _record(cfg, "gateway", gw.pid)
     gateway_url = f"http://127.0.0.1:{cfg.gateway_port}"
     _wait_ready(gateway_url, cfg.ready_timeout_s, procs={"gateway": gw})
+    return {"gateway_url": gateway_url, "engine_url": engine_url, "admin_key": keys["admin_key"],
+            "s3_endpoint": weed.endpoint, "bucket": cfg.s3_bucket, "base_model": _shown(base),
+            "tenants": _previous_tenants(cfg)}
+
+
+def _start_all_ray(cfg: StackSettings, keys: dict, base: Path, aws: dict) -> dict:
+    """Ray mode: one driver process runs a local Ray cluster with Serve (HTTP on the gateway port), the
+    gateway as its ingress and LORAPLEX_RAY_ENGINE_REPLICAS engine replicas. It is recorded as both the
+    gateway and the engine: stopping it stops the cluster, and every replica's engine with it."""
+    weed = _start_seaweed(cfg, aws)
+    if port_open(cfg.gateway_port):
+        raise RuntimeError(f"port {cfg.gateway_port} is taken: stop what uses it or set LORAPLEX_GATEWAY_PORT")
+    info_file = (cfg.run_dir / "ray.json").resolve()
+    info_file.unlink(missing_ok=True)
+    console.print(f"starting Ray Serve on 127.0.0.1:{cfg.gateway_port}: the gateway as ingress and the engine "
+                  "replicas, each with its own vLLM engine (a few minutes on CPU) …")
+    env = {**os.environ, **aws, "LORAPLEX_S3_ENDPOINT": weed.endpoint, "LORAPLEX_S3_BUCKET": cfg.s3_bucket,
+           "LORAPLEX_BASE_MODEL": str(base), "LORAPLEX_ADMIN_KEY": keys["admin_key"],
+           "LORAPLEX_GATEWAY_PORT": str(cfg.gateway_port), "LORAPLEX_RAY_INFO_FILE": str(info_file),
+           "LORAPLEX_RAY_LOG_DIR": str(cfg.log_dir.resolve()),
+           "LORAPLEX_CACHE_DIR": str((cfg.var_dir / "cache" / "adapters").resolve())}
+    driver = spawn([sys.executable, "-m", "serving.ray_app"], log=cfg.log_dir / "gateway.log", env=env)
+    _record(cfg, "gateway", driver.pid)
+    _record(cfg, "engine", driver.pid)
+    gateway_url = f"http://127.0.0.1:{cfg.gateway_port}"
+    _wait_ready(gateway_url, cfg.ready_timeout_s + 300, procs={"Ray Serve driver": driver})
+    deadline = time.monotonic() + 60
+    while not info_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    replicas = json.loads(info_file.read_text())["replicas"] if info_file.exists() else {}
+    engine_url = next(iter(replicas.values()))["engine_url"] if replicas else ""  # one replica's engine
     return {"gateway_url": gateway_url, "engine_url": engine_url, "admin_key": keys["admin_key"],
             "s3_endpoint": weed.endpoint, "bucket": cfg.s3_bucket, "base_model": _shown(base),
             "tenants": _previous_tenants(cfg)}

@@ -25,7 +25,7 @@ else
   ENGINE=${LORAPLEX_ENGINE:-cpu}
 fi
 echo "installing loraplex with the '$ENGINE' engine into $VENV (first time: a few minutes)"
-"$VENV/bin/pip" install --quiet --progress-bar off -e ".[${ENGINE},dev]" 2>&1 \
+"$VENV/bin/pip" install --quiet --progress-bar off -e ".[${ENGINE},dev,ray]" 2>&1 \
   | grep -v "^WARNING: Location .* is ignored" || true
 # pip's exit status is lost in the pipe above: check the result instead.
 if [ "$ENGINE" = cpu ]; then
@@ -35,7 +35,7 @@ if [ "$ENGINE" = cpu ]; then
 fi
 "$VENV/bin/python" - <<'PY'
 import importlib, shutil, sys, os
-for mod in ("vllm", "transformers", "peft", "boto3", "fastapi", "serving", "registry", "training"):
+for mod in ("vllm", "transformers", "peft", "boto3", "fastapi", "serving", "registry", "training", "ray.serve"):
     importlib.import_module(mod)
 weed = os.path.join(os.path.dirname(sys.executable), "weed")
 if not os.access(weed, os.X_OK) and not shutil.which("weed"):

@@ -1,0 +1,115 @@
+"""loraplex on Ray Serve: the gateway as the ingress deployment, N engine replicas behind it.
+
+    python -m serving.ray_app                 # a local Ray cluster in this process; blocks until SIGTERM
+    loraplex serve ray --address auto         # deploy onto a running cluster and return
+
+Configuration is the usual LORAPLEX_* environment (gateway, registry, engine) plus LORAPLEX_RAY_*
+(serving/ray_settings.py). The LORAPLEX_*, AWS_* and VLLM_* variables of the deploying process travel to
+every replica through Ray's runtime_env, so nodes need no configuration of their own beyond the
+installed package and the base model directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import ray
+from ray import serve
+
+from serving.ray_engine import build_engine_deployment
+from serving.ray_gateway import GatewayIngress
+from serving.ray_settings import FORWARDED_ENV_PREFIXES, RaySettings
+from serving.settings import ServingSettings
+
+log = logging.getLogger("loraplex.ray")
+
+
+def forwarded_env() -> dict[str, str]:
+    """The configuration replicas need, from this process's environment."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    env.pop("LORAPLEX_ENGINE_URL", None)  # each replica picks its own engine port
+    env.pop("LORAPLEX_ENGINE_MANAGED", None)
+    return env
+
+
+def build_app(ray_settings: RaySettings, serving: ServingSettings):
+    """The Serve application: Gateway (ingress) -> LoraEngine (N replicas, multiplexed adapters)."""
+    engines = build_engine_deployment(ray_settings, serving)
+    ingress = serve.deployment(GatewayIngress, name="Gateway", num_replicas=ray_settings.ingress_replicas,
+                               max_ongoing_requests=ray_settings.ingress_max_ongoing,
+                               ray_actor_options={"num_cpus": 0})
+    return ingress.bind(engines, ray_settings.model_dump(mode="json"))
+
+
+def connect(ray_settings: RaySettings) -> None:
+    """Join the configured cluster, or start a local one (no dashboard) when no address is set."""
+    if ray.is_initialized():
+        return
+    env = {"env_vars": forwarded_env()}
+    if ray_settings.address:
+        ray.init(address=ray_settings.address, runtime_env=env, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=ray_settings.num_cpus, include_dashboard=False, runtime_env=env,
+                 logging_level=logging.WARNING)
+
+
+def deploy(ray_settings: RaySettings | None = None, serving: ServingSettings | None = None) -> str:
+    """Deploy (or update) the application; returns when every replica is up. Returns the gateway URL."""
+    ray_settings = ray_settings or RaySettings()
+    serving = serving or ServingSettings()
+    connect(ray_settings)
+    serve.start(http_options={"host": ray_settings.http_host, "port": serving.gateway_port})
+    serve.run(build_app(ray_settings, serving), name=ray_settings.app_name, route_prefix="/")
+    return f"http://{ray_settings.http_host}:{serving.gateway_port}"
+
+
+def engine_handle(ray_settings: RaySettings | None = None):
+    ray_settings = ray_settings or RaySettings()
+    return serve.get_deployment_handle("LoraEngine", app_name=ray_settings.app_name)
+
+
+def replica_infos(ray_settings: RaySettings | None = None, tries: int = 40) -> dict[str, dict]:
+    """`info()` of each engine replica reached within `tries` calls (the router picks replicas at random)."""
+    handle, seen = engine_handle(ray_settings), {}
+    want = (ray_settings or RaySettings()).engine_replicas
+    for _ in range(tries):
+        info = handle.info.remote().result(timeout_s=30)
+        seen[info["replica"]] = info
+        if len(seen) >= want:
+            break
+    return seen
+
+
+def run_local(info_file: Path | None = None) -> None:
+    """Start a local cluster, deploy, then wait for SIGTERM/SIGINT and shut everything down."""
+    from serving import logs
+
+    logs.configure()
+    ray_settings = RaySettings()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    url = deploy(ray_settings)
+    infos = replica_infos(ray_settings)
+    if info_file is not None:
+        info_file.parent.mkdir(parents=True, exist_ok=True)
+        info_file.write_text(json.dumps({"gateway_url": url, "replicas": infos}, indent=2))
+    log.info("loraplex on Ray Serve is up", extra={"fields": {"url": url, "replicas": len(infos)}})
+    while not stop.is_set():
+        time.sleep(0.5)
+    log.info("shutting down Ray Serve (replicas stop their engines)")
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    info = os.environ.get("LORAPLEX_RAY_INFO_FILE")
+    run_local(Path(info) if info else None)

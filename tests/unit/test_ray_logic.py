@@ -1,0 +1,254 @@
+"""Pure logic of the Ray Serve mode: adapter ids, settings, eviction, the gateway's routing and retries.
+
+The real thing (a local Ray cluster, two vLLM engines) is tests/e2e/test_ray.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("ray", reason="the Ray extra is missing: pip install -e '.[ray]'")
+
+from common.errors import EngineUnavailable, ModelNotFound  # noqa: E402
+from serving.admission import Admission  # noqa: E402
+from serving.ray_app import forwarded_env  # noqa: E402
+from serving.ray_engine import EngineDown, LoadedAdapter, parse_lora_name  # noqa: E402
+from serving.ray_gateway import _as_loraplex, create_ray_app, forward_ray  # noqa: E402
+from serving.ray_settings import RaySettings  # noqa: E402
+from serving.settings import ServingSettings  # noqa: E402
+
+VERSION = "0123456789abcdef"
+
+
+def test_parse_lora_name_accepts_only_adapter_ids():
+    assert parse_lora_name(f"lpx:acme:reverse:{VERSION}") == ("acme", "reverse", VERSION)
+    for bad in ("base", f"lpx:acme:reverse", f"lpx:Acme:reverse:{VERSION}", f"lpx:acme:../x:{VERSION}",
+                "lpx:acme:reverse:nothex", f"xyz:acme:reverse:{VERSION}", f"lpx:acme:a:b:{VERSION}", None):
+        with pytest.raises(ModelNotFound):
+            parse_lora_name(bad)
+
+
+def test_capacity_defaults_to_and_never_exceeds_the_engines_cpu_loras():
+    assert RaySettings().capacity(8) == 8
+    assert RaySettings(adapters_per_replica=3).capacity(8) == 3
+    with pytest.raises(ValueError, match="LORAPLEX_MAX_CPU_LORAS"):
+        RaySettings(adapters_per_replica=9).capacity(8)
+
+
+def test_forwarded_env_carries_config_but_not_the_local_engine(monkeypatch):
+    monkeypatch.setenv("LORAPLEX_S3_BUCKET", "b")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    monkeypatch.setenv("LORAPLEX_ENGINE_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("HOME_UNRELATED_X", "1")
+    env = forwarded_env()
+    assert {"LORAPLEX_S3_BUCKET", "AWS_ACCESS_KEY_ID", "VLLM_CPU_KVCACHE_SPACE"} <= set(env)
+    assert "LORAPLEX_ENGINE_URL" not in env and "HOME_UNRELATED_X" not in env
+
+
+class FakeReplica:
+    def __init__(self, drain_timeout_s=5.0):
+        self.drain_timeout_s = drain_timeout_s
+        self.resident = {"a"}
+        self.unloaded: list[tuple[str, float]] = []
+
+    def unload_now(self, name):
+        self.unloaded.append((name, time.monotonic()))
+
+
+def test_eviction_waits_for_running_requests_then_unloads_once():
+    replica = FakeReplica()
+    adapter = LoadedAdapter("a", replica)
+    adapter.hold()
+    started = time.monotonic()
+    t = threading.Thread(target=adapter.__del__)  # Ray calls it from a worker thread
+    t.start()
+    time.sleep(0.3)
+    assert replica.unloaded == [] and "a" not in replica.resident  # no longer counted, not yet unloaded
+    adapter.release()
+    t.join(5)
+    assert [n for n, _ in replica.unloaded] == ["a"] and replica.unloaded[0][1] - started >= 0.3
+    adapter.__del__()  # garbage collection calls it again: nothing happens
+    assert len(replica.unloaded) == 1
+
+
+def test_eviction_gives_up_waiting_after_the_drain_timeout():
+    replica = FakeReplica(drain_timeout_s=0.2)
+    adapter = LoadedAdapter("a", replica)
+    adapter.hold()
+    adapter.__del__()
+    assert [n for n, _ in replica.unloaded] == ["a"]
+
+
+class RayTaskErrorLike(Exception):
+    def __init__(self, cause):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def test_replica_errors_keep_their_type_and_others_become_503():
+    err = _as_loraplex(RayTaskErrorLike(ModelNotFound("gone", param="model")))
+    assert isinstance(err, ModelNotFound) and err.status == 404 and err.param == "model"
+    down = _as_loraplex(RayTaskErrorLike(EngineDown("engine died")))
+    assert isinstance(down, EngineUnavailable) and down.status == 503 and down.retry_after == 5
+    other = _as_loraplex(RuntimeError("actor died"))
+    assert isinstance(other, EngineUnavailable) and "RuntimeError" in other.message
+
+
+class FakeStream:
+    def __init__(self, items):
+        self.items, self.cancelled = list(items), False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if not self.items:
+            raise StopAsyncIteration
+        item = self.items.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class FakeHandle:
+    """Records the options of each call; answers from a script of results (exceptions are raised)."""
+
+    def __init__(self, script):
+        self.script, self.calls, self._opts = list(script), [], {}
+        self.generate = SimpleNamespace(remote=self._generate)
+        self.generate_stream = SimpleNamespace(remote=self._stream)
+
+    def options(self, **kw):
+        clone = FakeHandle.__new__(FakeHandle)
+        clone.__dict__.update(self.__dict__)
+        clone._opts = kw
+        clone.generate = SimpleNamespace(remote=clone._generate)
+        clone.generate_stream = SimpleNamespace(remote=clone._stream)
+        return clone
+
+    def _next(self, args):
+        self.calls.append((self._opts, args))
+        item = self.script.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _generate(self, *args):
+        async def run():
+            return self._next(args)
+        return run()
+
+    def _stream(self, *args):
+        return self._next(args)
+
+
+def _gateway(handle, **ray_kw):
+    manifest = SimpleNamespace(name="reverse", version=VERSION)
+
+    async def resolve(tenant, ref):
+        if ref != "reverse":
+            raise ModelNotFound("no")
+        return manifest
+
+    return SimpleNamespace(settings=ServingSettings(), admission=Admission(4, 16), resolve=resolve,
+                           engines=handle, ray=RaySettings(routing_headers=True, retry_window_s=5, **ray_kw))
+
+
+TENANT = SimpleNamespace(name="acme", quotas={})
+OK = {"status": 200, "replica": "r1", "resident": True, "loads": 1,
+      "body": {"model": f"lpx:acme:reverse:{VERSION}", "choices": [{"text": " x"}], "usage": {"total_tokens": 3}}}
+
+
+def test_affinity_routing_names_the_adapter_and_hides_the_engine_name():
+    handle = FakeHandle([OK])
+    gw = _gateway(handle)
+    r = asyncio.run(forward_ray(gw, TENANT, {"model": "reverse", "prompt": "p"}, "/v1/completions"))
+    assert r.status_code == 200 and json.loads(r.body)["model"] == "reverse"
+    (opts, args), = handle.calls
+    assert opts["multiplexed_model_id"] == f"lpx:acme:reverse:{VERSION}"
+    assert args == ("/v1/completions", {"model": "reverse", "prompt": "p"}, f"lpx:acme:reverse:{VERSION}")
+    assert r.headers["x-loraplex-replica"] == "r1" and r.headers["x-loraplex-resident"] == "true"
+    assert gw.admission.inflight == 0
+
+
+def test_random_routing_and_base_requests_carry_no_model_id():
+    handle = FakeHandle([OK, {**OK, "body": {"model": "base", "choices": []}}])
+    gw = _gateway(handle, routing="random")
+    asyncio.run(forward_ray(gw, TENANT, {"model": "reverse", "prompt": "p"}, "/v1/completions"))
+    asyncio.run(forward_ray(gw, TENANT, {"model": "base", "prompt": "p"}, "/v1/completions"))
+    assert [("multiplexed_model_id" in o) for o, _ in handle.calls] == [False, False]
+    assert handle.calls[1][1][2] is None  # base: no adapter
+
+
+def test_a_dead_engine_before_the_request_is_retried_on_any_replica():
+    handle = FakeHandle([RayTaskErrorLike(EngineDown("dead")), RayTaskErrorLike(EngineDown("dead")), OK])
+    gw = _gateway(handle)
+    r = asyncio.run(forward_ray(gw, TENANT, {"model": "reverse", "prompt": "p"}, "/v1/completions"))
+    assert r.status_code == 200
+    assert ["multiplexed_model_id" in o for o, _ in handle.calls] == [True, False, False]
+
+
+def test_other_replica_failures_are_not_retried_and_free_the_slot():
+    handle = FakeHandle([RayTaskErrorLike(EngineUnavailable("stream broke")), OK])
+    gw = _gateway(handle)
+    with pytest.raises(EngineUnavailable):
+        asyncio.run(forward_ray(gw, TENANT, {"model": "reverse", "prompt": "p"}, "/v1/completions"))
+    assert len(handle.calls) == 1 and gw.admission.inflight == 0
+
+
+def test_unknown_model_is_404_before_any_replica_is_called():
+    handle = FakeHandle([OK])
+    with pytest.raises(ModelNotFound):
+        asyncio.run(forward_ray(_gateway(handle), TENANT, {"model": "other", "prompt": "p"}, "/v1/completions"))
+    assert handle.calls == []
+
+
+def test_stream_is_relayed_with_the_public_model_name_and_cancelled_at_the_end():
+    chunk = {"model": f"lpx:acme:reverse:{VERSION}", "choices": [{"text": "x"}]}
+    stream = FakeStream([{"status": 200, "replica": "r2", "resident": False, "loads": 3},
+                         f"data: {json.dumps(chunk)}", "", "data: [DONE]", ""])
+    gw = _gateway(FakeHandle([stream]))
+
+    async def go():
+        r = await forward_ray(gw, TENANT, {"model": "reverse", "prompt": "p", "stream": True}, "/v1/completions")
+        assert r.headers["x-loraplex-replica"] == "r2"
+        return r, [line async for line in r.body_iterator]
+
+    r, lines = asyncio.run(go())
+    assert json.loads(lines[0][5:])["model"] == "reverse" and lines[2] == "data: [DONE]\n"
+    assert stream.cancelled and gw.admission.inflight == 0
+
+
+def test_stream_failure_midway_becomes_an_sse_error_event():
+    stream = FakeStream([{"status": 200, "replica": "r2", "resident": True, "loads": 1}, "data: {}",
+                         RayTaskErrorLike(EngineUnavailable("the engine stream broke"))])
+    gw = _gateway(FakeHandle([stream]))
+
+    async def go():
+        r = await forward_ray(gw, TENANT, {"model": "reverse", "prompt": "p", "stream": True}, "/v1/completions")
+        return [line async for line in r.body_iterator]
+
+    lines = asyncio.run(go())
+    assert json.loads(lines[-2][5:])["error"]["code"] == "engine_unavailable" and lines[-1] == "data: [DONE]\n\n"
+    assert gw.admission.inflight == 0
+
+
+def test_ray_app_swaps_only_the_inference_routes():
+    from serving.ray_gateway import chat_completions, completions
+
+    app = create_ray_app(SimpleNamespace())
+    by_path = {getattr(r, "path", None): r for r in app.router.routes}
+    assert by_path["/v1/completions"].endpoint is completions
+    assert by_path["/v1/chat/completions"].endpoint is chat_completions
+    assert {"/v1/models", "/ready", "/health", "/metrics", "/admin/tenants"} <= set(by_path)
+    assert sum(getattr(r, "path", None) == "/v1/completions" for r in app.router.routes) == 1
