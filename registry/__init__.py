@@ -1,6 +1,7 @@
-"""The adapter registry: tenants, API keys, immutable adapter versions and aliases on S3.
+"""The registry: tenants, API keys, immutable adapter and model versions and aliases on S3.
 
-Synchronous (boto3); the async gateway calls it from threads. Imports nothing of loraplex but `common`.
+Synchronous (boto3); the async gateway calls it from threads. Imports nothing of loraplex but `common`,
+and, lazily, `training.health` (adapter health at upload) and transformers (the no-op probe).
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from registry.adapters import AdapterInfo, AdapterRegistry
 from registry.base_spec import BaseModelSpec
 from registry.cache import AdapterCache
 from registry.manifest import Manifest
+from registry.models import ModelManifest, ModelRegistry
 from registry.settings import RegistrySettings
 from registry.store import ObjectStore
 from registry.tenants import Tenant, TenantRegistry
 from registry.validation import AdapterValidator
 
 __all__ = ["AdapterCache", "AdapterInfo", "AdapterRegistry", "AdapterValidator", "BaseModelSpec", "Manifest",
-           "ObjectStore", "RegistrySettings", "Tenant", "TenantRegistry"]
+           "ModelManifest", "ModelRegistry", "ObjectStore", "RegistrySettings", "Tenant", "TenantRegistry"]

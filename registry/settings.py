@@ -42,4 +42,4 @@ class RegistrySettings(BaseSettings):
                                   "model artifacts fetched from the registry's models/.")
     model_cache_max_bytes: int = Field(20 * GIB, gt=0, description="Bytes the local model cache may hold (LRU).")
     max_model_upload_bytes: int = Field(16 * GIB, gt=0, description="Largest total size of one full/merged model "
-                                        "version (every file is held in memory once while it is stored).")
+                                        "version (the gateway holds one file at a time in memory).")
