@@ -1,19 +1,61 @@
-"""`python -m serving`: run the gateway with settings from the environment."""
+"""`python -m serving`: run the gateway with settings from the environment.
+
+SIGTERM drains: new requests get 503 + Retry-After and /ready 503, admitted requests (streams too)
+finish, up to LORAPLEX_DRAIN_TIMEOUT_S; then the server stops, a managed engine is stopped, exit 0.
+A second SIGTERM, or Ctrl-C, exits at once (uvicorn's own handling).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
+from types import FrameType
+
 import uvicorn
+from fastapi import FastAPI
 
 from serving import logs
-from serving.app import create_app
+from serving.app import create_app, drain
 from serving.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_timeout_s: float):
+        super().__init__(config)
+        self.app, self.drain_timeout_s = app, drain_timeout_s
+        self._drain_requested = False
+        self._drain_task: asyncio.Task | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig != signal.SIGTERM or self._drain_requested or not self.started:
+            super().handle_exit(sig, frame)
+            return
+        # Not recorded as a captured signal: uvicorn would re-raise it after shutdown and the exit
+        # code would say "killed" although the drain went as planned.
+        self._drain_requested = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_requested and self._drain_task is None:  # signal handlers can't start tasks safely
+            self._drain_task = asyncio.create_task(self._drain())
+        return await super().on_tick(counter)
+
+    async def _drain(self) -> None:
+        try:
+            await drain(self.app, self.drain_timeout_s)
+        finally:
+            self.should_exit = True
 
 
 def main() -> None:
     settings = ServingSettings()
     logs.configure()
-    uvicorn.run(create_app(), host=settings.gateway_host, port=settings.gateway_port,
-                log_level="warning", timeout_graceful_shutdown=30)
+    app = create_app()
+    config = uvicorn.Config(app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning",
+                            timeout_graceful_shutdown=5)  # the drain already waited for requests
+    DrainingServer(config, app, settings.drain_timeout_s).run()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,12 @@ from common.errors import Overloaded, QuotaExceeded
 from serving import metrics
 
 
+class Draining(Overloaded):
+    """The gateway is shutting down: it finishes what it admitted and takes nothing new."""
+
+    code = "shutting_down"
+
+
 @dataclass
 class Quotas:
     """A tenant's limits; 0 means unlimited. Read from the tenant's `quotas` object."""
@@ -71,29 +77,57 @@ class Admission:
         self._waiting: dict[str, deque] = defaultdict(deque)  # tenant -> FIFO of (arrival, future, est_tokens)
         self._requests: dict[str, _Window] = defaultdict(_Window)
         self._tokens: dict[str, _Window] = defaultdict(_Window)
+        self.closed = False
 
-    def check_quota(self, tenant: str, quotas: Quotas, est_tokens: int) -> None:
+    def close(self) -> None:
+        """Stop admitting (graceful shutdown): new requests get 503 + Retry-After; admitted ones go on."""
+        self.closed = True
+        metrics.DRAINING.set(1)
+
+    @property
+    def idle(self) -> bool:
+        return self.inflight == 0 and self.queued == 0
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is running or waiting; False if `timeout` passed first."""
+        deadline = time.monotonic() + timeout
+        while not self.idle:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def check_open(self, tenant: str, label: str = metrics.OTHER) -> None:
+        if self.closed:
+            metrics.REJECTED.labels(tenant, label, "503", "draining").inc()
+            raise Draining("the gateway is shutting down and takes no new requests: retry in a few seconds "
+                           "(another replica, or this one after its restart, will answer)", retry_after=5)
+
+    def check_quota(self, tenant: str, quotas: Quotas, est_tokens: int, label: str = metrics.OTHER) -> None:
         """429 with Retry-After if this request would exceed one of the tenant's limits."""
+        self.check_open(tenant, label)
         now = time.monotonic()
         reqs, toks = self._requests[tenant], self._tokens[tenant]
         reqs.trim(now)
         toks.trim(now)
         if quotas.max_concurrent and self.active[tenant] >= quotas.max_concurrent:
-            raise self._refuse(tenant, f"{quotas.max_concurrent} concurrent requests", 1.0)
+            raise self._refuse(tenant, label, f"{quotas.max_concurrent} concurrent requests", 1.0)
         if quotas.requests_per_minute and reqs.total + 1 > quotas.requests_per_minute:
-            raise self._refuse(tenant, f"{quotas.requests_per_minute} requests per minute", reqs.retry_after(now))
+            raise self._refuse(tenant, label, f"{quotas.requests_per_minute} requests per minute",
+                               reqs.retry_after(now))
         if quotas.tokens_per_minute and toks.total + est_tokens > quotas.tokens_per_minute:
-            raise self._refuse(tenant, f"{quotas.tokens_per_minute} tokens per minute", toks.retry_after(now))
+            raise self._refuse(tenant, label, f"{quotas.tokens_per_minute} tokens per minute", toks.retry_after(now))
         reqs.add(now, 1)
         toks.add(now, est_tokens)
 
-    def _refuse(self, tenant: str, limit: str, retry_after: float) -> QuotaExceeded:
-        metrics.REJECTED.labels(tenant, "429").inc()
+    def _refuse(self, tenant: str, label: str, limit: str, retry_after: float) -> QuotaExceeded:
+        metrics.REJECTED.labels(tenant, label, "429", "quota").inc()
         return QuotaExceeded(f"tenant {tenant!r} is over its quota of {limit}: retry after "
                              f"{retry_after:.0f}s or ask an admin to raise the quota", retry_after=retry_after)
 
-    async def acquire(self, tenant: str, est_tokens: int) -> None:
+    async def acquire(self, tenant: str, est_tokens: int, label: str = metrics.OTHER) -> None:
         """Wait for an engine slot in fair order; pair with `release(tenant, est_tokens, tokens)`."""
+        self.check_open(tenant, label)
         if not self.active[tenant]:
             floor = min((self.counters[t] for t, n in self.active.items() if n), default=0.0)
             self.counters[tenant] = max(self.counters[tenant], floor)
@@ -101,13 +135,14 @@ class Admission:
             self._grant(tenant, est_tokens)
             return
         if self.queued >= self.max_queue:
-            metrics.REJECTED.labels(tenant, "503").inc()
+            metrics.REJECTED.labels(tenant, label, "503", "overload").inc()
             raise Overloaded(f"the server is at capacity ({self.max_queue} requests waiting): retry shortly",
                              retry_after=2)
         fut = asyncio.get_running_loop().create_future()
         self.active[tenant] += 1
         entry = (next(self._arrivals), fut, est_tokens)
         self._waiting[tenant].append(entry)
+        metrics.QUEUED.set(self.queued)
         try:
             await fut
         except BaseException:
@@ -116,6 +151,7 @@ class Admission:
             else:
                 self._waiting[tenant].remove(entry)
                 self.active[tenant] -= 1
+                metrics.QUEUED.set(self.queued)
             raise
 
     def _grant(self, tenant: str, est_tokens: int, queued: bool = False) -> None:
@@ -123,6 +159,7 @@ class Admission:
             self.active[tenant] += 1
         self.inflight += 1
         self.counters[tenant] += est_tokens  # charged up front, corrected on release
+        metrics.INFLIGHT.set(self.inflight)
 
     def release(self, tenant: str, est_tokens: int, tokens: int) -> None:
         """The request finished having been served `tokens` tokens: correct the charge, hand the slot on."""
@@ -134,6 +171,8 @@ class Admission:
             _, fut, est = self._waiting[nxt].popleft()
             self._grant(nxt, est, queued=True)
             fut.set_result(None)
+        metrics.INFLIGHT.set(self.inflight)
+        metrics.QUEUED.set(self.queued)
 
     def _priority(self, tenant: str) -> tuple:
         head = self._waiting[tenant][0][0]

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import LoraplexError
 from registry.settings import RegistrySettings
+from serving import metrics
 from serving.logs import RequestLog
 from serving.routes import adapters, admin, inference, models, ops
 from serving.settings import ServingSettings
@@ -43,6 +44,23 @@ async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONRe
     return error_response(exc.status_code, str(exc.detail), "invalid_request_error", code)
 
 
+async def drain(app: FastAPI, timeout: float) -> bool:
+    """Graceful shutdown, first half: stop admitting (503 + Retry-After, /ready 503) and wait up to
+    `timeout` for admitted requests (running or queued, streams included) to finish. True if all did.
+    The caller then stops the server; the lifespan's shutdown stops a managed engine after that."""
+    gw: Gateway = app.state.gateway
+    gw.admission.close()
+    log.info("draining", extra={"fields": {"inflight": gw.admission.inflight, "queued": gw.admission.queued,
+                                           "timeout_s": timeout}})
+    done = await gw.admission.wait_idle(timeout)
+    if done:
+        log.info("drained")
+    else:
+        log.warning("drain timed out; exiting with requests still running",
+                    extra={"fields": {"inflight": gw.admission.inflight, "queued": gw.admission.queued}})
+    return done
+
+
 def create_app(gateway: Gateway | None = None) -> FastAPI:
     """Build the app; without `gateway`, one is built from the environment at start-up."""
 
@@ -50,6 +68,7 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         gw = gateway or Gateway.from_settings(ServingSettings(), RegistrySettings())
         app.state.gateway = gw
+        metrics.LABELS.per_tenant = gw.settings.metrics_adapters_per_tenant
         supervisor = EngineSupervisor(gw.settings, gw.residency) if gw.settings.engine_managed else None
         if supervisor:
             gw.supervisor = supervisor

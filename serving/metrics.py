@@ -1,18 +1,85 @@
-"""Prometheus series of the gateway. Label values are bounded: tenants are registered names, models are kinds."""
+"""Prometheus series of the gateway, per tenant and per adapter, with bounded label sets.
+
+`tenant` is always an authenticated tenant's registered name. `adapter` is a registered adapter's
+*name* (never a version, never raw client text): "base" for the base model, and "other" for a name
+not resolved in the registry yet, or beyond the first `LABELS.per_tenant` names seen for a tenant.
+So the series count is at most tenants x (per_tenant + 2) per metric, whatever clients send.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import threading
 
-REQUESTS = Counter("loraplex_requests_total", "Inference requests by tenant, model kind and status.",
-                   ["tenant", "kind", "status"])
-LATENCY = Histogram("loraplex_request_seconds", "Inference latency (to the last byte).", ["tenant"],
-                    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
-ADAPTER_CACHE = Counter("loraplex_adapter_residency_total", "Engine residency lookups.", ["result"])
-ADAPTER_LOAD_SECONDS = Histogram("loraplex_adapter_load_seconds", "Time to load an adapter into the engine.")
-ADAPTER_EVICTIONS = Counter("loraplex_adapter_evictions_total", "Adapters unloaded from the engine (LRU).")
+from prometheus_client import Counter, Gauge, Histogram
+
+OTHER = "other"
+BASE = "base"
+
+
+class AdapterLabels:
+    """Maps (tenant, adapter name) to a label value, admitting at most `per_tenant` names per tenant."""
+
+    def __init__(self, per_tenant: int = 20):
+        self.per_tenant = per_tenant
+        self._seen: dict[str, set[str]] = {}
+        self._lock = threading.Lock()  # in-process gateways (tests, benchmarks) share this module
+
+    def admit(self, tenant: str, name: str) -> str:
+        """Label of a name that resolved in the registry (or a configured model): itself while room is left."""
+        with self._lock:
+            seen = self._seen.setdefault(tenant, set())
+            if name in seen:
+                return name
+            if len(seen) < self.per_tenant:
+                seen.add(name)
+                return name
+            return OTHER
+
+    def known(self, tenant: str, model: str, base_name: str = BASE) -> str:
+        """Label for a request's `model` before it is resolved: only names already admitted pass."""
+        if model == base_name:
+            return BASE
+        name = model.split("@", 1)[0]
+        with self._lock:
+            return name if name in self._seen.get(tenant, ()) else OTHER
+
+
+LABELS = AdapterLabels()
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+
+REQUESTS = Counter("loraplex_requests_total",
+                   "Inference requests admitted to the engine, by tenant, adapter and outcome "
+                   "(ok, error, disconnected, or the engine's HTTP status).", ["tenant", "adapter", "status"])
+PROMPT_TOKENS = Counter("loraplex_prompt_tokens_total", "Prompt tokens, from the engine's usage.",
+                        ["tenant", "adapter"])
+COMPLETION_TOKENS = Counter("loraplex_completion_tokens_total", "Generated tokens, from the engine's usage.",
+                            ["tenant", "adapter"])
+LATENCY = Histogram("loraplex_request_seconds", "Inference latency from arrival to the last byte (queueing included).",
+                    ["tenant", "adapter"], buckets=_LATENCY_BUCKETS)
+TTFT = Histogram("loraplex_time_to_first_token_seconds",
+                 "Streaming requests: arrival to the first generated text relayed (queueing and adapter load included).",
+                 ["tenant", "adapter"], buckets=_TTFT_BUCKETS)
+# `result` first: the series of one result share a prefix (tests/e2e/test_stack.py sums by prefix).
+ADAPTER_CACHE = Counter("loraplex_adapter_residency_total",
+                        "Engine residency lookups: hit (already loaded) or miss (this request loads it).",
+                        ["result", "tenant", "adapter"])
+ADAPTER_LOADS = Counter("loraplex_adapter_loads_total", "Adapter loads into the engine, by result (ok, error).",
+                        ["tenant", "adapter", "result"])
+ADAPTER_LOAD_SECONDS = Histogram("loraplex_adapter_load_seconds",
+                                 "Time to load an adapter into the engine (local cache to engine registration).",
+                                 ["tenant", "adapter"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+ADAPTER_EVICTIONS = Counter("loraplex_adapter_evictions_total",
+                            "Adapters unloaded from the engine to make room (least recently used first).",
+                            ["tenant", "adapter"])
+RESIDENT = Gauge("loraplex_resident_adapters", "Adapters registered in the engine by this gateway.")
 UPLOADS = Counter("loraplex_adapter_uploads_total", "Adapter uploads by result.", ["result"])
 STALE_SERVED = Counter("loraplex_stale_registry_reads_total",
                        "Registry reads answered from the last good value while S3 was unavailable.", ["what"])
-REJECTED = Counter("loraplex_rejected_total", "Requests refused by admission (429 quota, 503 overload).",
-                   ["tenant", "status"])
+REJECTED = Counter("loraplex_rejected_total",
+                   "Requests refused before the engine: 429 quota, 503 overload (queue full) or draining (shutdown).",
+                   ["tenant", "adapter", "status", "reason"])
+INFLIGHT = Gauge("loraplex_inflight_requests", "Requests forwarded to the engine now.")
+QUEUED = Gauge("loraplex_queued_requests", "Requests waiting for admission now.")
+DRAINING = Gauge("loraplex_draining", "1 while the gateway drains before exiting (SIGTERM), else 0.")

@@ -6,6 +6,7 @@ back exactly once, whichever of stream end, error or client disconnect comes fir
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from common.errors import EngineUnavailable
 from registry.tenants import Tenant
 from serving import metrics
 from serving.admission import Quotas
-from serving.protocol import estimate_tokens, rewrite_model, rewrite_sse_line, sse_error
+from serving.protocol import estimate_tokens, rewrite_model, sse_error
 from serving.residency import engine_lora_name
 from serving.state import Gateway
 
@@ -26,14 +27,17 @@ log = logging.getLogger(__name__)
 
 
 class Ticket:
-    """One admitted request: its engine model name, its adapter hold, its token charge."""
+    """One admitted request: its engine model name, its adapter hold, its token charge, its metrics."""
 
-    def __init__(self, gw: Gateway, tenant: str, public: str, est_tokens: int):
-        self.gw, self.tenant, self.public, self.est = gw, tenant, public, est_tokens
+    def __init__(self, gw: Gateway, tenant: str, public: str, est_tokens: int, label: str, arrived: float):
+        self.gw, self.tenant, self.public, self.est, self.label = gw, tenant, public, est_tokens, label
         self.engine_model, self.lora = gw.settings.base_name, None
         self.http = gw.engine.http
-        self.started = time.monotonic()
-        self.tokens = 0
+        self.arrived = arrived
+        self.usage_total = 0  # tokens served, from the engine's usage
+        self.events = 0  # streamed chunks with text: about one token each, the charge when usage never came
+        self.first_token = False
+        self.client_usage = True  # False: the usage chunk was requested by the gateway and is not relayed
         self.done = False
 
     async def hold_adapter(self, manifest) -> None:
@@ -41,32 +45,80 @@ class Ticket:
         await self.gw.residency.acquire(lora, lambda: self.gw.local_adapter(manifest))
         self.engine_model = self.lora = lora
 
+    def record_usage(self, usage: dict) -> None:
+        prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+        metrics.PROMPT_TOKENS.labels(self.tenant, self.label).inc(prompt)
+        metrics.COMPLETION_TOKENS.labels(self.tenant, self.label).inc(completion)
+        self.usage_total = usage.get("total_tokens") or prompt + completion
+
+    def relay_line(self, line: str) -> str | None:
+        """One SSE line for the client (model rewritten), or None to drop it; notes usage and first token."""
+        data = line[5:].strip() if line.startswith("data:") else ""
+        if not data or data == "[DONE]":
+            return line
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return line
+        if not isinstance(chunk, dict):
+            return line
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.record_usage(usage)
+        if chunk.get("choices"):
+            self.events += 1
+            if not self.first_token:
+                self.first_token = True
+                metrics.TTFT.labels(self.tenant, self.label).observe(time.monotonic() - self.arrived)
+        elif isinstance(usage, dict) and not self.client_usage:
+            return None
+        return "data: " + json.dumps(rewrite_model(chunk, self.public))
+
     def finish(self, status: str = "ok") -> None:
         if self.done:
             return
         self.done = True
         if self.lora:
             self.gw.residency.release(self.lora)
-        self.gw.admission.release(self.tenant, self.est, self.tokens or self.est)
-        metrics.REQUESTS.labels(self.tenant, "adapter" if self.lora else "base", status).inc()
-        metrics.LATENCY.labels(self.tenant).observe(time.monotonic() - self.started)
+        self.gw.admission.release(self.tenant, self.est, self.usage_total or self.events or self.est)
+        metrics.REQUESTS.labels(self.tenant, self.label, status).inc()
+        metrics.LATENCY.labels(self.tenant, self.label).observe(time.monotonic() - self.arrived)
+
+
+def _with_usage(body: dict) -> tuple[dict, bool]:
+    """Ask the engine for a stream's usage (the token metrics need it); True if the client asked itself."""
+    opts = body.get("stream_options")
+    if opts is None:
+        opts = {}
+    if not isinstance(opts, dict):
+        return body, True  # malformed: the engine's validation answers it
+    if opts.get("include_usage"):
+        return body, True
+    return {**body, "stream_options": {**opts, "include_usage": True}}, False
 
 
 async def forward(gw: Gateway, tenant: Tenant, body: dict, path: str) -> Response:
+    arrived = time.monotonic()
     est = estimate_tokens(body)
-    gw.admission.check_quota(tenant.name, Quotas.of(tenant.quotas), est)
+    base = gw.settings.base_name
+    gw.admission.check_quota(tenant.name, Quotas.of(tenant.quotas), est,
+                             metrics.LABELS.known(tenant.name, body["model"], base))
     dedicated = gw.dedicated_engine(tenant.name, body["model"])
-    is_base = body["model"] == gw.settings.base_name
+    is_base = body["model"] == base
     manifest = None if is_base or dedicated else await gw.resolve(tenant.name, body["model"])  # 404s first
-    await gw.admission.acquire(tenant.name, est)
-    ticket = Ticket(gw, tenant.name, body["model"], est)
+    label = metrics.BASE if is_base else metrics.LABELS.admit(tenant.name, manifest.name if manifest else body["model"])
+    await gw.admission.acquire(tenant.name, est, label)
+    ticket = Ticket(gw, tenant.name, body["model"], est, label, arrived)
+    stream = bool(body.get("stream"))
+    if stream:
+        body, ticket.client_usage = _with_usage(body)
     try:
         if dedicated is not None:
             ticket.http, ticket.engine_model = dedicated, body["model"]
         elif manifest is not None:
             await ticket.hold_adapter(manifest)
         req = ticket.http.build_request("POST", path, json={**body, "model": ticket.engine_model})
-        upstream = await ticket.http.send(req, stream=bool(body.get("stream")))
+        upstream = await ticket.http.send(req, stream=stream)
     except httpx.HTTPError as e:
         ticket.finish("error")
         raise EngineUnavailable(f"the engine did not answer ({type(e).__name__}); retry shortly",
@@ -74,7 +126,7 @@ async def forward(gw: Gateway, tenant: Tenant, body: dict, path: str) -> Respons
     except BaseException:
         ticket.finish("error")
         raise
-    if not body.get("stream") or upstream.status_code != 200:
+    if not stream or upstream.status_code != 200:
         return await _whole(upstream, ticket)
     return StreamingResponse(_relay(upstream, ticket), media_type="text/event-stream",
                              background=BackgroundTask(ticket.finish, "disconnected"))
@@ -93,7 +145,8 @@ async def _whole(upstream: httpx.Response, ticket: Ticket) -> Response:
     except ValueError:
         ticket.finish("error")
         return JSONResponse(_engine_error(f"the engine answered HTTP {upstream.status_code}"), status_code=502)
-    ticket.tokens = (data.get("usage") or {}).get("total_tokens") or 0
+    if isinstance(data.get("usage"), dict):
+        ticket.record_usage(data["usage"])
     ticket.finish("ok" if upstream.status_code == 200 else str(upstream.status_code))
     return JSONResponse(rewrite_model(data, ticket.public), status_code=upstream.status_code)
 
@@ -107,14 +160,17 @@ async def _relay(upstream: httpx.Response, ticket: Ticket) -> AsyncIterator[str]
     status = "ok"
     try:
         async for line in upstream.aiter_lines():
-            if line.startswith("data:"):
-                ticket.tokens += 1  # vLLM streams about one token per event
-            yield rewrite_sse_line(line, ticket.public) + "\n"
+            out = ticket.relay_line(line)
+            if out is not None:
+                yield out + "\n"
     except httpx.HTTPError as e:
         status = "error"
         log.warning("engine stream broke: %s", type(e).__name__)
         yield sse_error(f"the engine stream broke ({type(e).__name__}); retry the request", "engine_unavailable")
         yield "data: [DONE]\n\n"
+    except BaseException:  # the client went away (cancellation / generator close)
+        status = "disconnected"
+        raise
     finally:
         await upstream.aclose()  # on client disconnect this closes the engine connection: vLLM aborts
         ticket.finish(status)

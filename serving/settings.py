@@ -39,3 +39,8 @@ class ServingSettings(BaseSettings):
                     'NAME go to its own engine (serving a merged or fully fine-tuned model) instead of an adapter on '
                     'the shared base. JSON in LORAPLEX_DEDICATED_ENGINES.')
     max_upload_bytes: int = Field(256 * 2**20, description="Largest adapter upload accepted.")
+    drain_timeout_s: float = Field(10.0, description="On SIGTERM: how long admitted requests may take to finish "
+                                   "(new ones get 503) before the gateway exits anyway. Keep it below the "
+                                   "stopper's kill timeout (`loraplex down`: 20 s).")
+    metrics_adapters_per_tenant: int = Field(20, description="Adapter names per tenant that get their own "
+                                             "metrics label; further names share the label 'other'.")

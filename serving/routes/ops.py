@@ -18,6 +18,9 @@ async def health() -> dict:
 
 @router.get("/ready")
 async def ready(gw: GatewayDep) -> Response:
+    if gw.admission.closed:  # draining for shutdown: load balancers must stop sending traffic here
+        return JSONResponse({"status": "draining", "detail": "the gateway is shutting down"}, status_code=503,
+                            headers={"Retry-After": "5"})
     ok, detail = await gw.readiness()
     return JSONResponse({"status": "ready" if ok else "not_ready", **detail}, status_code=200 if ok else 503,
                         headers=None if ok else {"Retry-After": "5"})

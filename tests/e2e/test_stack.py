@@ -85,12 +85,12 @@ def _engine_crash_and_recovery(var, info):
             assert time.monotonic() < deadline, "the engine did not come back"
             time.sleep(2)
         assert int((var / "run" / "engine.pid").read_text()) != engine_pid
-        misses = _metric(c.get("/metrics").text, 'loraplex_adapter_residency_total{result="miss"}')
+        misses = _metric(c.get("/metrics").text, 'loraplex_adapter_residency_total{result="miss",')
         r = c.post("/v1/completions", json={"model": spec["adapter"], "prompt": "word: hello\nanswer:",
                                             "max_tokens": 16, "temperature": 0})
         assert r.status_code == 200 and r.json()["choices"][0]["text"].strip() == answer(spec["task"], "hello")
         # the supervisor loaded the hot adapter back: this request found it resident
-        assert _metric(c.get("/metrics").text, 'loraplex_adapter_residency_total{result="miss"}') == misses
+        assert _metric(c.get("/metrics").text, 'loraplex_adapter_residency_total{result="miss",') == misses
 
 
 def _metric(text: str, series: str) -> float:

@@ -108,3 +108,62 @@ def test_fifo_mode_serves_in_arrival_order():
         await asyncio.gather(*tasks)
         return order
     assert asyncio.run(go()) == ["a"] * 5 + ["b"]
+
+
+def test_closed_admission_refuses_new_requests_and_reports_idle():
+    """Graceful shutdown: after close() new requests get 503 (shutting_down); admitted ones still finish."""
+    from serving.admission import Draining
+
+    async def go():
+        adm = Admission(max_inflight=1, max_queue=4)
+        await adm.acquire("a", 1)
+        queued = asyncio.create_task(adm.acquire("b", 1))
+        await asyncio.sleep(0)
+        adm.close()
+        with pytest.raises(Draining) as e:
+            adm.check_quota("c", Quotas(), 1)
+        assert e.value.status == 503 and e.value.retry_after and e.value.code == "shutting_down"
+        with pytest.raises(Draining):
+            await adm.acquire("c", 1)
+        assert not await adm.wait_idle(0.1)  # a runs, b waits: both were admitted before close()
+        adm.release("a", 1, 1)
+        await queued  # the queued request is still served
+        waiter = asyncio.create_task(adm.wait_idle(5))
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        adm.release("b", 1, 1)
+        assert await waiter and adm.idle
+    asyncio.run(go())
+
+
+def test_rejections_are_counted_per_tenant_and_adapter():
+    from prometheus_client import REGISTRY
+
+    def count(tenant, status, reason):
+        return REGISTRY.get_sample_value("loraplex_rejected_total", {"tenant": tenant, "adapter": "mine",
+                                                                     "status": status, "reason": reason}) or 0
+
+    async def go():
+        adm = Admission(max_inflight=1, max_queue=0)
+        before = (count("rq-a", "429", "quota"), count("rq-b", "503", "overload"))
+        adm.check_quota("rq-a", Quotas(requests_per_minute=1), 1, "mine")
+        with pytest.raises(QuotaExceeded):
+            adm.check_quota("rq-a", Quotas(requests_per_minute=1), 1, "mine")
+        await adm.acquire("rq-a", 1, "mine")
+        with pytest.raises(Overloaded):
+            await adm.acquire("rq-b", 1, "mine")
+        assert (count("rq-a", "429", "quota"), count("rq-b", "503", "overload")) == (before[0] + 1, before[1] + 1)
+    asyncio.run(go())
+
+
+def test_metric_adapter_labels_are_bounded_per_tenant():
+    """Clients choose `model` freely: only names resolved in the registry, and at most N per tenant, get a label."""
+    from serving.metrics import AdapterLabels
+
+    labels = AdapterLabels(per_tenant=2)
+    assert labels.known("t", "nonexistent@prod") == "other"  # not resolved yet: never raw client text
+    assert labels.admit("t", "a") == "a" and labels.admit("t", "b") == "b"
+    assert labels.admit("t", "c") == "other"  # over the cap
+    assert labels.known("t", "a@prod") == "a" and labels.known("t", "a@0123abcd") == "a"  # name, not version
+    assert labels.known("t", "base") == "base"
+    assert labels.admit("u", "c") == "c"  # the cap is per tenant

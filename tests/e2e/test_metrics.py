@@ -1,0 +1,94 @@
+"""/metrics through real traffic: per-tenant and per-adapter series move by exactly what was sent."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.helpers import upload
+from training.demo import demo_prompt
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of the gateway's /metrics, keyed by (sample name, labels), parsed by prometheus_client."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def delta(before: dict, after: dict, name: str, **labels) -> float:
+    """How much the samples called `name` whose labels include `labels` moved (summed over the rest)."""
+    want = set(labels.items())
+
+    def total(snap):
+        return sum(v for (n, ls), v in snap.items() if n == name and want <= ls)
+    return total(after) - total(before)
+
+
+def new_tenant(st, quotas: dict | None = None, prefix: str = "met") -> tuple[str, str]:
+    """A tenant no other test uses (the metrics registry is shared by every in-process gateway)."""
+    name = f"{prefix}-{secrets.token_hex(4)}"
+    with st.client(st.admin_key) as c:
+        r = c.post("/admin/tenants", json={"name": name, "quotas": quotas or {}})
+    assert r.status_code == 201, r.text
+    return name, r.json()["api_key"]
+
+
+def test_per_tenant_and_per_adapter_series_move_by_what_was_sent(stack, demo):
+    tenant, key = new_tenant(stack)
+    version = upload(stack, key, "speak", demo.adapter_dirs["reverse"])["version"]
+    before = scrape(stack.url)
+    usages = []
+    with stack.client(key) as c:
+        for model in ("speak", "speak", f"speak@{version}", "base"):
+            r = c.post("/v1/completions", json={"model": model, "prompt": demo_prompt("metric"), "max_tokens": 8,
+                                                 "temperature": 0})
+            assert r.status_code == 200, r.text
+            usages.append((model, r.json()["usage"]))
+        # a stream whose client did not ask for usage: the gateway asks the engine, counts it, keeps it to itself
+        with c.stream("POST", "/v1/completions", json={"model": "speak", "prompt": demo_prompt("metric"),
+                                                        "max_tokens": 8, "temperature": 0, "stream": True}) as r:
+            assert r.status_code == 200
+            events = [json.loads(line[5:]) for line in r.iter_lines()
+                      if line.startswith("data:") and line.strip() != "data: [DONE]"]
+        assert events and all(e["choices"] and "usage" not in e for e in events)
+        # a model that does not exist, and another tenant's would-be name: 404, and no label for them
+        for model in ("ghost", "ghost@prod"):
+            assert c.post("/v1/completions", json={"model": model, "prompt": "x", "max_tokens": 1}).status_code == 404
+    after = scrape(stack.url)
+
+    adapter_usage = [u for m, u in usages if m != "base"] + [usages[0][1]]  # the stream = the first request
+    base_usage = usages[3][1]
+    d = lambda name, **kw: delta(before, after, name, tenant=tenant, **kw)  # noqa: E731
+    assert d("loraplex_requests_total", adapter="speak", status="ok") == 4  # NAME and NAME@VERSION: one label
+    assert d("loraplex_requests_total", adapter="base", status="ok") == 1
+    assert d("loraplex_prompt_tokens_total", adapter="speak") == sum(u["prompt_tokens"] for u in adapter_usage)
+    assert d("loraplex_completion_tokens_total", adapter="speak") == sum(u["completion_tokens"] for u in adapter_usage)
+    assert d("loraplex_completion_tokens_total", adapter="base") == base_usage["completion_tokens"]
+    assert d("loraplex_request_seconds_count", adapter="speak") == 4
+    assert d("loraplex_request_seconds_sum", adapter="speak") > 0
+    assert d("loraplex_time_to_first_token_seconds_count", adapter="speak") == 1  # streams only
+    assert d("loraplex_adapter_residency_total", adapter="speak", result="miss") == 1  # one load ...
+    assert d("loraplex_adapter_residency_total", adapter="speak", result="hit") == 3  # ... then resident
+    assert d("loraplex_adapter_loads_total", adapter="speak", result="ok") == 1
+    assert d("loraplex_adapter_load_seconds_count", adapter="speak") == 1
+    tenant_labels = {dict(ls).get("adapter") for (n, ls) in after if dict(ls).get("tenant") == tenant}
+    assert tenant_labels == {"speak", "base"}, tenant_labels  # no version, no "ghost": bounded label values
+
+
+def test_quota_refusals_are_counted_under_the_adapter_name(stack, demo):
+    tenant, key = new_tenant(stack, {"requests_per_minute": 1})
+    upload(stack, key, "speak", demo.adapter_dirs["shout"])
+    before = scrape(stack.url)
+    with stack.client(key) as c:
+        body = {"model": "speak", "prompt": demo_prompt("quota"), "max_tokens": 4, "temperature": 0}
+        assert c.post("/v1/completions", json=body).status_code == 200
+        assert c.post("/v1/completions", json=body).status_code == 429
+        assert c.post("/v1/completions", json={**body, "model": "speak@prod"}).status_code == 429
+    after = scrape(stack.url)
+    assert delta(before, after, "loraplex_rejected_total", tenant=tenant, adapter="speak", status="429",
+                 reason="quota") == 2
+    assert delta(before, after, "loraplex_requests_total", tenant=tenant, adapter="speak") == 1

@@ -1,0 +1,89 @@
+"""Quota 429s and overload 503s as the unmodified `openai` SDK sees them (no retries: we want the refusal)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.helpers import start_gateway, upload
+from tests.e2e.test_metrics import delta, new_tenant, scrape
+from training.demo import demo_prompt
+
+openai = pytest.importorskip("openai", reason="the openai SDK is a dev dependency")
+
+LONG = {"max_tokens": 230, "temperature": 0, "stream": True, "extra_body": {"ignore_eos": True}}
+
+
+def _sdk(st, key) -> "openai.OpenAI":
+    return openai.OpenAI(base_url=f"{st.url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def _retry_after(exc) -> int:
+    value = exc.response.headers.get("retry-after")
+    assert value is not None, "a refusal must say when to come back"
+    assert int(value) >= 1
+    return int(value)
+
+
+def test_requests_per_minute_quota_is_a_rate_limit_error(stack):
+    _, key = new_tenant(stack, {"requests_per_minute": 2}, prefix="rpm")
+    client = _sdk(stack, key)
+    for _ in range(2):
+        client.completions.create(model="base", prompt=demo_prompt("abc"), max_tokens=2, temperature=0)
+    with pytest.raises(openai.RateLimitError) as e:
+        client.completions.create(model="base", prompt=demo_prompt("abc"), max_tokens=2, temperature=0)
+    assert e.value.status_code == 429 and e.value.code == "rate_limit_exceeded"
+    assert "2 requests per minute" in e.value.message
+    assert 1 <= _retry_after(e.value) <= 60
+
+
+def test_concurrency_quota_is_a_rate_limit_error_while_a_stream_runs(stack):
+    _, key = new_tenant(stack, {"max_concurrent": 1}, prefix="conc")
+    client = _sdk(stack, key)
+    stream = client.completions.create(model="base", prompt=demo_prompt("abc"), **LONG)
+    try:
+        next(iter(stream))  # admitted and generating
+        with pytest.raises(openai.RateLimitError) as e:
+            client.completions.create(model="base", prompt=demo_prompt("abc"), max_tokens=2)
+        assert "1 concurrent requests" in e.value.message
+        _retry_after(e.value)
+    finally:
+        stream.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_gateway(engine, seaweed, demo, tmp_path_factory):
+    """A gateway that forwards one request at a time and queues none: the second concurrent one is 503."""
+    st, server = start_gateway(engine.model_copy(update={"max_inflight": 1, "max_queue": 0}), seaweed.endpoint,
+                               demo.base_dir, tmp_path_factory.mktemp("cache-tiny"))
+    yield st
+    server.should_exit = True
+
+
+def test_overload_is_a_503_with_retry_after(tiny_gateway, demo):
+    st = tiny_gateway
+    tenant, key = new_tenant(st, prefix="busy")
+    upload(st, key, "speak", demo.adapter_dirs["caesar"])
+    client = _sdk(st, key)
+    before = scrape(st.url)
+    stream = client.completions.create(model="speak", prompt=demo_prompt("abc"), **LONG)
+    try:
+        next(iter(stream))  # holds the only engine slot
+        with pytest.raises(openai.InternalServerError) as e:
+            client.completions.create(model="speak", prompt=demo_prompt("abc"), max_tokens=2)
+        assert e.value.status_code == 503 and e.value.code == "overloaded"
+        _retry_after(e.value)
+        with pytest.raises(openai.InternalServerError):  # chat goes through the same admission
+            client.chat.completions.create(model="base", messages=[{"role": "user", "content": "abc"}], max_tokens=2)
+    finally:
+        stream.close()
+    after = scrape(st.url)
+    assert delta(before, after, "loraplex_rejected_total", tenant=tenant, status="503", reason="overload") == 2
+    assert delta(before, after, "loraplex_rejected_total", tenant=tenant, adapter="speak", status="503") == 1
+    deadline = time.monotonic() + 30  # the gateway notices the hang-up and gives the slot back
+    while not st.gateway.admission.idle:
+        assert time.monotonic() < deadline, "the closed stream never gave its engine slot back"
+        time.sleep(0.1)
+    out = client.completions.create(model="speak", prompt=demo_prompt("abc"), max_tokens=8, temperature=0)
+    assert out.choices[0].text

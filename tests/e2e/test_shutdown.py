@@ -1,0 +1,88 @@
+"""Graceful shutdown of a real gateway process (`python -m serving`): SIGTERM drains, then exit 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from common.procs import free_port, stop_group
+from registry.settings import RegistrySettings
+from registry.store import ObjectStore
+from training.demo import demo_prompt
+
+DRAIN_TIMEOUT_S = 60
+
+
+@pytest.fixture()
+def gateway_process(engine, seaweed, demo, tmp_path):
+    """The gateway as operators run it, in front of the session engine (not managed: it must survive)."""
+    bucket, port, admin = "shut-" + secrets.token_hex(4), free_port(), "admin-" + secrets.token_hex(8)
+    ObjectStore(RegistrySettings(s3_endpoint=seaweed.endpoint, s3_bucket=bucket)).ensure_bucket()
+    env = {**os.environ, "LORAPLEX_ENGINE_URL": engine.engine_url, "LORAPLEX_ENGINE_MANAGED": "false",
+           "LORAPLEX_S3_ENDPOINT": seaweed.endpoint, "LORAPLEX_S3_BUCKET": bucket,
+           "LORAPLEX_BASE_MODEL": str(demo.base_dir), "LORAPLEX_CACHE_DIR": str(tmp_path / "cache"),
+           "LORAPLEX_ADMIN_KEY": admin, "LORAPLEX_GATEWAY_PORT": str(port),
+           "LORAPLEX_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S)}
+    log = tmp_path / "gateway.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "serving"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        assert proc.poll() is None, f"the gateway exited:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"the gateway did not come up:\n{log.read_text()[-3000:]}"
+        try:
+            if httpx.get(f"{url}/ready", timeout=10).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    key = httpx.post(f"{url}/admin/tenants", json={"name": "drainer"}, timeout=30,
+                     headers={"Authorization": f"Bearer {admin}"}).json()["api_key"]
+    yield proc, url, key, log
+    if proc.poll() is None:
+        stop_group(proc.pid, 5)
+
+
+def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(gateway_process):
+    proc, url, key, log = gateway_process
+    headers = {"Authorization": f"Bearer {key}"}
+    long = {"model": "base", "prompt": demo_prompt("drain"), "max_tokens": 230, "ignore_eos": True,
+            "temperature": 0, "stream": True}
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as c, c.stream("POST", "/v1/completions",
+                                                                                 json=long) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        first = next(line for line in lines if line.startswith("data:"))
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        with httpx.Client(base_url=url, timeout=10) as other:
+            while (ready := other.get("/ready")).status_code == 200:  # the drain begins within a tick
+                assert time.monotonic() - signalled < 5, "SIGTERM did not start a drain"
+                time.sleep(0.02)
+            assert ready.status_code == 503 and ready.json()["status"] == "draining"
+            refused = other.post("/v1/completions", headers=headers,
+                                 json={"model": "base", "prompt": "x", "max_tokens": 1})
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "shutting_down"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert proc.poll() is None, "the gateway exited while a request was still streaming"
+        events = [json.loads(first[5:])] + [json.loads(line[5:]) for line in lines
+                                             if line.startswith("data:") and line.strip() != "data: [DONE]"]
+    # the in-flight stream ran to its end: every token, a finish reason, no error event
+    assert not any("error" in e for e in events), events[-1]
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
+    assert len(events) >= 200, len(events)  # about one event per token of the 230
+    code = proc.wait(timeout=DRAIN_TIMEOUT_S + 15)
+    assert code == 0, log.read_text()[-3000:]
+    assert time.monotonic() - signalled < DRAIN_TIMEOUT_S, "it waited for the timeout instead of the drain"
+    assert '"msg": "drained"' in log.read_text()
