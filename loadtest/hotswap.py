@@ -28,6 +28,7 @@ import math
 import os
 import platform
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -392,6 +393,7 @@ class Run:
             mine = [s for s in samples if s["tenant"] == t.name]
             per_tenant[t.name] = {"sent": len(mine), "ok": sum(s["status"] == 200 for s in mine)}
         return {**result, **extra, "offered_req_per_s": round(self.rate, 3), "per_tenant": per_tenant,
+                "arrived_req_per_s": round(len(samples) / self.cfg.duration_s, 3),  # this run's Poisson draw
                 "errors": sorted({s["error"].split(":")[0] for s in samples if s.get("error")})[:5]}
 
     def row(self, mode: str, n: int, **kw) -> dict:
@@ -500,7 +502,8 @@ class Run:
 
 def _metrics(result: dict) -> dict:
     keep = ("req_per_s", "tok_per_s", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "latency_p50_ms", "latency_p95_ms",
-            "latency_p99_ms", "sent", "ok", "served_pct", "span_s", "offered_req_per_s", "capacity_req_per_s",
+            "latency_p99_ms", "sent", "ok", "served_pct", "span_s", "offered_req_per_s", "arrived_req_per_s",
+            "capacity_req_per_s",
             "capacity_tok_per_s", "per_tenant", "errors")
     return {k: result.get(k) for k in keep}
 
@@ -571,6 +574,8 @@ def run_bench(out: Path, cfg: Settings = Settings(), *, s3_endpoint: str | None 
             e.stop()
         if s3 is not None:
             s3.stop()
+            shutil.rmtree(s3.data_dir_for_cleanup, ignore_errors=True)
+        shutil.rmtree(run.work, ignore_errors=True)  # the gateways' adapter caches
         if run.rows:  # also after a failure: what was measured stays readable
             write_report(out, run.rows, run_meta(cfg, run, art, time.time() - started))
     return run.rows
@@ -581,8 +586,9 @@ def _start_s3(out: Path):
 
     access, secret = "bench" + secrets.token_hex(4), secrets.token_urlsafe(20)
     os.environ.update(AWS_ACCESS_KEY_ID=access, AWS_SECRET_ACCESS_KEY=secret)
-    server = SeaweedServer().start(Path(tempfile.mkdtemp(prefix="lpx-hotswap-s3-")), access_key=access, secret_key=secret,
-                                   log_path=out / "logs" / "seaweed.log")
+    data = Path(tempfile.mkdtemp(prefix="lpx-hotswap-s3-"))
+    server = SeaweedServer().start(data, access_key=access, secret_key=secret, log_path=out / "logs" / "seaweed.log")
+    server.data_dir_for_cleanup = data
     server.wait_ready(60)
     return server, server.endpoint
 
@@ -740,7 +746,7 @@ def series(rows: list[dict]) -> dict[str, list[dict]]:
     for r in rows:
         if r["mode"] == "separate":
             if r.get("variant") == "equal_memory":
-                key = "separate (equal memory)"
+                key = "separate, equal memory (served tenants only)"
             elif r["fits"]:
                 key = "separate"
             else:
@@ -772,14 +778,27 @@ def headline(rows: list[dict]) -> list[str]:
         sep = by.get(("separate", "all_tenants", n))
         if sep is not None and sep["fits"] and sep["req_per_s"]:
             parts.append(f"{n} separate engines: {sep['req_per_s']} req/s, {sep['engine_rss_mb']:.0f} MiB "
-                         f"({sep['engine_rss_mb'] / hot['engine_rss_mb']:.1f}x the memory)")
+                         f"({sep['engine_rss_mb'] / hot['engine_rss_mb']:.1f}x the memory)" + _trouble(sep))
         elif sep is not None:
             parts.append(f"{n} separate engines would need ~{sep['engine_rss_mb']:.0f} MiB: do not fit")
         rel = by.get(("reload", "all_tenants", n))
         if rel is not None:
-            parts.append(f"reload: {rel['req_per_s']} req/s, TTFT p99 {rel['ttft_p99_ms']} ms")
+            parts.append(f"reload: {rel['req_per_s']} req/s, TTFT p50/p99 {rel['ttft_p50_ms']}/{rel['ttft_p99_ms']} ms "
+                         f"vs hotswap {hot['ttft_p50_ms']}/{hot['ttft_p99_ms']} ms, {rel.get('switches')} weight "
+                         f"swaps of {rel.get('reload_s_mean')} s" + _trouble(rel))
         lines.append("; ".join(parts) + ".")
     return lines
+
+
+def _trouble(row: dict) -> str:
+    """' (fell behind …; failures …)' when a measured row did not keep up or lost requests."""
+    notes = []
+    late = (row.get("span_s") or 0) - (row.get("sent") or 0) / (row.get("arrived_req_per_s") or 1e9)
+    if late > 5:
+        notes.append(f"fell behind: its last answer came {late:.0f} s after the arrivals ended")
+    if row.get("served_pct") is not None and row["served_pct"] < 100 and row.get("variant") != "equal_memory":
+        notes.append(f"only {row['served_pct']}% served ({', '.join(row.get('errors') or [])})")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def _fmt(v, nd=1) -> str:
@@ -811,20 +830,21 @@ def markdown(rows: list[dict], meta: dict) -> str:
         + f"; KV cache {s['kv_cache_gb']} GiB per engine; gateway max_inflight {s['max_inflight']}; "
         f"memory budget {s['memory_fraction']:.0%} of available = {_fmt(meta.get('memory_budget_mb'), 0)} MiB.",
         "",
-        "| mode | N | variant | fits | engines | served % | req/s | tok/s | capacity req/s | TTFT p50 ms | "
+        "| mode | N | variant | fits | engines | arrived/s | served % | req/s | tok/s | capacity req/s | TTFT p50 ms | "
         "TTFT p99 ms | latency p99 ms | engine RSS MiB | cold start s | storage MiB/tenant |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = {"hotswap": 0, "separate": 1, "reload": 2}
     for r in sorted(rows, key=lambda r: (r["tenants"], order[r["mode"]], r.get("variant", ""))):
         variant = {"all_tenants": "all tenants", "equal_memory": "equal memory"}.get(r.get("variant"), "")
         rss = _fmt(r["engine_rss_mb"], 0) + (" (projected)" if r.get("projected") else "")
         lines.append(f"| {r['mode']} | {r['tenants']} | {variant} | {_fmt(r['fits'])} | {_fmt(r.get('engines'))} | "
-                     f"{_fmt(r.get('served_pct'))} | {_fmt(r['req_per_s'], 2)} | {_fmt(r['tok_per_s'], 0)} | "
+                     f"{_fmt(r.get('arrived_req_per_s'), 2)} | {_fmt(r.get('served_pct'))} | {_fmt(r['req_per_s'], 2)} | {_fmt(r['tok_per_s'], 0)} | "
                      f"{_fmt(r.get('capacity_req_per_s'), 2)} | {_fmt(r['ttft_p50_ms'], 0)} | "
                      f"{_fmt(r['ttft_p99_ms'], 0)} | {_fmt(r['latency_p99_ms'], 0)} | {rss} | "
                      f"{_fmt(r['cold_start_s'], 2)} | {_fmt(r['storage_mb_per_tenant'], 3)} |")
-    lines += ["", *[f"- {line}" for line in headline(rows)]]
+    lines += ["", "Headline — hotswap against separate engines in the same memory, per N:", "",
+              *[f"- {line}" for line in headline(rows)]]
     return "\n".join(lines) + "\n"
 
 
@@ -850,7 +870,7 @@ def plot(rows: list[dict], out: Path, meta: dict) -> list[Path]:
     import matplotlib.pyplot as plt
 
     styles = {"hotswap": ("#1f77b4", "o", "-"), "separate": ("#d62728", "s", "-"),
-              "separate (equal memory)": ("#ff7f0e", "D", "--"), "separate (does not fit: projected)": ("#d62728", "x", ":"),
+              "separate, equal memory (served tenants only)": ("#ff7f0e", "D", "--"), "separate (does not fit: projected)": ("#d62728", "x", ":"),
               "reload": ("#2ca02c", "^", "-")}
     groups = series(rows)
     ns = sorted({r["tenants"] for r in rows})
@@ -865,8 +885,11 @@ def plot(rows: list[dict], out: Path, meta: dict) -> list[Path]:
                 continue
             color, marker, line = styles.get(label, ("gray", ".", "-"))
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, linestyle=line, color=color, label=label)
-        if key == "req_per_s" and meta.get("offered_req_per_s"):
-            ax.axhline(meta["offered_req_per_s"], color="gray", linewidth=0.8, linestyle=":", label="offered rate")
+        if key == "req_per_s":
+            arrived = sorted({r["tenants"]: r["arrived_req_per_s"] for r in rows if r.get("arrived_req_per_s")}.items())
+            if arrived:  # the same seeded Poisson draw for every mode at one N
+                ax.plot([a[0] for a in arrived], [a[1] for a in arrived], color="gray", linewidth=0.8, linestyle=":",
+                        label="arrivals/s")
         if key == "engine_rss_mb" and meta.get("memory_budget_mb"):
             ax.axhline(meta["memory_budget_mb"], color="black", linewidth=0.8, linestyle=":", label="memory budget")
         if log:
@@ -901,9 +924,27 @@ def update_docs(section: str, path: Path) -> None:
     path.write_text(text)
 
 
+def _wrap(text: str, width: int = 110) -> str:
+    """Wrap prose and bullets of markdown at `width` like the rest of the docs; tables and images stay whole."""
+    import textwrap
+
+    out = []
+    for line in text.split("\n"):
+        if not line or line.startswith(("|", "![", "<!--")):
+            out.append(line)
+        else:
+            indent = "  " if line.startswith("- ") else ""
+            out.append(textwrap.fill(line, width, subsequent_indent=indent, break_long_words=False,
+                                     break_on_hyphens=False))
+    return "\n".join(out)
+
+
 def docs_section(rows: list[dict], meta: dict, out: Path) -> str:
-    """The docs/benchmarks.md section: what was compared, how, the numbers, the anchors, the caveats."""
-    return "\n".join([
+    """The docs/benchmarks.md section: what was compared, how, the numbers, the anchors, the caveats.
+
+    Its plots are linked as img/hotswap_*.png next to the docs file (the CLI copies them there).
+    """
+    return _wrap("\n".join([
         "## Hot-swap vs separate models",
         "",
         "`make bench` (= `loraplex bench hotswap --tenants 2,4,8 --out var/bench/hotswap --docs docs/benchmarks.md`, "
@@ -936,8 +977,33 @@ def docs_section(rows: list[dict], meta: dict, out: Path) -> str:
         "",
         markdown(rows, meta).rstrip(),
         "",
-        f"Plots: `{out}/hotswap_throughput.png`, `hotswap_ttft_p99.png`, `hotswap_memory.png`; per-row locust CSVs "
-        f"and raw samples under `{out}/locust/`.",
+        "Reading the numbers (true of any run on such a host):",
+        "",
+        "- Everything shares the same few cores: locust, the gateway, the reload proxy and every engine. N "
+        "separate engines split those cores, each running small batches and its own scheduler loop, so they "
+        "fall behind at loads one engine carries; a starved engine's API server can miss the gateway's 2 s "
+        "connect timeout, which the tenant sees as a 503. On a GPU host each dedicated engine needs its own GPU "
+        "memory instead (S-LoRA's setting).",
+        f"- Memory: a vLLM CPU engine's ~3 GB RSS is the runtime (API server, engine core and worker processes, "
+        f"torch) plus its KV cache; the weights are {meta['base_model_mb']:.1f} MiB. So the memory of one hotswap "
+        "engine buys one separate engine whatever N, and the hotswap engine hardly grows with N (an adapter "
+        "is a fraction of a MiB). With a 7B model each merged copy adds ~14 GB of bf16 weights and the gap "
+        "widens.",
+        "- reload is cheap here because swapping weights this small takes well under a second "
+        "(`reload_s_mean` in the JSON); what it shows is the cost of switching itself: other tenants' "
+        "requests wait until the engine drains (higher TTFT p50 than hotswap). Reading a 7B model's weights "
+        "takes seconds per switch.",
+        "- Equal-memory rows serve only the most popular tenants (Zipf), so their TTFT and latency cover a "
+        "lighter load: compare their served % and req/s, not their latency.",
+        "- One run, no repetitions, other jobs on the host (the load average above): differences under ~20% "
+        "are within noise. `arrived/s` is the run's Poisson draw at the offered rate (the same draw for every "
+        "mode at one N).",
+        "",
+        "![throughput vs N](img/hotswap_throughput.png) ![p99 TTFT vs N](img/hotswap_ttft_p99.png) "
+        "![memory vs N](img/hotswap_memory.png)",
+        "",
+        f"The run's files: `{out}/hotswap.json` (every key, per-tenant counts), `hotswap.csv`, the PNGs, and per "
+        f"row locust's CSVs and the raw per-request samples under `{out}/locust/`.",
         "",
         "Anchors: the S-LoRA paper (Sheng et al., *S-LoRA: Serving Thousands of Concurrent LoRA Adapters*, "
         "MLSys 2024, arXiv:2311.03285; abstract: \"up to 4 times\" the throughput of vLLM with naive LoRA serving) "
@@ -947,4 +1013,13 @@ def docs_section(rows: list[dict], meta: dict, out: Path) -> str:
         "tiny model on a few CPU cores, where each engine's memory is mostly the vLLM runtime and its KV cache "
         "— the same shape of result (one engine serves every tenant in the memory of one dedicated engine), "
         "not the same numbers.",
-    ]) + "\n"
+    ])) + "\n"
+
+
+def publish_docs(out: Path, docs: Path) -> None:
+    """Write the section of `out`'s run into `docs` (between the hotswap markers) and copy its plots to img/."""
+    report = json.loads((out / "hotswap.json").read_text())
+    (docs.parent / "img").mkdir(parents=True, exist_ok=True)
+    for png in sorted(out.glob("hotswap_*.png")):
+        shutil.copyfile(png, docs.parent / "img" / png.name)
+    update_docs(docs_section(report["rows"], report["meta"], out), docs)

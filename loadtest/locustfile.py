@@ -37,8 +37,11 @@ _users = itertools.count()
 _inflight = Group()
 _samples_lock = threading.Lock()
 _samples = open(WORKLOAD.samples, "a") if WORKLOAD.samples else None  # noqa: SIM115 - closed at quit
-_session = requests.Session()  # one pool for all users: requests run in greenlets (locust patched sockets)
+_session = requests.Session()  # requests run in greenlets (locust patched sockets)
 _session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=WORKLOAD.max_outstanding))
+# A new connection per request: reusing one the server is just closing after its keep-alive timeout
+# fails with "Remote end closed connection", which would be charged to the server (loopback connects are cheap).
+_HEADERS = {"Connection": "close"}
 
 
 def _record(environment, tenant: str, sent_wall: float, status: int, ttft: float | None, latency: float,
@@ -96,7 +99,7 @@ class TenantUser(User):
         ttft, tokens, events_seen, status, error = None, 0, 0, 0, None
         try:
             with _session.post(self.url, json=body, stream=True, timeout=(10, 600),
-                               headers={"Authorization": f"Bearer {tenant.api_key}"}) as r:
+                               headers={**_HEADERS, "Authorization": f"Bearer {tenant.api_key}"}) as r:
                 status = r.status_code
                 if status != 200:
                     error = f"HTTP {status}: {r.text[:200]}"

@@ -100,6 +100,32 @@ def hotswap(
     report = json.loads((out / "hotswap.json").read_text())
     console.print(hs.markdown(report["rows"], report["meta"]))
     if docs is not None:
-        hs.update_docs(hs.docs_section(report["rows"], report["meta"], out), docs)
-        console.print(f"updated the hotswap section of {docs}")
+        hs.publish_docs(out, docs)
+        console.print(f"updated the hotswap section of {docs} and its plots in {docs.parent / 'img'}")
     console.print(f"wrote {out / 'hotswap.json'}, hotswap.csv, hotswap.md and hotswap_*.png")
+
+
+@bench_app.command("routing")
+def routing(
+    out: Path = typer.Option(Path("var/bench/routing"), "--out", help="Directory for routing.json, .png, .md."),
+    replicas: int = typer.Option(2, help="Engine replicas (each its own vLLM engine)."),
+    adapters: int = typer.Option(24, help="Adapters published (the demo adapters under numbered names)."),
+    capacity: int = typer.Option(4, help="Adapters each replica keeps loaded."),
+    requests: int = typer.Option(400, help="Measured requests per routing mode."),
+    warmup: int = typer.Option(100, help="Unmeasured requests per mode first."),
+    concurrency: int = typer.Option(4, help="Requests in flight."),
+    zipf: float = typer.Option(1.0, help="Zipf exponent of adapter popularity."),
+    docs: Optional[Path] = typer.Option(None, "--docs", help="Also put the table into this markdown file "
+                                                             "(docs/benchmarks.md), between its routing markers."),
+) -> None:
+    """Ray Serve: adapter-affinity routing vs no affinity under Zipf traffic (loads per 1k requests, hits)."""
+    from loadtest import routing as rt
+
+    spec = rt.RoutingSpec(replicas=replicas, adapters=adapters, capacity=capacity, requests=requests,
+                          warmup=warmup, concurrency=concurrency, zipf_s=zipf)
+    report = rt.run_routing(out, spec, console=console)
+    console.print(rt.markdown(report))
+    if docs is not None:
+        rt.update_docs(rt.docs_section(report, out), docs)
+        console.print(f"updated the routing section of {docs}")
+    console.print(f"wrote {out / 'routing.json'}, {out / 'routing.png'}, {out / 'routing.md'}")
