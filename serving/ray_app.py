@@ -47,6 +47,13 @@ def build_app(ray_settings: RaySettings, serving: ServingSettings):
     return ingress.bind(engines, ray_settings.model_dump(mode="json"))
 
 
+def app_builder(args: dict | None = None):
+    """Application builder for Serve config files and KubeRay's RayService (`import_path:
+    serving.ray_app:app_builder`): settings come from the environment (the config's runtime_env), `args`
+    override LORAPLEX_RAY_* fields by name, e.g. `{"engine_replicas": 4}`."""
+    return build_app(RaySettings(**(args or {})), ServingSettings())
+
+
 def connect(ray_settings: RaySettings) -> None:
     """Join the configured cluster, or start a local one (no dashboard) when no address is set."""
     if ray.is_initialized():

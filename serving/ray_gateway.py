@@ -92,8 +92,10 @@ def _cause(exc: BaseException) -> BaseException:
 
 def _as_loraplex(exc: BaseException) -> LoraplexError:
     cause = _cause(exc)
+    if cause is exc and isinstance(exc, LoraplexError):
+        return exc  # raised here, not by a replica
     if isinstance(cause, LoraplexError):
-        # rebuilt: Ray's wrapper class and pickling drop param/retry_after
+        # rebuilt as the plain class: Ray raises a RayTaskError(<class>) hybrid, and pickling drops retry_after
         err = type(cause).__new__(type(cause))
         LoraplexError.__init__(err, cause.message if hasattr(cause, "message") else str(cause),
                                param=getattr(cause, "param", None),
@@ -155,9 +157,12 @@ async def forward_ray(gw: RayGateway, tenant: Tenant, body: dict, path: str) -> 
             gen, first = await _call(gw, path, body, lora, stream=True)
         else:
             result = await _call(gw, path, body, lora, stream=False)
-    except BaseException as e:
+    except asyncio.CancelledError:
+        req.finish("disconnected")
+        raise
+    except Exception as e:
         req.finish("error")
-        raise _as_loraplex(e) if not isinstance(e, (LoraplexError, asyncio.CancelledError)) else e from None
+        raise _as_loraplex(e) from None
     headers = _routing_headers(gw, first if stream else result)
     if not stream or first.get("status") != 200:
         return _whole(req, first if stream else result, headers)

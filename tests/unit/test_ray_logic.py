@@ -252,3 +252,26 @@ def test_ray_app_swaps_only_the_inference_routes():
     assert by_path["/v1/chat/completions"].endpoint is chat_completions
     assert {"/v1/models", "/ready", "/health", "/metrics", "/admin/tenants"} <= set(by_path)
     assert sum(getattr(r, "path", None) == "/v1/completions" for r in app.router.routes) == 1
+
+
+def test_app_builder_takes_settings_from_args_for_serve_config_files(monkeypatch):
+    from serving.ray_app import app_builder
+
+    monkeypatch.setenv("LORAPLEX_MAX_CPU_LORAS", "6")
+    app = app_builder({"engine_replicas": 3, "adapters_per_replica": 5})
+    engines = app._bound_deployment.init_args[0]  # Gateway.bind(engines, settings)
+    assert engines._bound_deployment._deployment_config.num_replicas == 3
+    assert engines._bound_deployment.init_args[0] == 5  # the replicas' multiplexing capacity
+    with pytest.raises(ValueError, match="exceeds"):
+        app_builder({"adapters_per_replica": 7})
+
+
+def test_replica_errors_as_ray_raises_them_become_plain_loraplex_errors():
+    """Ray raises a `RayTaskError(ModelNotFound)` hybrid with the original as `.cause`."""
+    from ray.exceptions import RayTaskError
+
+    hybrid = RayTaskError("f", "traceback", ModelNotFound("gone", param="model")).as_instanceof_cause()
+    err = _as_loraplex(hybrid)
+    assert type(err) is ModelNotFound and err.message == "gone" and err.param == "model"
+    local = ModelNotFound("here")
+    assert _as_loraplex(local) is local
