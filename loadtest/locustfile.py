@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import random
 import threading
 import time
@@ -71,6 +72,9 @@ class TenantUser(User):
         self.tenant: TenantSpec = WORKLOAD.tenants[index % n_tenants]
         users = getattr(self.environment.parsed_options, "num_users", None) or n_tenants
         mine = len(range(index % n_tenants, max(users, index + 1), n_tenants))  # users sharing this tenant
+        if index == 0 and users < n_tenants:
+            logging.warning("loadtest: %d users for %d tenants: the last %d tenants send nothing (use -u %d)",
+                            users, n_tenants, n_tenants - users, n_tenants)
         self.rate = WORKLOAD.tenant_rates()[index % n_tenants] / max(1, mine)
         self.rng = random.Random(WORKLOAD.seed * 1000 + index)
         self.url = (self.host or "").rstrip("/") + "/v1/completions"
