@@ -127,5 +127,8 @@ def routing(
     console.print(rt.markdown(report))
     if docs is not None:
         rt.update_docs(rt.docs_section(report, out), docs)
-        console.print(f"updated the routing section of {docs}")
+        img = docs.parent / "img" / "routing.png"
+        img.parent.mkdir(parents=True, exist_ok=True)
+        img.write_bytes((out / "routing.png").read_bytes())
+        console.print(f"updated the routing section of {docs} and {img}")
     console.print(f"wrote {out / 'routing.json'}, {out / 'routing.png'}, {out / 'routing.md'}")
