@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -63,13 +64,58 @@ def _die_with_parent() -> None:
         pass
 
 
+# Kills the engine's whole process group once the replica process is gone. Ray SIGKILLs a dead worker's
+# direct children (the API server) but not their children (vLLM's EngineCore and workers), which would
+# keep running; so the watchdog detaches (double fork: not a child Ray would kill) and polls the replica.
+_WATCHDOG = """
+import os, signal, sys, time
+_, pg, owner = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def started(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] == "Z" else fields[19]
+    except (OSError, IndexError):
+        return None
+born = started(owner)
+if os.fork():
+    os._exit(0)
+os.setsid()
+def stop(*_):
+    try:
+        os.killpg(pg, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    os._exit(0)
+signal.signal(signal.SIGTERM, stop)
+while True:
+    time.sleep(1)
+    try:
+        os.killpg(pg, 0)
+    except ProcessLookupError:
+        os._exit(0)
+    if born is None or started(owner) != born:
+        stop()
+"""
+
+
 def spawn_engine(settings: ServingSettings, port: int, log_path: Path) -> subprocess.Popen:
-    """Start the vLLM server in its own process group, tied to this process's life."""
+    """Start the vLLM server in its own process group, with a watchdog that stops it if this process dies."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
-        return subprocess.Popen(engine_command(settings, port), stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(engine_command(settings, port), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=engine_env(settings), start_new_session=True,
                                 preexec_fn=_die_with_parent)
+    start_watchdog(proc.pid)
+    return proc
+
+
+def start_watchdog(pgid: int, owner: int | None = None) -> None:
+    """Detach a tiny process that SIGKILLs process group `pgid` once process `owner` (default: this one)
+    is gone, and exits by itself once the group is gone."""
+    subprocess.run([sys.executable, "-c", _WATCHDOG, "lpx-engine-watchdog", str(pgid), str(owner or os.getpid())],
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
+                   timeout=30)
 
 
 class LoadedAdapter:

@@ -275,3 +275,68 @@ def test_replica_errors_as_ray_raises_them_become_plain_loraplex_errors():
     assert type(err) is ModelNotFound and err.message == "gone" and err.param == "model"
     local = ModelNotFound("here")
     assert _as_loraplex(local) is local
+
+
+def _group_alive(pgid: int) -> bool:
+    import os
+
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _watchdogs(pgid: int) -> list[int]:
+    from pathlib import Path
+
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"lpx-engine-watchdog" in args and str(pgid).encode() in args:
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def _wait(cond, timeout=15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_watchdog_kills_the_whole_engine_group_when_the_replica_dies():
+    """Ray SIGKILLs a dead replica's direct children only; the engine's own children must go too."""
+    import signal
+    import subprocess
+
+    from serving.ray_engine import start_watchdog
+
+    replica = subprocess.Popen(["sleep", "60"])
+    engine = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60"], start_new_session=True)
+    start_watchdog(engine.pid, owner=replica.pid)
+    assert _wait(lambda: _watchdogs(engine.pid)), "the watchdog did not start"
+    time.sleep(1.5)
+    assert _group_alive(engine.pid)  # nothing happens while the replica lives
+    replica.send_signal(signal.SIGKILL)
+    replica.wait(5)
+    assert _wait(lambda: engine.poll() is not None and not _group_alive(engine.pid))
+    assert _wait(lambda: not _watchdogs(engine.pid))
+
+
+def test_watchdog_exits_by_itself_once_the_engine_group_is_gone():
+    import subprocess
+
+    from common.procs import stop_group
+    from serving.ray_engine import start_watchdog
+
+    engine = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    start_watchdog(engine.pid)
+    assert _wait(lambda: _watchdogs(engine.pid))
+    stop_group(engine.pid, 5)
+    assert _wait(lambda: not _watchdogs(engine.pid))
