@@ -240,10 +240,8 @@ class EngineReplica:
             req = self.engine.http.build_request("POST", path, json=body)
             try:
                 upstream = await self.engine.http.send(req, stream=True)
-            except httpx.ConnectError as e:
-                raise self._down(e) from e
             except httpx.HTTPError as e:
-                raise EngineUnavailable(f"the engine did not answer ({type(e).__name__}); retry") from e
+                raise await self._failed(e) from e
             try:
                 if upstream.status_code != 200:
                     await upstream.aread()
@@ -264,10 +262,22 @@ class EngineReplica:
     async def _send(self, path: str, body: dict) -> httpx.Response:
         try:
             return await self.engine.http.post(path, json=body)
-        except httpx.ConnectError as e:
-            raise self._down(e) from e
         except httpx.HTTPError as e:
-            raise EngineUnavailable(f"the engine did not answer ({type(e).__name__}); retry") from e
+            raise await self._failed(e) from e
+
+    async def _failed(self, e: httpx.HTTPError) -> EngineUnavailable:
+        """Why an engine call failed before any answer came back. If the engine process died (or refused the
+        connection), nothing reached the client yet: EngineDown, which the gateway sends to another replica."""
+        if isinstance(e, httpx.ConnectError):
+            return self._down(e)
+        if not isinstance(e, httpx.TimeoutException):
+            try:  # a killed engine's sockets close a moment before its exit is visible
+                await asyncio.to_thread(self.proc.wait, 2)
+            except subprocess.TimeoutExpired:
+                pass
+            if self.proc.poll() is not None:
+                return self._down(e)
+        return EngineUnavailable(f"the engine did not answer ({type(e).__name__}); retry")
 
     def _down(self, cause: Exception | None = None) -> EngineDown:
         code = self.proc.poll()

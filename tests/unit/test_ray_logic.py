@@ -340,3 +340,30 @@ def test_watchdog_exits_by_itself_once_the_engine_group_is_gone():
     assert _wait(lambda: _watchdogs(engine.pid))
     stop_group(engine.pid, 5)
     assert _wait(lambda: not _watchdogs(engine.pid))
+
+
+def test_an_engine_failure_is_retryable_only_when_the_engine_is_gone_or_refused():
+    import subprocess
+
+    import httpx
+
+    from serving.ray_engine import EngineReplica
+
+    def replica(proc):
+        fake = SimpleNamespace(proc=proc, replica_id="r1")
+        fake._down = lambda cause=None: EngineReplica._down(fake, cause)
+        return fake
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        read, connect, timeout = httpx.ReadError("reset"), httpx.ConnectError("refused"), httpx.ReadTimeout("slow")
+        assert isinstance(asyncio.run(EngineReplica._failed(replica(dead), read)), EngineDown)
+        assert isinstance(asyncio.run(EngineReplica._failed(replica(alive), connect)), EngineDown)
+        for err in (read, timeout):  # a live engine may have started the request: not sent elsewhere
+            got = asyncio.run(EngineReplica._failed(replica(alive), err))
+            assert type(got) is EngineUnavailable, err
+    finally:
+        alive.kill()
+        alive.wait()
