@@ -122,23 +122,13 @@ class _Request:
 
 
 def _observe(tenant: str, label: str, status: str, seconds: float) -> None:
-    """Request count and latency, in whichever label layout serving/metrics.py has."""
-    try:
-        if len(metrics.REQUESTS._labelnames) == 3:
-            metrics.REQUESTS.labels(tenant, label, status).inc()
-            metrics.LATENCY.labels(tenant, label).observe(seconds)
-        else:
-            metrics.REQUESTS.labels(tenant, "base" if label == "base" else "adapter", status).inc()
-            metrics.LATENCY.labels(tenant).observe(seconds)
-    except (ValueError, AttributeError):  # a metrics layout this code does not know: never fail a request
-        log.debug("metrics not recorded", exc_info=True)
+    metrics.REQUESTS.labels(tenant, label, status).inc()
+    metrics.LATENCY.labels(tenant, label).observe(seconds)
 
 
 def _label(tenant: str, manifest, base: bool) -> str:
-    if base:
-        return "base"
-    labels = getattr(metrics, "LABELS", None)
-    return labels.admit(tenant, manifest.name) if labels else manifest.name
+    """The bounded `adapter` label of the gateway's metrics."""
+    return metrics.BASE if base else metrics.LABELS.admit(tenant, manifest.name)
 
 
 async def forward_ray(gw: RayGateway, tenant: Tenant, body: dict, path: str) -> Response:

@@ -170,9 +170,14 @@ OK = {"status": 200, "replica": "r1", "resident": True, "loads": 1,
 
 
 def test_affinity_routing_names_the_adapter_and_hides_the_engine_name():
+    from serving import metrics
+
+    ok = metrics.REQUESTS.labels("acme", "reverse", "ok")
+    before = ok._value.get()
     handle = FakeHandle([OK])
     gw = _gateway(handle)
     r = asyncio.run(forward_ray(gw, TENANT, {"model": "reverse", "prompt": "p"}, "/v1/completions"))
+    assert ok._value.get() == before + 1  # the gateway's per-tenant, per-adapter series
     assert r.status_code == 200 and json.loads(r.body)["model"] == "reverse"
     (opts, args), = handle.calls
     assert opts["multiplexed_model_id"] == f"lpx:acme:reverse:{VERSION}"
