@@ -1,9 +1,12 @@
 """`loraplex bench fairness`: does one tenant's flood move the other tenants' latency?
 
 Stands up SeaweedFS, one vLLM engine and, per admission mode (first-come-first-served vs fair/VTC),
-a gateway in this process; three demo tenants send Poisson traffic; then tenant A floods at 10x its
-share. Reports the other tenants' p50/p99 latency and time to first token with and without the
-flood, per mode, as JSON, CSV, a PNG and a markdown table.
+a gateway in this process; three demo tenants send Poisson traffic (open loop, from a separate
+process, so the load generator does not share the gateway's interpreter); then tenant A floods at
+10x its share. Reports the other tenants' p50/p99 latency and time to first token with and without
+the flood, per mode, as JSON, CSV, a PNG and a markdown table. To tell admission from the rest, each
+row also has the time requests waited in the gateway's admission queue, and each phase the engine's
+own mean request latency (from vLLM's /metrics).
 """
 
 from __future__ import annotations
@@ -11,46 +14,79 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import multiprocessing
 import os
 import platform
 import secrets
 import tempfile
 import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
-from pydantic import SecretStr
 from rich.console import Console
 
-from common.procs import free_port, stop_group
 from loadtest.traffic import TenantLoad, drive, percentile
-from registry.seaweed import SeaweedServer
-from registry.settings import RegistrySettings
-from registry.store import ObjectStore
-from serving.app import create_app
-from serving.embedded import serve_in_thread
-from serving.engine import start_engine, wait_engine_ready
-from serving.settings import ServingSettings
-from serving.state import Gateway
-from training.demo import DEMO_TENANTS, DEMO_WORDS, build_demo, demo_prompt
+
+# The traffic process re-imports this module (spawn): the heavy imports (torch via training, the
+# gateway, vLLM helpers) are made inside the functions that need them.
 
 console = Console()
 FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def _gateway(engine: ServingSettings, s3: str, base: Path, tmp: Path, fair: bool, inflight: int):
+class _BenchGateway:
+    """A gateway in this process, with its admission instrumented (per-tenant waits, in seconds)."""
+
+    def __init__(self, url: str, admin: str, server, gw):
+        self.url, self.admin, self.server, self.gw = url, admin, server, gw
+        self.tenants: list[tuple[str, str, str]] = []
+        self.waits: dict[str, list[float]] = defaultdict(list)
+        self.reset()
+
+    def reset(self) -> None:
+        """A fresh admission (no counters, no history) so that every slice starts from the same state."""
+        from serving.admission import Admission
+
+        st = self.gw.settings
+        admission = Admission(st.max_inflight, st.max_queue, st.fair_admission, st.fair_active_window_s)
+        acquire, waits = admission.acquire, self.waits
+
+        async def timed_acquire(tenant: str, est_tokens: int, *args):
+            started = time.monotonic()
+            await acquire(tenant, est_tokens, *args)
+            waits[tenant].append(time.monotonic() - started)
+
+        admission.acquire = timed_acquire
+        self.gw.admission = admission
+
+
+def _gateway(engine, s3: str, base: Path, tmp: Path, fair: bool, inflight: int) -> _BenchGateway:
+    from pydantic import SecretStr
+
+    from common.procs import free_port
+    from registry.settings import RegistrySettings
+    from registry.store import ObjectStore
+    from serving.app import create_app
+    from serving.embedded import serve_in_thread
+    from serving.state import Gateway
+
     reg = RegistrySettings(s3_endpoint=s3, s3_bucket="bench-" + secrets.token_hex(4), cache_dir=tmp / "cache",
                            base_model=base)
     ObjectStore(reg).ensure_bucket()
     admin, port = "admin-" + secrets.token_hex(8), free_port()
     settings = engine.model_copy(update={"admin_key": SecretStr(admin), "gateway_port": port, "fair_admission": fair,
                                          "max_inflight": inflight, "max_queue": 4096})
-    server = serve_in_thread(create_app(Gateway.from_settings(settings, reg)), port)
-    return f"http://127.0.0.1:{port}", admin, server
+    gw = Gateway.from_settings(settings, reg)
+    server = serve_in_thread(create_app(gw), port)
+    return _BenchGateway(f"http://127.0.0.1:{port}", admin, server, gw)
 
 
 def _tenants(url: str, admin: str, adapters: dict[str, Path]) -> list[tuple[str, str, str]]:
     """Create the demo tenants through the public API; returns (tenant, key, model)."""
+    from training.demo import DEMO_TENANTS
+
     out = []
     with httpx.Client(base_url=url, timeout=60) as c:
         for spec in DEMO_TENANTS:
@@ -63,17 +99,53 @@ def _tenants(url: str, admin: str, adapters: dict[str, Path]) -> list[tuple[str,
     return out
 
 
+def _prompts() -> list[str]:
+    from training.demo import DEMO_WORDS, demo_prompt
+
+    return [demo_prompt(w) for w in DEMO_WORDS]
+
+
+def _drive_sync(url: str, loads: list[TenantLoad], duration_s: float):
+    return asyncio.run(drive(url, loads, duration_s))
+
+
+def _drive(url: str, loads: list[TenantLoad], duration_s: float):
+    """The open-loop traffic, from a child process (its own interpreter and GIL, like real clients)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_drive_sync, url, loads, duration_s).result()
+
+
 def _capacity(url: str, tenants, max_tokens: int) -> float:
     """Requests per second the stack completes with all tenants busy (closed loop, a few seconds)."""
-    loads = [TenantLoad(t, k, m, rate=1000, prompts=[demo_prompt(w) for w in DEMO_WORDS], max_tokens=max_tokens)
-             for t, k, m in tenants]
+    loads = [TenantLoad(t, k, m, rate=1000, prompts=_prompts(), max_tokens=max_tokens) for t, k, m in tenants]
     started = time.monotonic()
     samples = asyncio.run(drive(url, loads, duration_s=0.05))  # ~150 requests at once
     ok = [s for s in samples if s.status == 200]
     return len(ok) / (time.monotonic() - started)
 
 
-def _summarise(samples, phase: str, mode: str, skip: set[str]) -> list[dict]:
+def _engine_totals(engine_url: str) -> dict[str, float]:
+    """The engine's own request latency and TTFT histograms (sum and count), from vLLM's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    want = {"vllm:e2e_request_latency_seconds": "e2e", "vllm:time_to_first_token_seconds": "ttft"}
+    out: dict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(httpx.get(f"{engine_url}/metrics", timeout=30).text):
+        for s in family.samples:
+            for name, key in want.items():
+                if s.name in (f"{name}_sum", f"{name}_count"):
+                    out[f"{key}_{s.name.rsplit('_', 1)[1]}"] += s.value
+    return out
+
+
+def _engine_means(before: dict, after: dict) -> dict:
+    def mean(key):
+        n = after[f"{key}_count"] - before[f"{key}_count"]
+        return round((after[f"{key}_sum"] - before[f"{key}_sum"]) / n * 1000, 1) if n else None
+    return {"engine_latency_mean_ms": mean("e2e"), "engine_ttft_mean_ms": mean("ttft")}
+
+
+def _summarise(samples, phase: str, mode: str, skip: set[str], waits: dict, engine: dict) -> list[dict]:
     rows = []
     for tenant in sorted({s.tenant for s in samples}):
         mine = [s for s in samples if s.tenant == tenant]
@@ -82,7 +154,10 @@ def _summarise(samples, phase: str, mode: str, skip: set[str]) -> list[dict]:
                      "sent": len(mine), "ok": len(ok), "rejected": sum(s.status in (429, 503) for s in mine),
                      "latency_p50_ms": _ms(percentile([s.latency_s for s in ok], 50)),
                      "latency_p99_ms": _ms(percentile([s.latency_s for s in ok], 99)),
-                     "ttft_p99_ms": _ms(percentile([s.ttft_s for s in ok if s.ttft_s is not None], 99))})
+                     "ttft_p99_ms": _ms(percentile([s.ttft_s for s in ok if s.ttft_s is not None], 99)),
+                     "admission_wait_p50_ms": _ms(percentile(waits.get(tenant, []), 50)),
+                     "admission_wait_p99_ms": _ms(percentile(waits.get(tenant, []), 99)),
+                     **engine})
     return rows
 
 
@@ -91,8 +166,24 @@ def _ms(v):
 
 
 def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, inflight: int = 4,
-                 max_tokens: int = 16, var_dir: Path = Path("var")) -> dict:
-    """Run both modes, baseline and flood; write fairness.json/.csv/.png/.md under `out`."""
+                 max_tokens: int = 16, var_dir: Path = Path("var"), slices: int = 3) -> dict:
+    """Run both modes, baseline and flood; write fairness.json/.csv/.png/.md under `out`.
+
+    The four conditions (FIFO/fair x baseline/flood) get `duration_s` of traffic each, cut into
+    `slices` and run round-robin, so that a noisy host (other jobs on the same cores) disturbs all of
+    them alike; both modes get the same offered load (one calibration).
+
+    `inflight` is the gateway's in-flight window: small, so that admission (not the engine's batch)
+    decides who runs. Fair admission keeps a free slot for each other recently active tenant that is
+    idle, so with a window of 4 and 3 tenants a flooder holds 2 slots while the others are quiet.
+    The machine's load average is recorded per phase: on a shared host it explains much of the noise.
+    """
+    from common.procs import free_port, stop_group
+    from registry.seaweed import SeaweedServer
+    from serving.engine import start_engine, wait_engine_ready
+    from serving.settings import ServingSettings
+    from training.demo import build_demo
+
     out.mkdir(parents=True, exist_ok=True)
     demo = build_demo(var_dir)
     tmp = Path(tempfile.mkdtemp(prefix="lpx-fair-"))
@@ -102,40 +193,62 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
     port = free_port()
     engine = ServingSettings(base_model=demo.base_dir, engine_url=f"http://127.0.0.1:{port}")
     proc = start_engine(engine, port, tmp / "engine.log")
-    rows, meta = [], {}
+    rows, meta, gateways = [], {}, {}
     try:
         s3.wait_ready(60)
         console.print("starting the vLLM engine …")
         wait_engine_ready(engine.engine_url, 600, proc)
         for mode, fair in (("fifo", False), ("fair", True)):
-            url, admin, server = _gateway(engine, s3.endpoint, demo.base_dir, tmp / mode, fair, inflight)
-            tenants = _tenants(url, admin, demo.adapter_dirs)
-            cap = _capacity(url, tenants, max_tokens)
-            share = 0.5 * cap / len(tenants)  # everyone at their share: the stack half busy
-            meta[mode] = {"capacity_req_s": round(cap, 2), "share_req_s": round(share, 2)}
-            console.print(f"[{mode}] capacity {cap:.1f} req/s; each tenant's share {share:.2f} req/s")
+            bg = gateways[mode] = _gateway(engine, s3.endpoint, demo.base_dir, tmp / mode, fair, inflight)
+            bg.tenants = _tenants(bg.url, bg.admin, demo.adapter_dirs)
+        cap = _capacity(gateways["fifo"].url, gateways["fifo"].tenants, max_tokens)
+        share = 0.5 * cap / len(gateways["fifo"].tenants)  # at their share: half busy
+        meta = {"capacity_req_s": round(cap, 2), "share_req_s": round(share, 2), "slices": slices}
+        console.print(f"capacity {cap:.1f} req/s; each tenant's share {share:.2f} req/s")
+        acc: dict[tuple[str, str], dict] = {}
+        for i in range(slices):
             for phase, factor in (("baseline", 1.0), ("flood", flood_factor)):
-                loads = [TenantLoad(t, k, m, rate=share * (factor if i == 0 else 1.0),
-                                    prompts=[demo_prompt(w) for w in DEMO_WORDS], max_tokens=max_tokens)
-                         for i, (t, k, m) in enumerate(tenants)]
-                console.print(f"[{mode}] {phase}: {duration_s:.0f}s …")
-                samples = asyncio.run(drive(url, loads, duration_s))
-                rows += _summarise(samples, phase, mode, {tenants[0][0]})
-            server.should_exit = True
+                for mode in (("fifo", "fair") if i % 2 == 0 else ("fair", "fifo")):
+                    bg = gateways[mode]
+                    bg.reset()
+                    bg.waits.clear()  # nothing from the calibration or another slice
+                    loads = [TenantLoad(t, k, m, rate=share * (factor if j == 0 else 1.0), prompts=_prompts(),
+                                        max_tokens=max_tokens)
+                             for j, (t, k, m) in enumerate(bg.tenants)]
+                    console.print(f"slice {i + 1}/{slices}: {mode}, {phase}, {duration_s / slices:.0f}s …")
+                    before, load_before = _engine_totals(engine.engine_url), os.getloadavg()[0]
+                    samples = _drive(bg.url, loads, duration_s / slices)
+                    a = acc.setdefault((mode, phase), {"samples": [], "waits": defaultdict(list), "load": 0.0,
+                                                       "after": defaultdict(float)})
+                    after = _engine_totals(engine.engine_url)
+                    for key in after:  # engine histogram totals of this condition's slices only
+                        a["after"][key] += after[key] - before.get(key, 0.0)
+                    a["samples"] += samples
+                    for t, w in bg.waits.items():
+                        a["waits"][t] += w
+                    bg.waits.clear()
+                    a["load"] = max(a["load"], load_before, os.getloadavg()[0])
+        for (mode, phase), a in acc.items():
+            stats = _engine_means(defaultdict(float), a["after"])
+            stats["loadavg_1m"] = round(a["load"], 1)
+            rows += _summarise(a["samples"], phase, mode, {gateways[mode].tenants[0][0]}, dict(a["waits"]), stats)
+        rows.sort(key=lambda r: (r["mode"] != "fifo", r["phase"] != "baseline", r["tenant"]))
     finally:
+        for bg in gateways.values():
+            bg.server.should_exit = True
         stop_group(proc.pid)
         s3.stop()
     return _report(out, rows, meta, duration_s, flood_factor, inflight, max_tokens)
 
 
-def _ratio(rows, mode: str) -> float | None:
-    """Worst ratio, over the non-flooding tenants, of p99 latency under flood to p99 without it."""
+def _ratio(rows, mode: str, column: str = "latency_p99_ms") -> float | None:
+    """Worst ratio, over the non-flooding tenants, of `column` under flood to its value without it."""
     ratios = []
     for r in rows:
         if r["mode"] == mode and r["phase"] == "flood" and not r["flooder"]:
             base = next(b for b in rows if b["mode"] == mode and b["phase"] == "baseline" and b["tenant"] == r["tenant"])
-            if r["latency_p99_ms"] and base["latency_p99_ms"]:
-                ratios.append(r["latency_p99_ms"] / base["latency_p99_ms"])
+            if r[column] and base[column]:
+                ratios.append(r[column] / base[column])
     return round(max(ratios), 2) if ratios else None
 
 
@@ -143,7 +256,8 @@ def _report(out: Path, rows, meta, duration_s, flood_factor, inflight, max_token
     result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "settings": {"duration_s": duration_s, "flood_factor": flood_factor, "max_inflight": inflight,
                            "max_tokens": max_tokens}, "calibration": meta, "rows": rows,
-              "p99_ratio_flood_vs_baseline": {m: _ratio(rows, m) for m in ("fifo", "fair")}}
+              "p99_ratio_flood_vs_baseline": {m: _ratio(rows, m) for m in ("fifo", "fair")},
+              "p50_ratio_flood_vs_baseline": {m: _ratio(rows, m, "latency_p50_ms") for m in ("fifo", "fair")}}
     (out / "fairness.json").write_text(json.dumps(result, indent=2))
     with open(out / "fairness.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -177,13 +291,16 @@ def _plot(path: Path, rows) -> None:
 def _markdown(result) -> str:
     lines = [f"### Fairness under a flood ({result['date']}, {result['machine']})", "",
              f"Settings: {result['settings']}; calibration: {result['calibration']}.", "",
-             "| mode | phase | tenant | sent | ok | 429/503 | p50 ms | p99 ms | TTFT p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| mode | phase | tenant | sent | ok | 429/503 | p50 ms | p99 ms | TTFT p99 ms | admission wait "
+             "p50 / p99 ms | engine mean latency ms (all tenants) | host load (1 min) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         name = r["tenant"] + (" (flooder)" if r["flooder"] else "")
         lines.append(f"| {r['mode']} | {r['phase']} | {name} | {r['sent']} | {r['ok']} | {r['rejected']} | "
-                     f"{r['latency_p50_ms']} | {r['latency_p99_ms']} | {r['ttft_p99_ms']} |")
-    ratio = result["p99_ratio_flood_vs_baseline"]
+                     f"{r['latency_p50_ms']} | {r['latency_p99_ms']} | {r['ttft_p99_ms']} | "
+                     f"{r['admission_wait_p50_ms']} / {r['admission_wait_p99_ms']} | {r['engine_latency_mean_ms']} | "
+                     f"{r['loadavg_1m']} |")
+    ratio, ratio50 = result["p99_ratio_flood_vs_baseline"], result["p50_ratio_flood_vs_baseline"]
     lines += ["", f"Worst p99 ratio (flood / baseline) of the other tenants: FIFO {ratio['fifo']}, "
-                  f"fair {ratio['fair']} (target ≤ 1.2)."]
+                  f"fair {ratio['fair']} (target ≤ 1.2); p50 ratio: FIFO {ratio50['fifo']}, fair {ratio50['fair']}."]
     return "\n".join(lines) + "\n"

@@ -5,6 +5,13 @@ Models", OSDI '24): each tenant's counter grows with the tokens it is served; wh
 frees, the waiting request of the tenant with the smallest counter goes first. A tenant that
 becomes active again is lifted to the smallest active counter, so idling banks no credit. A flood
 from one tenant therefore queues behind its own requests, not in front of everyone else's.
+
+Order alone does not isolate latency: a flooder that holds every engine slot makes each newcomer
+wait for a slot to free. So fair mode also keeps headroom: each tenant that sent a request within
+the last `active_window_s` seconds and has none waiting now keeps one free slot for its next request.
+A tenant with nothing running may always take a free slot; one that already has a request running
+gets another only if a free slot still stays for each such other tenant (at most half the window is
+held back). A tenant alone, or while the others are quiet, may use the whole window.
 """
 
 from __future__ import annotations
@@ -64,14 +71,20 @@ class Admission:
     Args:
         max_inflight: requests forwarded to the engine at once (beyond it they wait, fairly ordered).
         max_queue: waiting requests over all tenants; beyond it new requests get 503 + Retry-After.
+        fair: VTC order and per-tenant headroom; False: plain first-come first-served (the baseline
+            the fairness benchmark compares against).
+        active_window_s: how long after its last request a tenant still counts as active (keeps its reserve).
     """
 
-    def __init__(self, max_inflight: int, max_queue: int, fair: bool = True):
+    def __init__(self, max_inflight: int, max_queue: int, fair: bool = True, active_window_s: float = 5.0):
         self.max_inflight = max_inflight
         self.max_queue = max_queue
-        self.fair = fair  # False: plain first-come first-served (the baseline the fairness bench compares)
+        self.fair = fair
+        self.active_window_s = active_window_s
         self._arrivals = itertools.count()
         self.inflight = 0
+        self.running: dict[str, int] = defaultdict(int)  # tenant -> requests holding a slot
+        self._last_seen: dict[str, float] = {}
         self.counters: dict[str, float] = defaultdict(float)
         self.active: dict[str, int] = defaultdict(int)  # tenant -> requests waiting or running
         self._waiting: dict[str, deque] = defaultdict(deque)  # tenant -> FIFO of (arrival, future, est_tokens)
@@ -131,7 +144,10 @@ class Admission:
         if not self.active[tenant]:
             floor = min((self.counters[t] for t, n in self.active.items() if n), default=0.0)
             self.counters[tenant] = max(self.counters[tenant], floor)
-        if self.inflight < self.max_inflight and not self.queued:
+        self._last_seen[tenant] = time.monotonic()
+        light = self._light()
+        if (self.inflight < self.max_inflight and self._eligible(tenant, light)
+                and not any(self._eligible(t, light) for t in self._waiting)):
             self._grant(tenant, est_tokens)
             return
         if self.queued >= self.max_queue:
@@ -142,6 +158,7 @@ class Admission:
         self.active[tenant] += 1
         entry = (next(self._arrivals), fut, est_tokens)
         self._waiting[tenant].append(entry)
+        self._dispatch()  # a slot may be free for it though not for the capped tenants ahead of it
         metrics.QUEUED.set(self.queued)
         try:
             await fut
@@ -150,6 +167,8 @@ class Admission:
                 self.release(tenant, est_tokens, 0)  # granted just as the caller went away
             else:
                 self._waiting[tenant].remove(entry)
+                if not self._waiting[tenant]:
+                    del self._waiting[tenant]
                 self.active[tenant] -= 1
                 metrics.QUEUED.set(self.queued)
             raise
@@ -158,6 +177,7 @@ class Admission:
         if not queued:
             self.active[tenant] += 1
         self.inflight += 1
+        self.running[tenant] += 1
         self.counters[tenant] += est_tokens  # charged up front, corrected on release
         metrics.INFLIGHT.set(self.inflight)
 
@@ -165,14 +185,41 @@ class Admission:
         """The request finished having been served `tokens` tokens: correct the charge, hand the slot on."""
         self.counters[tenant] += tokens - est_tokens
         self.active[tenant] -= 1
+        self.running[tenant] -= 1
         self.inflight -= 1
-        while self.inflight < self.max_inflight and self.queued:
-            nxt = min((t for t, q in self._waiting.items() if q), key=self._priority)
-            _, fut, est = self._waiting[nxt].popleft()
-            self._grant(nxt, est, queued=True)
-            fut.set_result(None)
+        self._dispatch()
         metrics.INFLIGHT.set(self.inflight)
         metrics.QUEUED.set(self.queued)
+
+    def _dispatch(self) -> None:
+        """Grant free slots to waiting requests: the eligible tenant with the smallest counter first."""
+        while self.inflight < self.max_inflight and self._waiting:
+            light = self._light()
+            ready = [t for t in self._waiting if self._eligible(t, light)]
+            if not ready:
+                return  # the free slots stay reserved for recently active tenants
+            nxt = min(ready, key=self._priority)
+            _, fut, est = self._waiting[nxt].popleft()
+            if not self._waiting[nxt]:
+                del self._waiting[nxt]  # only tenants with a queue are kept: dispatch stays O(tenants waiting)
+            self._grant(nxt, est, queued=True)
+            fut.set_result(None)
+
+    def _light(self) -> set[str]:
+        """Recent tenants (a request within `active_window_s`, or one running) with nothing queued."""
+        cutoff = time.monotonic() - self.active_window_s
+        for t in [t for t, at in self._last_seen.items() if at < cutoff and not self.active[t]]:
+            del self._last_seen[t]  # keeps the set as small as the tenants really active
+        return {t for t in self._last_seen if t not in self._waiting}
+
+    def _eligible(self, tenant: str, light: set[str]) -> bool:
+        """May `tenant` take one more slot now? Always in FIFO mode. In fair mode: if it has nothing
+        running, or if a free slot still stays for each other recent tenant with nothing queued."""
+        if not self.fair or not self.running[tenant]:
+            return True
+        reserve = len(light) - (tenant in light)
+        reserve = min(reserve, self.max_inflight // 2)  # many quiet tenants must not idle the engine
+        return self.max_inflight - self.inflight - 1 >= reserve
 
     def _priority(self, tenant: str) -> tuple:
         head = self._waiting[tenant][0][0]

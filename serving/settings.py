@@ -33,6 +33,8 @@ class ServingSettings(BaseSettings):
     max_queue: int = Field(512, description="Requests allowed to wait; beyond it 503 with Retry-After.")
     fair_admission: bool = Field(True, description="Order waiting requests by tokens served per tenant (VTC); "
                                  "false: first come, first served.")
+    fair_active_window_s: float = Field(5.0, description="Fair admission: a tenant counts as active this long after "
+                                        "its last request, and keeps a free in-flight slot in reserve meanwhile.")
     dedicated_engines: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description='Separate-model mode: tenant -> {"model": NAME, "url": ENGINE_URL}. That tenant\'s requests for '

@@ -167,3 +167,65 @@ def test_metric_adapter_labels_are_bounded_per_tenant():
     assert labels.known("t", "a@prod") == "a" and labels.known("t", "a@0123abcd") == "a"  # name, not version
     assert labels.known("t", "base") == "base"
     assert labels.admit("u", "c") == "c"  # the cap is per tenant
+
+
+def test_a_flooder_leaves_a_free_slot_for_each_other_recent_tenant():
+    """Window 4, three recent tenants: the flooder fills up to 4 - 2 reserved; b and c get a slot at once."""
+    async def go():
+        adm = Admission(max_inflight=4, max_queue=100, active_window_s=60)
+        for t in ("b", "c"):  # b and c were active a moment ago (now idle)
+            await adm.acquire(t, 1)
+            adm.release(t, 1, 1)
+        flood = [asyncio.create_task(adm.acquire("a", 1)) for _ in range(10)]
+        await asyncio.sleep(0)
+        assert adm.running["a"] == 2 and adm.queued == 8  # two slots stay free for b and c
+        await asyncio.wait_for(adm.acquire("b", 1), 1)  # no wait although a has a backlog
+        await asyncio.wait_for(adm.acquire("c", 1), 1)
+        assert adm.inflight == 4
+        adm.release("a", 1, 1)
+        await asyncio.sleep(0)
+        assert adm.running["a"] == 1 and adm.inflight == 3  # not handed to a's backlog: kept for b or c
+        b2 = asyncio.create_task(adm.acquire("b", 1))
+        await asyncio.sleep(0)
+        adm.release("c", 1, 1)  # two free: one is granted (VTC: b2 or a's next), one stays for c
+        await asyncio.sleep(0)
+        assert adm.inflight == 3
+        adm.release("b", 1, 1)
+        await asyncio.sleep(0)
+        await asyncio.wait_for(b2, 1)
+        for _ in range(adm.running["b"]):
+            adm.release("b", 1, 1)
+        await asyncio.sleep(0)
+        while adm.running["a"] > 2:  # a got extra slots while b itself was waiting (no claim then)
+            adm.release("a", 1, 1)
+            await asyncio.sleep(0)
+        adm.release("a", 1, 1)
+        await asyncio.sleep(0)
+        assert adm.running["a"] == 2 and adm.inflight == 2  # b and c idle again: two slots held for them
+        for task in flood:
+            task.cancel()
+    asyncio.run(go())
+
+
+def test_headroom_is_work_conserving_when_others_are_quiet():
+    """A tenant alone (or once the others' activity window passed) may use the whole window."""
+    async def go():
+        adm = Admission(max_inflight=4, max_queue=100, active_window_s=0.05)
+        await adm.acquire("b", 1)
+        adm.release("b", 1, 1)
+        await asyncio.sleep(0.1)  # b went quiet
+        for _ in range(4):
+            await asyncio.wait_for(adm.acquire("a", 1), 1)
+        assert adm.running["a"] == 4
+    asyncio.run(go())
+
+
+def test_fifo_mode_keeps_no_headroom():
+    async def go():
+        adm = Admission(max_inflight=4, max_queue=100, fair=False, active_window_s=60)
+        await adm.acquire("b", 1)
+        adm.release("b", 1, 1)
+        for _ in range(4):
+            await asyncio.wait_for(adm.acquire("a", 1), 1)
+        assert adm.running["a"] == 4
+    asyncio.run(go())
