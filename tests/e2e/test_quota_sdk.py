@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -38,18 +39,39 @@ def test_requests_per_minute_quota_is_a_rate_limit_error(stack):
     assert 1 <= _retry_after(e.value) <= 60
 
 
-def test_concurrency_quota_is_a_rate_limit_error_while_a_stream_runs(stack):
-    _, key = new_tenant(stack, {"max_concurrent": 1}, prefix="conc")
-    client = _sdk(stack, key)
-    stream = client.completions.create(model="base", prompt=demo_prompt("abc"), **LONG)
+@pytest.fixture(scope="module")
+def one_slot_gateway(engine, seaweed, demo, tmp_path_factory):
+    """A gateway that forwards one request at a time and lets a few wait."""
+    st, server = start_gateway(engine.model_copy(update={"max_inflight": 1, "max_queue": 4}), seaweed.endpoint,
+                               demo.base_dir, tmp_path_factory.mktemp("cache-one"))
+    yield st
+    server.should_exit = True
+
+
+def test_concurrency_quota_is_a_rate_limit_error_while_a_request_waits_or_runs(one_slot_gateway):
+    """max_concurrent counts a tenant's requests that are queued as well as running."""
+    st = one_slot_gateway
+    _, filler = new_tenant(st, prefix="fill")
+    tenant, key = new_tenant(st, {"max_concurrent": 1}, prefix="conc")
+    hold = _sdk(st, filler).completions.create(model="base", prompt=demo_prompt("abc"), **LONG)
+    first: list = []
+    waiter = threading.Thread(target=lambda: first.extend(_sdk(st, key).completions.create(
+        model="base", prompt=demo_prompt("abc"), **LONG)))
     try:
-        next(iter(stream))  # admitted and generating
+        next(iter(hold))  # the only engine slot is taken: the tenant's first request will wait for it
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while not st.gateway.admission.active[tenant]:  # queued (or, if the filler ended, running)
+            assert time.monotonic() < deadline, "the first request never reached admission"
+            time.sleep(0.005)
         with pytest.raises(openai.RateLimitError) as e:
-            client.completions.create(model="base", prompt=demo_prompt("abc"), max_tokens=2)
+            _sdk(st, key).completions.create(model="base", prompt=demo_prompt("abc"), max_tokens=2)
         assert "1 concurrent requests" in e.value.message
         _retry_after(e.value)
     finally:
-        stream.close()
+        hold.close()
+        waiter.join(timeout=60)
+    assert first and first[-1].choices[0].finish_reason == "length"  # the waiting request was served in full
 
 
 @pytest.fixture(scope="module")
