@@ -21,6 +21,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from loadtest.docs import markers, replace_section
+
 RESULT = "LORAPLEX_BENCH "  # prefix of the result lines an engine process prints
 READY = "LORAPLEX_READY"
 ROOT = Path(__file__).resolve().parents[1]
@@ -415,19 +417,12 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-DOC_START, DOC_END = "<!-- engine-bench:start -->", "<!-- engine-bench:end -->"
+DOC_START, DOC_END = markers("engine-bench")
 
 
 def update_docs(table: str, path: Path) -> None:
     """Put `table` between the engine-bench markers of `path`, leaving every other section as it is."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{DOC_START}\n{table}\n{DOC_END}"
-    if DOC_START in text and DOC_END in text:
-        head, rest = text.split(DOC_START, 1)
-        text = head + block + rest.split(DOC_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+    replace_section(path, "engine-bench", table)
 
 
 if __name__ == "__main__":

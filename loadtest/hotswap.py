@@ -41,6 +41,7 @@ from pathlib import Path
 import httpx
 
 from common.procs import free_port, spawn, stop_group
+from loadtest.docs import markers, replace_section
 from loadtest.workload import TenantSpec, Workload, read_samples, summarize, to_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -909,19 +910,12 @@ def plot(rows: list[dict], out: Path, meta: dict) -> list[Path]:
     return paths
 
 
-DOC_START, DOC_END = "<!-- hotswap:start -->", "<!-- hotswap:end -->"
+DOC_START, DOC_END = markers("hotswap")
 
 
 def update_docs(section: str, path: Path) -> None:
     """Put `section` between the hotswap markers of `path`, leaving every other section as it is."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{DOC_START}\n{section.rstrip()}\n{DOC_END}"
-    if DOC_START in text and DOC_END in text:
-        head, rest = text.split(DOC_START, 1)
-        text = head + block + rest.split(DOC_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+    replace_section(path, "hotswap", section)
 
 
 def _wrap(text: str, width: int = 110) -> str:

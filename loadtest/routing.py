@@ -32,7 +32,9 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
-DOC_START, DOC_END = "<!-- routing:start -->", "<!-- routing:end -->"
+from loadtest.docs import markers, replace_section
+
+DOC_START, DOC_END = markers("routing")
 MODES = ("affinity", "no_affinity")
 ROUTING_OF = {"affinity": "affinity", "no_affinity": "random"}
 
@@ -290,14 +292,7 @@ def plot(report: dict, path: Path) -> None:
 
 def update_docs(block: str, path: Path) -> None:
     """Put `block` between the routing markers of `path`, leaving every other section as it is."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{DOC_START}\n{block}\n{DOC_END}"
-    if DOC_START in text and DOC_END in text:
-        head, rest = text.split(DOC_START, 1)
-        text = head + section + rest.split(DOC_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    replace_section(path, "routing", block)
 
 
 def docs_section(report: dict, out: Path) -> str:
