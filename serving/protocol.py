@@ -63,18 +63,24 @@ def rewrite_model(payload: dict, public_name: str) -> dict:
     return payload
 
 
-def rewrite_sse_line(line: str, public_name: str) -> str:
-    """Rewrite the `model` of one SSE `data:` line; other lines pass unchanged."""
+def sse_json(line: str) -> dict | None:
+    """The JSON object of one SSE `data:` line; None for any other line ([DONE], blank, not an object)."""
     if not line.startswith("data:"):
-        return line
+        return None
     data = line[5:].strip()
     if not data or data == "[DONE]":
-        return line
+        return None
     try:
         chunk = json.loads(data)
     except ValueError:
-        return line
-    return "data: " + json.dumps(rewrite_model(chunk, public_name))
+        return None
+    return chunk if isinstance(chunk, dict) else None
+
+
+def rewrite_sse_line(line: str, public_name: str) -> str:
+    """Rewrite the `model` of one SSE `data:` line; other lines pass unchanged."""
+    chunk = sse_json(line)
+    return line if chunk is None else "data: " + json.dumps(rewrite_model(chunk, public_name))
 
 
 def sse_error(message: str, code: str = "engine_error") -> str:

@@ -19,7 +19,7 @@ from common.errors import EngineUnavailable
 from registry.tenants import Tenant
 from serving import metrics
 from serving.admission import Quotas
-from serving.protocol import estimate_tokens, rewrite_model, sse_error
+from serving.protocol import estimate_tokens, rewrite_model, sse_error, sse_json
 from serving.residency import engine_lora_name
 from serving.state import Gateway
 
@@ -53,14 +53,8 @@ class Ticket:
 
     def relay_line(self, line: str) -> str | None:
         """One SSE line for the client (model rewritten), or None to drop it; notes usage and first token."""
-        data = line[5:].strip() if line.startswith("data:") else ""
-        if not data or data == "[DONE]":
-            return line
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            return line
-        if not isinstance(chunk, dict):
+        chunk = sse_json(line)
+        if chunk is None:
             return line
         usage = chunk.get("usage")
         if isinstance(usage, dict):
