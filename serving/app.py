@@ -69,7 +69,6 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
         gw = gateway or Gateway.from_settings(ServingSettings(), RegistrySettings())
         app.state.gateway = gw
         metrics.LABELS.per_tenant = gw.settings.metrics_adapters_per_tenant
-        gw.admission.active_window_s = gw.settings.fair_active_window_s
         supervisor = EngineSupervisor(gw.settings, gw.residency) if gw.settings.engine_managed else None
         if supervisor:
             gw.supervisor = supervisor
