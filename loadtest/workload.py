@@ -25,6 +25,8 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loadtest.traffic import percentile  # the fairness benchmark's: one definition of a percentile
+
 
 class WorkloadError(ValueError):
     """A load-test setting is wrong; the message says which and how to fix it."""
@@ -161,14 +163,6 @@ def to_env(workload: Workload) -> dict[str, str]:
 
 
 # ---- what a run measured -------------------------------------------------------------------------
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(q / 100 * (len(ordered) - 1)))))]
-
 
 def read_samples(path: Path) -> list[dict]:
     if not path.exists():
