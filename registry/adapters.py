@@ -10,7 +10,7 @@ import json
 
 from pydantic import BaseModel
 
-from common.errors import InvalidAdapter, ModelNotFound
+from common.errors import InvalidAdapter
 from common.names import check_name
 from registry import layout
 from registry.base_spec import BaseModelSpec
@@ -43,6 +43,7 @@ class AdapterRegistry(VersionedRegistry[Manifest]):
     """
 
     MANIFEST = Manifest
+    INFO = AdapterInfo
 
     def __init__(self, store: ObjectStore, settings: RegistrySettings, base_spec: BaseModelSpec | None = None,
                  probes: list | None = None):
@@ -91,20 +92,8 @@ class AdapterRegistry(VersionedRegistry[Manifest]):
             created_at=utc_now(), uploader=uploader, metadata=metadata, health=upload_health(files))
         return self._put_manifest(manifest, digest)
 
-    def list_adapters(self, tenant: str) -> list[AdapterInfo]:
-        """Every adapter of `tenant` with at least one version, sorted by name."""
-        infos = []
-        for name in self.names(tenant):
-            try:
-                infos.append(self.get_adapter(tenant, name))
-            except ModelNotFound:  # only leftovers, or deleted meanwhile
-                continue
-        return infos
-
-    def get_adapter(self, tenant: str, name: str) -> AdapterInfo:
-        """One adapter's versions (newest first) and aliases; ModelNotFound if it has no version."""
-        versions, aliases = self.versions_and_aliases(tenant, name)
-        return AdapterInfo(name=name, versions=versions, aliases=aliases)
+    list_adapters = VersionedRegistry.infos  # every adapter of a tenant with a version, by name
+    get_adapter = VersionedRegistry.info  # one adapter's versions (newest first) and aliases
 
 
 def _check_metadata(metadata: dict | None, what: str = "metadata") -> dict:

@@ -21,7 +21,7 @@ from typing import BinaryIO, Literal, Union
 
 from pydantic import BaseModel, Field
 
-from common.errors import InvalidAdapter, ModelNotFound
+from common.errors import InvalidAdapter
 from common.names import check_name
 from registry import layout
 from registry.adapters import _check_metadata
@@ -258,6 +258,7 @@ class ModelRegistry(VersionedRegistry[ModelManifest]):
     NOUN = "model"
     API = "/v1/artifacts/models"
     MANIFEST = ModelManifest
+    INFO = ModelInfo
 
     def __init__(self, store: ObjectStore, settings: RegistrySettings, base_spec: BaseModelSpec | None = None):
         self.store = store
@@ -305,19 +306,8 @@ class ModelRegistry(VersionedRegistry[ModelManifest]):
             uploader=uploader, metadata=metadata)
         return self._put_manifest(manifest, digest)
 
-    def list_models(self, tenant: str) -> list[ModelInfo]:
-        """Every model of `tenant` with at least one version, sorted by name."""
-        infos = []
-        for name in self.names(tenant):
-            try:
-                infos.append(self.get_model(tenant, name))
-            except ModelNotFound:
-                continue
-        return infos
-
-    def get_model(self, tenant: str, name: str) -> ModelInfo:
-        versions, aliases = self.versions_and_aliases(tenant, name)
-        return ModelInfo(name=name, versions=versions, aliases=aliases)
+    list_models = VersionedRegistry.infos  # every model of a tenant with a version, by name
+    get_model = VersionedRegistry.info  # one model's versions (newest first) and aliases
 
     def cache(self) -> AdapterCache:
         """A verified local cache of model versions (`model_cache_dir`, bounded by `model_cache_max_bytes`)."""

@@ -5,7 +5,8 @@ a conditional create; a version exists exactly when its manifest does. Aliases c
 conditional writes on their ETag. Every lookup is scoped to the caller's tenant prefix.
 
 Subclasses say where their tree is (`ROOT`), what they are called in messages (`NOUN`, `API`) and what
-their manifest looks like (`MANIFEST`), and add their own `publish`.
+their manifest and listing entry look like (`MANIFEST`, `INFO`: `{name, versions, aliases}`), and add their
+own `publish`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class VersionedRegistry(Generic[M]):
     NOUN = "adapter"
     API = "/v1/adapters"
     MANIFEST: type[BaseModel]
+    INFO: type[BaseModel]
 
     store: ObjectStore
 
@@ -42,15 +44,25 @@ class VersionedRegistry(Generic[M]):
         check_name(tenant, "tenant")
         return sorted({key.split("/")[2] for key in self.store.list(layout.tenant_prefix(tenant, self.ROOT))})
 
-    def versions_and_aliases(self, tenant: str, name: str) -> tuple[list[M], dict[str, str]]:
-        """An artifact's versions (newest first) and aliases; ModelNotFound if it has no version."""
+    def info(self, tenant: str, name: str):
+        """An artifact's versions (newest first) and aliases as an `INFO`; ModelNotFound if it has no version."""
         check_name(tenant, "tenant")
         check_name(name, f"{self.NOUN} name")
         versions = self._versions(tenant, name)
         if not versions:
             raise ModelNotFound(f"{self.NOUN} {name!r} not found: list your {self.NOUN}s with GET {self.API}",
                                 param="name")
-        return versions, self._aliases(tenant, name)
+        return self.INFO(name=name, versions=versions, aliases=self._aliases(tenant, name))
+
+    def infos(self, tenant: str) -> list:
+        """`info` of every artifact of `tenant` with at least one version, sorted by name."""
+        found = []
+        for name in self.names(tenant):
+            try:
+                found.append(self.info(tenant, name))
+            except ModelNotFound:  # only leftovers, or deleted meanwhile
+                continue
+        return found
 
     def resolve(self, tenant: str, ref: str) -> M:
         """Resolve a name within `tenant`: `NAME`, `NAME@ALIAS` or `NAME@VERSION`.
