@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
+from starlette.background import BackgroundTask
 
 from common.errors import EngineUnavailable, LoraplexError
 from registry.settings import RegistrySettings
@@ -29,7 +30,8 @@ from serving.admission import Quotas
 from serving.app import create_app
 from serving.deps import GatewayDep, TenantDep
 from serving.protocol import (CHAT_FIELDS, COMPLETION_FIELDS, check_body, estimate_tokens, read_json,
-                              rewrite_model, rewrite_sse_line, sse_error)
+                              rewrite_model, sse_error)
+from serving.proxy import Ticket, _engine_error, _with_usage
 from serving.ray_engine import EngineDown
 from serving.ray_settings import RaySettings
 from serving.residency import engine_lora_name
@@ -42,10 +44,23 @@ INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions")
 ROUTING_HEADERS = ("replica", "resident", "loads")
 
 
-class _NoLocalEngine:
-    """Stands in for the single-machine EngineClient: in Ray mode the gateway owns no engine."""
+class RayEngines:
+    """Stands in for the single-machine EngineClient: the gateway owns no engine, and its readiness probe
+    is a real generate on some engine replica."""
 
     http = None
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    async def probe(self) -> None:
+        try:
+            await asyncio.wait_for(self.handle.probe.remote(), timeout=15)
+        except Exception as e:
+            cause = _cause(e)
+            if isinstance(cause, LoraplexError):
+                raise _as_loraplex(e) from None
+            raise EngineUnavailable(f"no engine replica answered a probe ({type(cause).__name__})") from None
 
     async def loaded_loras(self) -> set[str]:
         return set()
@@ -59,27 +74,8 @@ class RayGateway(Gateway):
     engines: Any = None  # DeploymentHandle of the engine deployment
     ray: RaySettings | None = None
 
-    async def readiness(self) -> tuple[bool, dict]:
-        """S3 answers and some engine replica answers a real generate; reused for `ready_cache_s`."""
-        at, ok, detail = self._ready
-        if time.monotonic() - at < self.settings.ready_cache_s:
-            return ok, detail
-        detail = {"engine": "ok", "storage": "ok"}
-        try:
-            await asyncio.to_thread(self.store.ping)
-        except LoraplexError as e:
-            detail["storage"] = e.message
-        except Exception as e:  # e.g. a missing bucket: not ready, never a crash
-            detail["storage"] = f"{type(e).__name__}: {e} (does bucket {self.store.bucket!r} exist?)"
-        try:
-            await asyncio.wait_for(self.engines.probe.remote(), timeout=15)
-        except Exception as e:
-            cause = _cause(e)
-            detail["engine"] = cause.message if isinstance(cause, LoraplexError) else \
-                f"no engine replica answered a probe ({type(cause).__name__})"
-        ok = detail == {"engine": "ok", "storage": "ok"}
-        self._ready = (time.monotonic(), ok, detail)
-        return ok, detail
+    async def forward(self, tenant: Tenant, body: dict, path: str) -> Response:
+        return await forward_ray(self, tenant, body, path)
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -105,58 +101,40 @@ def _as_loraplex(exc: BaseException) -> LoraplexError:
     return EngineUnavailable(f"the engine replica failed ({type(cause).__name__}); retry shortly", retry_after=5)
 
 
-class _Request:
-    """One admitted request: gives its admission slot back exactly once and records its metrics."""
-
-    def __init__(self, gw: RayGateway, tenant: str, public: str, est: int, label: str, arrived: float):
-        self.gw, self.tenant, self.public, self.est, self.label, self.arrived = gw, tenant, public, est, label, arrived
-        self.tokens = 0
-        self.done = False
-
-    def finish(self, status: str) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.gw.admission.release(self.tenant, self.est, self.tokens or self.est)
-        _observe(self.tenant, self.label, status, time.monotonic() - self.arrived)
-
-
-def _observe(tenant: str, label: str, status: str, seconds: float) -> None:
-    metrics.REQUESTS.labels(tenant, label, status).inc()
-    metrics.LATENCY.labels(tenant, label).observe(seconds)
-
-
-def _label(tenant: str, manifest, base: bool) -> str:
-    """The bounded `adapter` label of the gateway's metrics."""
-    return metrics.BASE if base else metrics.LABELS.admit(tenant, manifest.name)
-
-
 async def forward_ray(gw: RayGateway, tenant: Tenant, body: dict, path: str) -> Response:
+    """serving/proxy.py's `forward` with Ray as the transport: the same quota, admission, Ticket (token
+    charge, metrics) and SSE relay; the engine call goes through the handle, with the adapter as the
+    multiplexed model id."""
     arrived = time.monotonic()
     est = estimate_tokens(body)
-    gw.admission.check_quota(tenant.name, Quotas.of(tenant.quotas), est)
-    is_base = body["model"] == gw.settings.base_name
+    base = gw.settings.base_name
+    gw.admission.check_quota(tenant.name, Quotas.of(tenant.quotas), est,
+                             metrics.LABELS.known(tenant.name, body["model"], base))
+    is_base = body["model"] == base
     manifest = None if is_base else await gw.resolve(tenant.name, body["model"])  # 404s first
-    label = _label(tenant.name, manifest, is_base)
-    await gw.admission.acquire(tenant.name, est)
-    req = _Request(gw, tenant.name, body["model"], est, label, arrived)
+    label = metrics.BASE if is_base else metrics.LABELS.admit(tenant.name, manifest.name)
+    await gw.admission.acquire(tenant.name, est, label)
+    ticket = Ticket(gw, tenant.name, body["model"], est, label, arrived)
     lora = engine_lora_name(tenant.name, manifest.name, manifest.version) if manifest else None
     stream = bool(body.get("stream"))
+    if stream:
+        body, ticket.client_usage = _with_usage(body)
     try:
         if stream:
             gen, first = await _call(gw, path, body, lora, stream=True)
         else:
             result = await _call(gw, path, body, lora, stream=False)
     except asyncio.CancelledError:
-        req.finish("disconnected")
+        ticket.finish("disconnected")
         raise
     except Exception as e:
-        req.finish("error")
+        ticket.finish("error")
         raise _as_loraplex(e) from None
     headers = _routing_headers(gw, first if stream else result)
     if not stream or first.get("status") != 200:
-        return _whole(req, first if stream else result, headers)
-    return StreamingResponse(_relay(gen, req), media_type="text/event-stream", headers=headers)
+        return _whole(ticket, first if stream else result, headers)
+    return StreamingResponse(_relay(gen, ticket), media_type="text/event-stream", headers=headers,
+                             background=BackgroundTask(_abandon, gen, ticket))
 
 
 async def _call(gw: RayGateway, path: str, body: dict, lora: str | None, stream: bool):
@@ -193,35 +171,45 @@ def _routing_headers(gw: RayGateway, meta: dict) -> dict | None:
     return {f"x-loraplex-{k}": str(meta.get(k)).lower() for k in ROUTING_HEADERS}
 
 
-def _whole(req: _Request, result: dict, headers: dict | None) -> Response:
+def _whole(ticket: Ticket, result: dict, headers: dict | None) -> Response:
     status = result.get("status", 502)
     data = result.get("body")
     if not isinstance(data, dict):
-        req.finish("error")
-        return JSONResponse({"error": {"message": f"the engine answered HTTP {status}: {result.get('text', '')[:200]}",
-                                       "type": "server_error", "param": None, "code": "engine_error"}},
+        ticket.finish("error")
+        return JSONResponse(_engine_error(f"the engine answered HTTP {status}: {result.get('text', '')[:200]}"),
                             status_code=502 if status == 200 else status, headers=headers)
-    req.tokens = (data.get("usage") or {}).get("total_tokens") or 0
-    req.finish("ok" if status == 200 else str(status))
-    return JSONResponse(rewrite_model(data, req.public), status_code=status, headers=headers)
+    if isinstance(data.get("usage"), dict):
+        ticket.record_usage(data["usage"])
+    ticket.finish("ok" if status == 200 else str(status))
+    return JSONResponse(rewrite_model(data, ticket.public), status_code=status, headers=headers)
 
 
-async def _relay(gen, req: _Request) -> AsyncIterator[str]:
+async def _relay(gen, ticket: Ticket) -> AsyncIterator[str]:
+    """proxy._relay over the replica's stream: a failure mid-stream becomes an error event."""
     status = "ok"
     try:
         async for line in gen:
-            if line.startswith("data:"):
-                req.tokens += 1  # about one token per event
-            yield rewrite_sse_line(line, req.public) + "\n"
+            out = ticket.relay_line(line)
+            if out is not None:
+                yield out + "\n"
     except Exception as e:
         status = "error"
         err = _as_loraplex(e)
         log.warning("engine stream broke: %s", err.message)
         yield sse_error(f"{err.message}; retry the request", "engine_unavailable")
         yield "data: [DONE]\n\n"
+    except BaseException:  # the client went away (cancellation / generator close)
+        status = "disconnected"
+        raise
     finally:
-        gen.cancel()  # the client left (or we are done): the replica closes its engine stream, vLLM aborts
-        req.finish(status if status != "ok" or req.tokens else "disconnected")
+        gen.cancel()  # the replica closes its engine stream: vLLM aborts
+        ticket.finish(status)
+
+
+def _abandon(gen, ticket: Ticket) -> None:
+    """After the response, whatever happened: a stream the client left before it started is cancelled too."""
+    gen.cancel()
+    ticket.finish("disconnected")
 
 
 router = APIRouter()
@@ -254,7 +242,7 @@ class GatewayIngress:
     def __init__(self, engines, ray_settings: dict):
         settings = ServingSettings().model_copy(update={"engine_managed": False})
         gw = RayGateway.from_settings(settings, RegistrySettings())
-        gw.engine = _NoLocalEngine()
+        gw.engine = RayEngines(engines)
         gw.engines, gw.ray = engines, RaySettings(**ray_settings)
         self.gateway = gw
 

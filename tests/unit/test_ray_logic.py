@@ -19,7 +19,7 @@ from common.errors import EngineUnavailable, ModelNotFound  # noqa: E402
 from serving.admission import Admission  # noqa: E402
 from serving.ray_app import forwarded_env  # noqa: E402
 from serving.ray_engine import EngineDown, LoadedAdapter, parse_lora_name  # noqa: E402
-from serving.ray_gateway import _as_loraplex, create_ray_app, forward_ray  # noqa: E402
+from serving.ray_gateway import RayEngines, _as_loraplex, create_ray_app, forward_ray  # noqa: E402
 from serving.ray_settings import RaySettings  # noqa: E402
 from serving.settings import ServingSettings  # noqa: E402
 
@@ -161,7 +161,8 @@ def _gateway(handle, **ray_kw):
         return manifest
 
     return SimpleNamespace(settings=ServingSettings(), admission=Admission(4, 16), resolve=resolve,
-                           engines=handle, ray=RaySettings(routing_headers=True, retry_window_s=5, **ray_kw))
+                           engines=handle, engine=RayEngines(handle),
+                           ray=RaySettings(routing_headers=True, retry_window_s=5, **ray_kw))
 
 
 TENANT = SimpleNamespace(name="acme", quotas={})
@@ -220,9 +221,11 @@ def test_unknown_model_is_404_before_any_replica_is_called():
 
 def test_stream_is_relayed_with_the_public_model_name_and_cancelled_at_the_end():
     chunk = {"model": f"lpx:acme:reverse:{VERSION}", "choices": [{"text": "x"}]}
+    usage = {"model": f"lpx:acme:reverse:{VERSION}", "choices": [], "usage": {"total_tokens": 7}}
     stream = FakeStream([{"status": 200, "replica": "r2", "resident": False, "loads": 3},
-                         f"data: {json.dumps(chunk)}", "", "data: [DONE]", ""])
-    gw = _gateway(FakeHandle([stream]))
+                         f"data: {json.dumps(chunk)}", "", f"data: {json.dumps(usage)}", "data: [DONE]", ""])
+    handle = FakeHandle([stream])
+    gw = _gateway(handle)
 
     async def go():
         r = await forward_ray(gw, TENANT, {"model": "reverse", "prompt": "p", "stream": True}, "/v1/completions")
@@ -232,6 +235,10 @@ def test_stream_is_relayed_with_the_public_model_name_and_cancelled_at_the_end()
     r, lines = asyncio.run(go())
     assert json.loads(lines[0][5:])["model"] == "reverse" and lines[2] == "data: [DONE]\n"
     assert stream.cancelled and gw.admission.inflight == 0
+    # the gateway asked for the usage chunk (token metrics, the tenant's charge) and kept it to itself
+    assert handle.calls[0][1][1]["stream_options"] == {"include_usage": True}
+    assert not any("usage" in line for line in lines)
+    assert gw.admission.counters["acme"] == 7
 
 
 def test_stream_failure_midway_becomes_an_sse_error_event():
@@ -246,6 +253,30 @@ def test_stream_failure_midway_becomes_an_sse_error_event():
     lines = asyncio.run(go())
     assert json.loads(lines[-2][5:])["error"]["code"] == "engine_unavailable" and lines[-1] == "data: [DONE]\n\n"
     assert gw.admission.inflight == 0
+
+
+def test_readiness_probes_some_engine_replica():
+    from serving.state import Gateway
+
+    class ProbeHandle:
+        def __init__(self, error=None):
+            self.probe = SimpleNamespace(remote=self._probe)
+            self.error = error
+
+        async def _probe(self):
+            if self.error:
+                raise self.error
+            return {"replica": "r1"}
+
+    def gateway(handle):
+        return SimpleNamespace(supervisor=None, _ready=(0.0, False, {}), settings=ServingSettings(ready_cache_s=0),
+                               store=SimpleNamespace(ping=lambda: None, bucket="b"), engine=RayEngines(handle))
+
+    assert asyncio.run(Gateway.readiness(gateway(ProbeHandle()))) == (True, {"engine": "ok", "storage": "ok"})
+    ok, detail = asyncio.run(Gateway.readiness(gateway(ProbeHandle(RayTaskErrorLike(EngineDown("it died"))))))
+    assert not ok and detail["engine"] == "it died"
+    ok, detail = asyncio.run(Gateway.readiness(gateway(ProbeHandle(RuntimeError("no replicas")))))
+    assert not ok and detail["engine"] == "no engine replica answered a probe (RuntimeError)"
 
 
 def test_ray_app_swaps_only_the_inference_routes():
