@@ -379,12 +379,16 @@ class Run:
             env["VLLM_SERVER_DEV_MODE"] = "1"  # /collective_rpc and /reset_prefix_cache: loopback bench engine only
         return env
 
-    def measure(self, gw: Gateway, name: str) -> dict:
-        """Capacity burst (optional), then the timed Poisson run; returns the summary of the timed run."""
+    def burst(self, gw: Gateway, name: str) -> dict:
+        """The summary of `burst` requests at once: the saturated throughput of what `gw` serves."""
+        burst = self.workload(gw.tenants, rate=float(self.cfg.burst))
+        return summarize(run_locust(gw.url, burst, 1.0, self.out / "locust" / name))
+
+    def measure(self, gw: Gateway, name: str, cap: dict | None = None) -> dict:
+        """Capacity burst (optional; `cap`: one just measured), then the timed Poisson run; returns its summary."""
         extra = {}
         if self.cfg.capacity:
-            burst = self.workload(gw.tenants, rate=float(self.cfg.burst))
-            cap = summarize(run_locust(gw.url, burst, 1.0, self.out / "locust" / f"{name}-burst"))
+            cap = cap or self.burst(gw, f"{name}-burst")
             extra["capacity_req_per_s"] = cap["req_per_s"]
             extra["capacity_tok_per_s"] = cap["tok_per_s"]
         samples = run_locust(gw.url, self.workload(gw.tenants), self.cfg.duration_s, self.out / "locust" / name)
@@ -418,10 +422,9 @@ class Run:
             add_tenants(gw, [f"{x}-hot" for x in names], ["adapter"] * n, self.art.adapters[:n])
             cold = [timed_request(gw, t, self.cfg.prompt_tokens) for t in gw.tenants]  # download + load
             warm = [timed_request(gw, t, self.cfg.prompt_tokens) for t in gw.tenants]
-            if self.rate is None:
-                self.rate = self.calibrate(gw)
+            cap = self.calibrate(gw) if self.rate is None else None  # its burst is this row's capacity too
             rss0, pss0 = hot.memory_mb()
-            result = self.measure(gw, f"hotswap-{n}")
+            result = self.measure(gw, f"hotswap-{n}", cap)
             rss1, pss1 = hot.memory_mb()
         finally:
             gw.close()
@@ -433,17 +436,20 @@ class Run:
                  storage_mb_per_tenant=round(statistics.mean(self.art.adapter_mb(i) for i in range(n)), 4),
                  engine_start_s=_round(hot.start_s))
 
-    def calibrate(self, gw: Gateway) -> float:
-        """The offered rate for every row: `load` x the saturated throughput of hotswap at the smallest N."""
-        burst = self.workload(gw.tenants, rate=float(self.cfg.burst))
-        cap = summarize(run_locust(gw.url, burst, 1.0, self.out / "locust" / "calibration"))
+    def calibrate(self, gw: Gateway) -> dict:
+        """Set the offered rate for every row: `load` x the saturated throughput of hotswap at the smallest N.
+
+        Returns the burst's summary.
+        """
+        cap = self.burst(gw, "calibration")
         if not cap["req_per_s"]:
             raise BenchError("calibration burst served nothing: see " + str(self.out / "locust"))
         rate = round(self.cfg.load * cap["req_per_s"], 2)
         self.console.print(f"calibration: hotswap capacity {cap['req_per_s']:.1f} req/s at N={len(gw.tenants)} → "
                            f"offered rate {rate} req/s (load {self.cfg.load}) for every row")
         self.calibration = {"capacity_req_per_s": cap["req_per_s"], "tenants": len(gw.tenants), "load": self.cfg.load}
-        return rate
+        self.rate = rate
+        return cap
 
     # -- (C) reload
     def reload(self, engine: Engine, proxy_url: str, n: int) -> None:
