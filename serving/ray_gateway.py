@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.background import BackgroundTask
@@ -28,9 +28,7 @@ from registry.tenants import Tenant
 from serving import metrics
 from serving.admission import Quotas
 from serving.app import create_app
-from serving.deps import GatewayDep, TenantDep
-from serving.protocol import (CHAT_FIELDS, COMPLETION_FIELDS, check_body, estimate_tokens, read_json,
-                              rewrite_model, sse_error)
+from serving.protocol import estimate_tokens, rewrite_model, sse_error
 from serving.proxy import Ticket, _engine_error, _with_usage
 from serving.ray_engine import EngineDown
 from serving.ray_settings import RaySettings
@@ -40,7 +38,6 @@ from serving.state import Gateway
 
 log = logging.getLogger("loraplex.ray")
 
-INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions")
 ROUTING_HEADERS = ("replica", "resident", "loads")
 
 
@@ -75,6 +72,7 @@ class RayGateway(Gateway):
     ray: RaySettings | None = None
 
     async def forward(self, tenant: Tenant, body: dict, path: str) -> Response:
+        """The app's inference routes land here: the request goes to an engine replica through Ray."""
         return await forward_ray(self, tenant, body, path)
 
 
@@ -212,29 +210,6 @@ def _abandon(gen, ticket: Ticket) -> None:
     ticket.finish("disconnected")
 
 
-router = APIRouter()
-
-
-@router.post("/v1/completions")
-async def completions(request: Request, tenant: TenantDep, gw: GatewayDep):
-    body = check_body(read_json(await request.body()), COMPLETION_FIELDS, "prompt")
-    return await forward_ray(gw, tenant, body, "/v1/completions")
-
-
-@router.post("/v1/chat/completions")
-async def chat_completions(request: Request, tenant: TenantDep, gw: GatewayDep):
-    body = check_body(read_json(await request.body()), CHAT_FIELDS, "messages")
-    return await forward_ray(gw, tenant, body, "/v1/chat/completions")
-
-
-def create_ray_app(gw: RayGateway) -> FastAPI:
-    """The single-machine app with its inference routes sent through Ray instead of a local engine."""
-    app = create_app(gw)
-    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in INFERENCE_PATHS]
-    app.include_router(router)
-    return app
-
-
 @serve.ingress()
 class GatewayIngress:
     """Ray Serve's HTTP ingress: one gateway per replica, all sharing S3 (tenants, keys, adapters)."""
@@ -247,4 +222,4 @@ class GatewayIngress:
         self.gateway = gw
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_ray_app(self.gateway)
+        return create_app(self.gateway)  # its inference routes call RayGateway.forward

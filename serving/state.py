@@ -78,6 +78,12 @@ class Gateway:
     async def resolve(self, tenant: str, ref: str) -> Manifest:
         return await self.known_models.call((tenant, ref), lambda: self.adapters.resolve(tenant, ref))
 
+    async def forward(self, tenant: Tenant, body: dict, path: str):
+        """Send one inference request on to the engine (serving/proxy.py); the Ray gateway sends it to Ray."""
+        from serving.proxy import forward  # proxy builds on this module
+
+        return await forward(self, tenant, body, path)
+
     async def local_adapter(self, manifest: Manifest) -> Path:
         """A verified local copy of `manifest`'s files (downloaded once, SHA-256 checked)."""
         return await asyncio.to_thread(self.cache.ensure_local, manifest)

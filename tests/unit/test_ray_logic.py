@@ -19,7 +19,7 @@ from common.errors import EngineUnavailable, ModelNotFound  # noqa: E402
 from serving.admission import Admission  # noqa: E402
 from serving.ray_app import forwarded_env  # noqa: E402
 from serving.ray_engine import EngineDown, LoadedAdapter, parse_lora_name  # noqa: E402
-from serving.ray_gateway import RayEngines, _as_loraplex, create_ray_app, forward_ray  # noqa: E402
+from serving.ray_gateway import RayEngines, _as_loraplex, forward_ray  # noqa: E402
 from serving.ray_settings import RaySettings  # noqa: E402
 from serving.settings import ServingSettings  # noqa: E402
 
@@ -279,15 +279,27 @@ def test_readiness_probes_some_engine_replica():
     assert not ok and detail["engine"] == "no engine replica answered a probe (RuntimeError)"
 
 
-def test_ray_app_swaps_only_the_inference_routes():
-    from serving.ray_gateway import chat_completions, completions
+def test_the_apps_inference_routes_go_through_ray():
+    """The ingress serves the single-machine app unchanged; its routes call RayGateway.forward."""
+    from fastapi.testclient import TestClient
 
-    app = create_ray_app(SimpleNamespace())
-    by_path = {getattr(r, "path", None): r for r in app.router.routes}
-    assert by_path["/v1/completions"].endpoint is completions
-    assert by_path["/v1/chat/completions"].endpoint is chat_completions
-    assert {"/v1/models", "/ready", "/health", "/metrics", "/admin/tenants"} <= set(by_path)
-    assert sum(getattr(r, "path", None) == "/v1/completions" for r in app.router.routes) == 1
+    from serving.app import create_app
+    from serving.ray_gateway import RayGateway
+
+    handle = FakeHandle([OK])
+    gw = _gateway(handle)
+
+    async def authenticate(key):
+        return TENANT
+
+    gw.authenticate = authenticate
+    gw.forward = lambda tenant, body, path: RayGateway.forward(gw, tenant, body, path)
+    app = create_app(gw)
+    app.state.gateway = gw  # no lifespan: nothing to start
+    r = TestClient(app).post("/v1/completions", headers={"Authorization": "Bearer k"},
+                             json={"model": "reverse", "prompt": "p"})
+    assert r.status_code == 200 and r.json()["model"] == "reverse" and r.headers["x-loraplex-replica"] == "r1"
+    assert handle.calls[0][0]["multiplexed_model_id"] == f"lpx:acme:reverse:{VERSION}"
 
 
 def test_app_builder_takes_settings_from_args_for_serve_config_files(monkeypatch):
