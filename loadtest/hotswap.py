@@ -116,11 +116,11 @@ class Artifacts:
     adapters: list[Path]
     merged: list[Path]
 
-    def adapter_mb(self, i: int) -> float:
-        return sum((self.adapters[i] / f).stat().st_size for f in FILES) / MIB
-
-    def merged_mb(self, i: int) -> float:
-        return _dir_bytes(self.merged[i]) / MIB
+    def storage_mb(self, n: int, merged: bool) -> float:
+        """Mean MiB per tenant over the first `n` tenants: the adapter's two files, or the merged model directory."""
+        sizes = [_dir_bytes(m) if merged else sum((a / f).stat().st_size for f in FILES)
+                 for a, m in zip(self.adapters[:n], self.merged[:n])]
+        return round(statistics.mean(sizes) / MIB, 4)
 
 
 def _dir_bytes(path: Path) -> int:
@@ -433,7 +433,7 @@ class Run:
         self.row("hotswap", n, **_metrics(result), engine_rss_mb=round(max(rss0, rss1), 1),
                  engine_pss_mb=round(max(pss0, pss1), 1), cold_start_s=_med(cold), cold_start_max_s=_max(cold),
                  warm_request_s=_med(warm), engines=1,
-                 storage_mb_per_tenant=round(statistics.mean(self.art.adapter_mb(i) for i in range(n)), 4),
+                 storage_mb_per_tenant=self.art.storage_mb(n, merged=False),
                  engine_start_s=_round(hot.start_s))
 
     def calibrate(self, gw: Gateway) -> dict:
@@ -472,7 +472,7 @@ class Run:
         switches = after["switches"] - before["switches"]
         self.row("reload", n, **_metrics(result), engine_rss_mb=round(rss, 1), engine_pss_mb=round(pss, 1),
                  cold_start_s=_med(cold), cold_start_max_s=_max(cold), warm_request_s=_med(warm), engines=1,
-                 storage_mb_per_tenant=round(statistics.mean(self.art.merged_mb(i) for i in range(n)), 4),
+                 storage_mb_per_tenant=self.art.storage_mb(n, merged=True),
                  switches=switches, reload_s_mean=round((after["reload_s"] - before["reload_s"]) / switches, 4)
                  if switches else None, engine_start_s=_round(engine.start_s))
 
@@ -502,7 +502,7 @@ class Run:
         self.row("separate", n, **_metrics(result), engine_rss_mb=round(rss, 1), engine_pss_mb=round(pss, 1),
                  cold_start_s=_med(cold), cold_start_max_s=_max(cold), warm_request_s=_med(warm), engines=k,
                  tenants_served=k, variant=variant,
-                 storage_mb_per_tenant=round(statistics.mean(self.art.merged_mb(i) for i in range(n)), 4),
+                 storage_mb_per_tenant=self.art.storage_mb(n, merged=True),
                  engine_start_s=_med([e.start_s for e in engines]),
                  hotswap_rss_mb=self.hot_rss.get(n))
 
@@ -699,7 +699,7 @@ def _separate_rows(run: Run, ensure_separate, separate: list[Engine]) -> None:
         if need > budget:
             run.row("separate", n, fits=False, engine_rss_mb=round(need, 1), projected=True, engines=n,
                     tenants_served=None,
-                    storage_mb_per_tenant=round(statistics.mean(run.art.merged_mb(i) for i in range(n)), 4),
+                    storage_mb_per_tenant=run.art.storage_mb(n, merged=True),
                     note=f"{n} engines x {run.per_engine_mb:.0f} MiB = {need:.0f} MiB > budget {budget:.0f} MiB")
             continue
         new = ensure_separate(n)
