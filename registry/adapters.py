@@ -6,22 +6,16 @@ adapter-specific is the validation gate (with its probes), the health summary an
 
 from __future__ import annotations
 
-import json
-
 from pydantic import BaseModel
 
-from common.errors import InvalidAdapter
 from common.names import check_name
-from registry import layout
 from registry.base_spec import BaseModelSpec
 from registry.health import upload_health
-from registry.manifest import ADAPTER_FILES, Manifest, content_digest, file_entries, utc_now, version_of
+from registry.manifest import Manifest, file_entries, utc_now
 from registry.settings import RegistrySettings
 from registry.store import ObjectStore
 from registry.validation import AdapterValidator
-from registry.versioned import VersionedRegistry
-
-MAX_METADATA_BYTES = 64 * 1024
+from registry.versioned import VersionedRegistry, check_metadata
 
 
 class AdapterInfo(BaseModel):
@@ -74,35 +68,20 @@ class AdapterRegistry(VersionedRegistry[Manifest]):
         """
         check_name(tenant, "tenant")
         check_name(name, "adapter name")
-        metadata = _check_metadata(metadata)
+        metadata = check_metadata(metadata)
         adapter = self.validator.validate(files)
         entries = file_entries(files)
-        digest = content_digest(entries)
-        version = version_of(digest)
-        existing = self._published(tenant, name, version, digest)
-        if existing is not None:
-            return existing
-        for filename in ADAPTER_FILES:
-            self._put_file(layout.file_key(tenant, name, version, filename), files[filename])
-        manifest = Manifest(
-            tenant=tenant, name=name, version=version, sha256=digest, files=entries,
-            size_bytes=sum(e.size for e in entries.values()), rank=adapter.rank, alpha=adapter.alpha,
-            target_modules=adapter.target_modules,
-            base_model=self.base_spec.fingerprint if self.base_spec else None,
-            created_at=utc_now(), uploader=uploader, metadata=metadata, health=upload_health(files))
-        return self._put_manifest(manifest, digest)
+
+        def manifest(version: str, digest: str) -> Manifest:
+            return Manifest(
+                tenant=tenant, name=name, version=version, sha256=digest, files=entries,
+                size_bytes=sum(e.size for e in entries.values()), rank=adapter.rank, alpha=adapter.alpha,
+                target_modules=adapter.target_modules,
+                base_model=self.base_spec.fingerprint if self.base_spec else None,
+                created_at=utc_now(), uploader=uploader, metadata=metadata, health=upload_health(files))
+
+        return self._store_version(tenant, name, entries, files.__getitem__, manifest)
 
     list_adapters = VersionedRegistry.infos  # every adapter of a tenant with a version, by name
     get_adapter = VersionedRegistry.info  # one adapter's versions (newest first) and aliases
 
-
-def _check_metadata(metadata: dict | None, what: str = "metadata") -> dict:
-    if metadata is None:
-        return {}
-    try:
-        size = len(json.dumps(metadata))
-    except (TypeError, ValueError):
-        raise InvalidAdapter("metadata", f"{what} must be a JSON object of plain values") from None
-    if not isinstance(metadata, dict) or size > MAX_METADATA_BYTES:
-        raise InvalidAdapter("metadata", f"{what} must be a JSON object of at most {MAX_METADATA_BYTES} bytes")
-    return metadata

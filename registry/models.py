@@ -24,15 +24,14 @@ from pydantic import BaseModel, Field
 from common.errors import InvalidAdapter
 from common.names import check_name
 from registry import layout
-from registry.adapters import _check_metadata
 from registry.base_spec import BaseModelSpec
 from registry.cache import AdapterCache
-from registry.manifest import FileEntry, content_digest, utc_now, version_of
+from registry.manifest import FileEntry, utc_now
 from registry.safetensors_header import HeaderError, parse_header
 from registry.settings import RegistrySettings
 from registry.store import ObjectStore
 from registry.tensor_values import FLOAT_DTYPES, count_non_finite
-from registry.versioned import VersionedRegistry
+from registry.versioned import VersionedRegistry, check_metadata
 
 Source = Union[bytes, Path, BinaryIO]
 KINDS = ("full", "merged")
@@ -284,27 +283,25 @@ class ModelRegistry(VersionedRegistry[ModelManifest]):
         if kind not in KINDS:
             raise InvalidAdapter("kind", f"kind {kind!r}: use 'full' (a full fine-tune) or 'merged' (an adapter "
                                          "merged into its base)")
-        metadata, derived_from = _check_metadata(metadata), _check_metadata(derived_from, "derived_from")
+        metadata, derived_from = check_metadata(metadata), check_metadata(derived_from, "derived_from")
         entries, learned = self.validator.validate(files)
-        digest = content_digest(entries)
-        version = version_of(digest)
-        existing = self._published(tenant, name, version, digest)
-        if existing is not None:
-            return existing
-        for filename in sorted(files):
+        if self.base_spec is not None and _same_shape(learned["shape"], self.base_spec):
+            derived_from = {**derived_from, "served_base": self.base_spec.fingerprint.model_dump()}
+
+        def read(filename: str) -> bytes:
             data = read_source(files[filename])
             if hashlib.sha256(data).hexdigest() != entries[filename].sha256:  # the source changed under us
                 raise InvalidAdapter("files", f"{filename} changed while it was uploaded: upload it again")
-            self._put_file(layout.file_key(tenant, name, version, filename, self.ROOT), data)
-            del data
-        if self.base_spec is not None and _same_shape(learned["shape"], self.base_spec):
-            derived_from = {**derived_from, "served_base": self.base_spec.fingerprint.model_dump()}
-        manifest = ModelManifest(
-            tenant=tenant, name=name, version=version, sha256=digest, kind=kind, files=entries,
-            size_bytes=sum(e.size for e in entries.values()), parameter_count=learned["parameter_count"],
-            dtypes=learned["dtypes"], shape=learned["shape"], derived_from=derived_from, created_at=utc_now(),
-            uploader=uploader, metadata=metadata)
-        return self._put_manifest(manifest, digest)
+            return data
+
+        def manifest(version: str, digest: str) -> ModelManifest:
+            return ModelManifest(
+                tenant=tenant, name=name, version=version, sha256=digest, kind=kind, files=entries,
+                size_bytes=sum(e.size for e in entries.values()), parameter_count=learned["parameter_count"],
+                dtypes=learned["dtypes"], shape=learned["shape"], derived_from=derived_from, created_at=utc_now(),
+                uploader=uploader, metadata=metadata)
+
+        return self._store_version(tenant, name, entries, read, manifest)
 
     list_models = VersionedRegistry.infos  # every model of a tenant with a version, by name
     get_model = VersionedRegistry.info  # one model's versions (newest first) and aliases

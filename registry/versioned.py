@@ -11,19 +11,21 @@ own `publish`.
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+import json
+from typing import Callable, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from common.errors import Conflict, InvalidName, ModelNotFound, VersionInUse
+from common.errors import Conflict, InvalidAdapter, InvalidName, ModelNotFound, VersionInUse
 from common.names import NAME_RE, check_name
 from registry import layout
 from registry.aliases import list_aliases, read_alias, swap_alias
 from registry.errors import KeyMissing, PreconditionFailed
-from registry.manifest import is_version
+from registry.manifest import FileEntry, content_digest, is_version, version_of
 from registry.store import ObjectStore
 
 DEFAULT_ALIAS = "prod"
+MAX_METADATA_BYTES = 64 * 1024
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -157,6 +159,27 @@ class VersionedRegistry(Generic[M]):
             raise not_found  # a manifest copied to the wrong prefix never leaks across names or tenants
         return manifest
 
+    def _store_version(self, tenant: str, name: str, entries: dict[str, FileEntry], read: Callable[[str], bytes],
+                       make_manifest: Callable[[str, str], M]) -> M:
+        """Make validated files a version: files first (conditional creates), the manifest last; idempotent.
+
+        Args:
+            entries: `{filename: FileEntry}` of the validated files; they name the version.
+            read: the bytes of one file by name, asked for one file at a time.
+            make_manifest: `(version, digest) -> manifest`, called only when these bytes are new.
+
+        Returns:
+            The version's manifest; the existing one if these bytes were published before.
+        """
+        digest = content_digest(entries)
+        version = version_of(digest)
+        existing = self._published(tenant, name, version, digest)
+        if existing is not None:
+            return existing
+        for filename in sorted(entries):
+            self._put_file(layout.file_key(tenant, name, version, filename, self.ROOT), read(filename))
+        return self._put_manifest(make_manifest(version, digest), digest)
+
     def _published(self, tenant: str, name: str, version: str, digest: str) -> M | None:
         try:
             manifest = self._manifest(tenant, name, version)
@@ -215,3 +238,16 @@ class VersionedRegistry(Generic[M]):
         if version is None:
             raise KeyMissing(key)
         return version
+
+
+def check_metadata(metadata: dict | None, what: str = "metadata") -> dict:
+    """`metadata` (or {} for None) if it is a JSON object of at most 64 KiB; InvalidAdapter otherwise."""
+    if metadata is None:
+        return {}
+    try:
+        size = len(json.dumps(metadata))
+    except (TypeError, ValueError):
+        raise InvalidAdapter("metadata", f"{what} must be a JSON object of plain values") from None
+    if not isinstance(metadata, dict) or size > MAX_METADATA_BYTES:
+        raise InvalidAdapter("metadata", f"{what} must be a JSON object of at most {MAX_METADATA_BYTES} bytes")
+    return metadata
