@@ -662,24 +662,21 @@ def _run_modes(run: Run, engines: list[Engine], hot_engine_url: str | None) -> N
 
 
 def _start_proxy(run: Run, rel: Engine, max_n: int):
+    from common.errors import EngineUnavailable
+    from serving.engine import wait_engine_ready
+
     port = free_port()
     models = {f"m{i}": str(run.art.merged[i]) for i in range(max_n)}
     proc = spawn([sys.executable, "-m", "loadtest.reload_proxy", "--engine", rel.url, "--port", str(port),
                   "--models", json.dumps(models), "--current", "m0"], log=run.log_dir / "reload-proxy.log",
                  env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/stats", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.3)
-    stop_group(proc.pid)
-    raise BenchError(f"the reload proxy did not start; see {run.log_dir / 'reload-proxy.log'}")
+    try:
+        wait_engine_ready(url, 60, proc)  # the proxy answers /v1/models like an engine
+    except EngineUnavailable as e:
+        stop_group(proc.pid)
+        raise BenchError(f"the reload proxy did not start ({e}); see {run.log_dir / 'reload-proxy.log'}") from None
+    return proc, url
 
 
 def _separate_rows(run: Run, ensure_separate, separate: list[Engine]) -> None:
