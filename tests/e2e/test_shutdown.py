@@ -6,14 +6,14 @@ import json
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 
 import httpx
 import pytest
 
-from common.procs import free_port, stop_group
+from common.procs import free_port, spawn, stop_group
+from loraplex.stack import _wait_ready
 from registry.settings import RegistrySettings
 from registry.store import ObjectStore
 from training.demo import demo_prompt
@@ -32,20 +32,13 @@ def gateway_process(engine, seaweed, demo, tmp_path):
            "LORAPLEX_ADMIN_KEY": admin, "LORAPLEX_GATEWAY_PORT": str(port),
            "LORAPLEX_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S)}
     log = tmp_path / "gateway.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "serving"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    proc = spawn([sys.executable, "-m", "serving"], log=log, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        assert proc.poll() is None, f"the gateway exited:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"the gateway did not come up:\n{log.read_text()[-3000:]}"
-        try:
-            if httpx.get(f"{url}/ready", timeout=10).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
+    try:
+        _wait_ready(url, 90, {"gateway": proc})
+    except (RuntimeError, TimeoutError) as e:
+        stop_group(proc.pid, 5)
+        pytest.fail(f"{e}:\n{log.read_text()[-3000:]}")
     key = httpx.post(f"{url}/admin/tenants", json={"name": "drainer"}, timeout=30,
                      headers={"Authorization": f"Bearer {admin}"}).json()["api_key"]
     yield proc, url, key, log
