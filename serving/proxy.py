@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from common.errors import EngineUnavailable
+from registry.manifest import Manifest
 from registry.tenants import Tenant
 from serving import metrics
 from serving.admission import Quotas
@@ -91,18 +92,24 @@ def _with_usage(body: dict) -> tuple[dict, bool]:
     return {**body, "stream_options": {**opts, "include_usage": True}}, False
 
 
-async def forward(gw: Gateway, tenant: Tenant, body: dict, path: str) -> Response:
+async def admit(gw: Gateway, tenant: Tenant, body: dict, resolve: bool = True) -> tuple[Ticket, Manifest | None]:
+    """Quota (429), resolution (404), fair admission: the request's Ticket and its adapter's manifest (None
+    for the base model, or when `resolve` is False: a model the tenant's own engine serves)."""
     arrived = time.monotonic()
     est = estimate_tokens(body)
     base = gw.settings.base_name
     gw.admission.check_quota(tenant.name, Quotas.of(tenant.quotas), est,
                              metrics.LABELS.known(tenant.name, body["model"], base))
-    dedicated = gw.dedicated_engine(tenant.name, body["model"])
     is_base = body["model"] == base
-    manifest = None if is_base or dedicated else await gw.resolve(tenant.name, body["model"])  # 404s first
+    manifest = None if is_base or not resolve else await gw.resolve(tenant.name, body["model"])  # 404s first
     label = metrics.BASE if is_base else metrics.LABELS.admit(tenant.name, manifest.name if manifest else body["model"])
     await gw.admission.acquire(tenant.name, est, label)
-    ticket = Ticket(gw, tenant.name, body["model"], est, label, arrived)
+    return Ticket(gw, tenant.name, body["model"], est, label, arrived), manifest
+
+
+async def forward(gw: Gateway, tenant: Tenant, body: dict, path: str) -> Response:
+    dedicated = gw.dedicated_engine(tenant.name, body["model"])
+    ticket, manifest = await admit(gw, tenant, body, resolve=dedicated is None)
     stream = bool(body.get("stream"))
     if stream:
         body, ticket.client_usage = _with_usage(body)

@@ -26,10 +26,9 @@ from common.errors import EngineUnavailable, LoraplexError
 from registry.settings import RegistrySettings
 from registry.tenants import Tenant
 from serving import metrics
-from serving.admission import Quotas
 from serving.app import create_app
-from serving.protocol import estimate_tokens, rewrite_model, sse_error
-from serving.proxy import Ticket, _engine_error, _with_usage
+from serving.protocol import rewrite_model, sse_error
+from serving.proxy import Ticket, _engine_error, _with_usage, admit
 from serving.ray_engine import EngineDown
 from serving.ray_settings import RaySettings
 from serving.residency import engine_lora_name
@@ -100,19 +99,9 @@ def _as_loraplex(exc: BaseException) -> LoraplexError:
 
 
 async def forward_ray(gw: RayGateway, tenant: Tenant, body: dict, path: str) -> Response:
-    """serving/proxy.py's `forward` with Ray as the transport: the same quota, admission, Ticket (token
-    charge, metrics) and SSE relay; the engine call goes through the handle, with the adapter as the
-    multiplexed model id."""
-    arrived = time.monotonic()
-    est = estimate_tokens(body)
-    base = gw.settings.base_name
-    gw.admission.check_quota(tenant.name, Quotas.of(tenant.quotas), est,
-                             metrics.LABELS.known(tenant.name, body["model"], base))
-    is_base = body["model"] == base
-    manifest = None if is_base else await gw.resolve(tenant.name, body["model"])  # 404s first
-    label = metrics.BASE if is_base else metrics.LABELS.admit(tenant.name, manifest.name)
-    await gw.admission.acquire(tenant.name, est, label)
-    ticket = Ticket(gw, tenant.name, body["model"], est, label, arrived)
+    """serving/proxy.py's `forward` with Ray as the transport: the same admission, Ticket (token charge,
+    metrics) and SSE relay; the engine call goes through the handle, the adapter as multiplexed model id."""
+    ticket, manifest = await admit(gw, tenant, body)
     lora = engine_lora_name(tenant.name, manifest.name, manifest.version) if manifest else None
     stream = bool(body.get("stream"))
     if stream:
