@@ -22,14 +22,19 @@ class FileEntry(BaseModel):
     size: int
 
 
-class BaseFingerprint(BaseModel):
-    """Which base model an adapter was validated against."""
+class ModelShape(BaseModel):
+    """What a model is, from its config.json."""
 
     model_type: str | None = None
     architecture: str | None = None
     hidden_size: int | None = None
     num_layers: int | None = None
     vocab_size: int | None = None
+
+
+class BaseFingerprint(ModelShape):
+    """Which base model an adapter was validated against: its shape and a digest of its weights."""
+
     weights_sha256: str = Field(description="SHA-256 over the base's safetensors headers and sampled bytes.")
 
 

@@ -14,7 +14,6 @@ upload), one at a time: the gateway holds at most one file in memory.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import BinaryIO, Literal, Union
@@ -26,11 +25,12 @@ from common.names import check_name
 from registry import layout
 from registry.base_spec import BaseModelSpec
 from registry.cache import AdapterCache
-from registry.manifest import FileEntry, utc_now
+from registry.manifest import FileEntry, ModelShape, utc_now
 from registry.safetensors_header import HeaderError, parse_header
 from registry.settings import RegistrySettings
 from registry.store import ObjectStore
 from registry.tensor_values import FLOAT_DTYPES, count_non_finite
+from registry.validation import json_object
 from registry.versioned import VersionedRegistry, check_metadata
 
 Source = Union[bytes, Path, BinaryIO]
@@ -47,16 +47,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5", ".m
 MAX_SMALL_FILE = 32 * 1024**2  # tokenizer.json of a 250k vocabulary is ~20 MB
 MAX_FILES = 64
 SAVE_FIX = "save it with model.save_pretrained(dir, safe_serialization=True) and tokenizer.save_pretrained(dir)"
-
-
-class ModelShape(BaseModel):
-    """What a model is, from its config.json."""
-
-    model_type: str | None = None
-    architecture: str | None = None
-    hidden_size: int | None = None
-    num_layers: int | None = None
-    vocab_size: int | None = None
 
 
 class ModelManifest(BaseModel):
@@ -183,7 +173,7 @@ class ModelValidator:
                     dtypes[dtype] = dtypes.get(dtype, 0) + n
                 shapes[name] = names_in
             elif name.endswith(".json"):
-                doc = _json(name, data)
+                doc = json_object(name, data, SAVE_FIX)
                 config = doc if name == CONFIG else config
                 index = doc if name == INDEX else index
             del data
@@ -191,16 +181,6 @@ class ModelValidator:
         if index is not None:
             _check_index(index, shapes)
         return entries, {"parameter_count": params, "dtypes": dtypes, "shape": shape}
-
-
-def _json(name: str, data: bytes) -> dict:
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise InvalidAdapter("config-json", f"{name} is not valid JSON ({exc}): {SAVE_FIX}") from None
-    if not isinstance(doc, dict):
-        raise InvalidAdapter("config-json", f"{name} must be a JSON object: {SAVE_FIX}")
-    return doc
 
 
 def _check_weights(name: str, data: bytes) -> tuple[int, dict[str, int], set[str]]:

@@ -109,12 +109,7 @@ class AdapterValidator:
             raise InvalidAdapter("size", f"{CONFIG} is {len(files[CONFIG])} bytes, over {MAX_CONFIG_BYTES}: {SAVE_FIX}")
 
     def _check_config(self, raw: bytes) -> tuple[dict, int, float, list[str]]:
-        try:
-            config = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise InvalidAdapter("config-json", f"{CONFIG} is not valid JSON ({exc}): {SAVE_FIX}") from None
-        if not isinstance(config, dict):
-            raise InvalidAdapter("config-json", f"{CONFIG} must be a JSON object: {SAVE_FIX}")
+        config = json_object(CONFIG, raw, SAVE_FIX)
         if config.get("peft_type") != "LORA":
             raise InvalidAdapter("peft-type", f"peft_type is {config.get('peft_type')!r}; only LoRA adapters "
                                               "(peft_type \"LORA\") are served: train with peft.LoraConfig")
@@ -160,6 +155,17 @@ class AdapterValidator:
             raise InvalidAdapter("shape", f"module {module.name!r}: the adapter is for in={a[1]}, out={b[0]} but "
                                           f"the base has in={in_features}, out={out_features}: retrain against "
                                           "the served base model")
+
+
+def json_object(name: str, raw: bytes, fix: str) -> dict:
+    """`raw` parsed as a JSON object, or InvalidAdapter("config-json") naming the file `name` and the `fix`."""
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidAdapter("config-json", f"{name} is not valid JSON ({exc}): {fix}") from None
+    if not isinstance(doc, dict):
+        raise InvalidAdapter("config-json", f"{name} must be a JSON object: {fix}")
+    return doc
 
 
 def _check_unsupported(config: dict) -> None:
