@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -72,9 +71,7 @@ def serve_ray(
                  if v is not None}
     settings = RaySettings(**overrides)
     if settings.address is None:
-        for key, value in overrides.items():  # run_local reads its settings from the environment
-            os.environ[f"LORAPLEX_RAY_{key.upper()}"] = str(value)
-        ray_app.run_local()
+        ray_app.run_local(ray_settings=settings)
         return
     url = ray_app.deploy(settings)
     console.print(f"[green]deployed[/] {settings.app_name!r} to {settings.address}: gateway at {url} "

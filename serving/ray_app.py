@@ -93,12 +93,12 @@ def replica_infos(ray_settings: RaySettings | None = None, tries: int = 40) -> d
     return seen
 
 
-def run_local(info_file: Path | None = None) -> None:
+def run_local(info_file: Path | None = None, ray_settings: RaySettings | None = None) -> None:
     """Start a local cluster, deploy, then wait for SIGTERM/SIGINT and shut everything down."""
     from serving import logs
 
     logs.configure()
-    ray_settings = RaySettings()
+    ray_settings = ray_settings or RaySettings()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
