@@ -49,7 +49,7 @@ async def read_upload(request: Request, limit: int) -> tuple[dict[str, bytes], d
             if field != "metadata":
                 raise InvalidRequest(f"unexpected form field {field!r}: send only the two files and an optional "
                                      "'metadata' field (a JSON object)", param=field)
-            metadata = _parse_metadata(value)
+            metadata = json_field("metadata", value)
             continue
         fname = value.filename or ""
         if fname in files:
@@ -61,13 +61,14 @@ async def read_upload(request: Request, limit: int) -> tuple[dict[str, bytes], d
     return files, metadata
 
 
-def _parse_metadata(raw: str) -> dict:
+def json_field(name: str, raw: str) -> dict:
+    """A JSON-object form field (`metadata`, `derived_from`); InvalidAdapter("metadata") otherwise."""
     try:
         value = json.loads(raw)
     except ValueError as e:
-        raise InvalidAdapter("metadata", f"the 'metadata' field is not valid JSON ({e}): send a JSON object") from e
+        raise InvalidAdapter("metadata", f"the '{name}' field is not valid JSON ({e}): send a JSON object") from e
     if not isinstance(value, dict):
-        raise InvalidAdapter("metadata", "the 'metadata' field must be a JSON object")
+        raise InvalidAdapter("metadata", f"the '{name}' field must be a JSON object")
     return value
 
 

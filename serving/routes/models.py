@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
@@ -20,6 +19,7 @@ from common.errors import IntegrityError, InvalidAdapter, InvalidRequest
 from common.names import check_name
 from registry.models import MAX_FILES, ModelRegistry
 from serving.deps import GatewayDep, TenantDep
+from serving.routes.adapters import json_field
 
 router = APIRouter(prefix="/v1/artifacts/models")
 
@@ -40,16 +40,6 @@ def public_model_version(m) -> dict:
 
 def public_model(info) -> dict:
     return {"name": info.name, "aliases": info.aliases, "versions": [public_model_version(v) for v in info.versions]}
-
-
-def _json_field(name: str, raw: str) -> dict:
-    try:
-        value = json.loads(raw)
-    except ValueError as e:
-        raise InvalidAdapter("metadata", f"the '{name}' field is not valid JSON ({e}): send a JSON object") from e
-    if not isinstance(value, dict):
-        raise InvalidAdapter("metadata", f"the '{name}' field must be a JSON object")
-    return value
 
 
 @router.post("/{name}/versions", status_code=201)
@@ -83,8 +73,8 @@ async def upload_model_version(name: str, request: Request, tenant: TenantDep, g
             raise InvalidAdapter("kind", "no 'kind' field: send kind=full (a full fine-tune) or kind=merged")
         manifest = await asyncio.to_thread(
             models.publish, tenant.name, name, files, kind=fields["kind"], uploader=tenant.name,
-            metadata=_json_field("metadata", fields["metadata"]) if "metadata" in fields else None,
-            derived_from=_json_field("derived_from", fields["derived_from"]) if "derived_from" in fields else None)
+            metadata=json_field("metadata", fields["metadata"]) if "metadata" in fields else None,
+            derived_from=json_field("derived_from", fields["derived_from"]) if "derived_from" in fields else None)
     finally:
         await form.close()
     return public_model_version(manifest)
@@ -105,14 +95,20 @@ async def get_model(name: str, tenant: TenantDep, gw: GatewayDep) -> dict:
 async def download_file(name: str, ref: str, filename: str, tenant: TenantDep, gw: GatewayDep) -> Response:
     """One file of a version (`ref`: a version or an alias), checked against the manifest's SHA-256 here;
     `x-sha256` carries that digest so the client checks it again after the transfer."""
-    models = registry_of(gw)
-    manifest = await asyncio.to_thread(models.resolve, tenant.name, f"{name}@{ref}")
-    data = await asyncio.to_thread(models.open_file, manifest, filename)
+    manifest, data = await asyncio.to_thread(_verified_file, registry_of(gw), tenant.name, f"{name}@{ref}", filename)
+    return Response(content=data, media_type="application/octet-stream",
+                    headers={"x-sha256": manifest.files[filename].sha256, "x-version": manifest.version})
+
+
+def _verified_file(models: ModelRegistry, tenant: str, ref: str, filename: str):
+    """The version `ref` names and one file's stored bytes, checked against its manifest (in a worker thread:
+    hashing a multi-GB shard must not stall the event loop)."""
+    manifest = models.resolve(tenant, ref)
+    data = models.open_file(manifest, filename)
     if hashlib.sha256(data).hexdigest() != manifest.files[filename].sha256:
         raise IntegrityError(f"{manifest.ref}/{filename}: the stored bytes do not match the manifest's SHA-256; "
                              "not served: check the object store")
-    return Response(content=data, media_type="application/octet-stream",
-                    headers={"x-sha256": manifest.files[filename].sha256, "x-version": manifest.version})
+    return manifest, data
 
 
 class AliasMove(BaseModel):
