@@ -13,8 +13,8 @@ from rich.table import Table
 from loraplex import stack
 from loraplex.cli_bench import bench_app
 from loraplex.cli_train import compose_command, train_app
-from loraplex.cli_model import model_app
-from loraplex.client import ADAPTER_FILES, ApiError, GatewayClient
+from loraplex.cli_model import api_call as _api, model_app
+from loraplex.client import ADAPTER_FILES, GatewayClient
 from loraplex.progress import byte_progress, files_bytes
 
 app = typer.Typer(help="loraplex: multi-tenant LoRA serving.", no_args_is_help=True)
@@ -27,15 +27,6 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(model_app, name="model")
 adapter_app.command("compose")(compose_command)
 console = Console()
-
-
-def _api(fn):
-    """Show API errors as one clear line and a non-zero exit instead of a traceback."""
-    try:
-        return fn()
-    except ApiError as e:
-        console.print(f"[red]error[/]: {e}")
-        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -155,8 +146,7 @@ def adapter_push(directory: Path, name: str = typer.Option(..., "--name"),
     if out.get("health"):
         console.print(_health_line(out["health"]))
     if alias:
-        current = _api(lambda: client.call("GET", f"/v1/adapters/{name}"))["aliases"].get(alias)
-        _api(lambda: client.promote(name, alias, out["version"], current))
+        _api(lambda: client.move_alias(name, alias, out["version"]))
         console.print(f"{name}@{alias} → {out['version']}")
 
 
@@ -228,9 +218,8 @@ def adapter_promote(name: str, alias: str, version: str,
                     tenant: Optional[str] = typer.Option(None)) -> None:
     """Point NAME@ALIAS at VERSION; fails with 409 if the alias moved since `--expected`."""
     client = GatewayClient.from_env(tenant=tenant)
-    if expected is None:
-        expected = _api(lambda: client.call("GET", f"/v1/adapters/{name}"))["aliases"].get(alias)
-    _api(lambda: client.promote(name, alias, version, expected))
+    _api(lambda: client.move_alias(name, alias, version) if expected is None
+         else client.promote(name, alias, version, expected))
     console.print(f"{name}@{alias} → {version}")
 
 

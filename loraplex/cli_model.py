@@ -32,7 +32,7 @@ def push_model(directory: Path, name: str, kind: str, *, tenant: Optional[str] =
                derived_from: dict | None = None, metadata: dict | None = None) -> dict:
     """Upload a model directory with a progress bar, optionally point NAME@ALIAS at it; exit 1 on refusal."""
     from common.errors import InvalidAdapter
-    from loraplex.client import ApiError, GatewayClient
+    from loraplex.client import MODELS_API, ApiError, GatewayClient
     from loraplex.progress import byte_progress, files_bytes
     from registry.models import model_files
 
@@ -43,9 +43,7 @@ def push_model(directory: Path, name: str, kind: str, *, tenant: Optional[str] =
             out = client.push_model(directory, name, kind, derived_from=derived_from, metadata=metadata,
                                     progress=advance)
         if alias:
-            current = client.call("GET", f"/v1/artifacts/models/{name}")["aliases"].get(alias)
-            client.call("PUT", f"/v1/artifacts/models/{name}/aliases/{alias}",
-                        json={"version": out["version"], "expected_version": current})
+            client.move_alias(name, alias, out["version"], api=MODELS_API)
     except (ApiError, InvalidAdapter) as exc:
         console.print(f"[red]error[/]: model push failed: {escape(str(exc))}")
         raise typer.Exit(1) from None
@@ -61,7 +59,11 @@ def _client(tenant: Optional[str]):
     return GatewayClient.from_env(tenant=tenant)
 
 
-def _api(fn):
+def api_call(fn):
+    """Show an API error as one red line on stderr and exit 1 instead of a traceback (loraplex/cli.py uses it too).
+
+    Escaped: the gateway's messages hold `[rule]` tags that rich would otherwise take for markup and drop.
+    """
     from loraplex.client import ApiError
 
     try:
@@ -94,7 +96,7 @@ def model_push(
 @model_app.command("ls")
 def model_ls(tenant: Optional[str] = typer.Option(None), as_json: bool = typer.Option(False, "--json")) -> None:
     """The caller's models, one row per version."""
-    out = _api(lambda: _client(tenant).call("GET", "/v1/artifacts/models"))
+    out = api_call(lambda: _client(tenant).call("GET", "/v1/artifacts/models"))
     if as_json:
         print(json.dumps(out, indent=2))
         return
@@ -115,13 +117,13 @@ def model_pull(name: str, ref: str = typer.Argument("prod", help="version or ali
     from loraplex.progress import byte_progress
 
     client = _client(tenant)
-    info = _api(lambda: client.call("GET", f"/v1/artifacts/models/{name}"))
+    info = api_call(lambda: client.call("GET", f"/v1/artifacts/models/{name}"))
     if ref == "prod" and "prod" not in info["aliases"]:
         ref = info["versions"][0]["version"]
     version = info["aliases"].get(ref, ref)
     total = sum(f["size"] for v in info["versions"] if v["version"] == version for f in v["files"].values())
     with byte_progress(f"downloading {name}@{ref}", total, console) as advance:
-        manifest = _api(lambda: client.pull_model(name, ref, out, progress=advance))
+        manifest = api_call(lambda: client.pull_model(name, ref, out, progress=advance))
     console.print(f"{name}@{manifest['version']} ({manifest['kind']}) → {out}: {len(manifest['files'])} files verified")
 
 
@@ -130,16 +132,16 @@ def model_promote(name: str, alias: str, version: str,
                   expected: Optional[str] = typer.Option(None, help="version the alias must hold now (CAS)"),
                   tenant: Optional[str] = typer.Option(None)) -> None:
     """Point NAME@ALIAS at VERSION; fails with 409 if the alias moved since `--expected`."""
+    from loraplex.client import MODELS_API
+
     client = _client(tenant)
-    if expected is None:
-        expected = _api(lambda: client.call("GET", f"/v1/artifacts/models/{name}"))["aliases"].get(alias)
-    _api(lambda: client.call("PUT", f"/v1/artifacts/models/{name}/aliases/{alias}",
-                             json={"version": version, "expected_version": expected}))
+    api_call(lambda: client.move_alias(name, alias, version, api=MODELS_API) if expected is None
+             else client.promote(name, alias, version, expected, api=MODELS_API))
     console.print(f"{name}@{alias} → {version}")
 
 
 @model_app.command("rm")
 def model_rm(name: str, version: str, tenant: Optional[str] = typer.Option(None)) -> None:
     """Delete a model version (409 while an alias points at it)."""
-    _api(lambda: _client(tenant).call("DELETE", f"/v1/artifacts/models/{name}/versions/{version}"))
+    api_call(lambda: _client(tenant).call("DELETE", f"/v1/artifacts/models/{name}/versions/{version}"))
     console.print(f"deleted model {name} version {version}")

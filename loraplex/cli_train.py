@@ -63,8 +63,7 @@ def _push(directory: Path, name: str, tenant: Optional[str], alias: Optional[str
     try:
         out = client.push(directory, name, metadata=metadata)
         if alias:
-            current = client.call("GET", f"/v1/adapters/{name}")["aliases"].get(alias)
-            client.promote(name, alias, out["version"], current)
+            client.move_alias(name, alias, out["version"])
     except ApiError as exc:
         _fail(f"push failed: {exc}", code=1)
     console.print(f"pushed {name} version [bold]{out['version']}[/]" + (f" ({name}@{alias})" if alias else ""))

@@ -14,6 +14,7 @@ import httpx
 from loraplex.settings import StackSettings
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTERS_API, MODELS_API = "/v1/adapters", "/v1/artifacts/models"
 Progress = Optional[Callable[[int], None]]  # called with the bytes just sent
 
 
@@ -152,9 +153,18 @@ class GatewayClient:
                 parts.append(("files", (file.name, handle, "application/octet-stream")))
             return self.call("POST", path, files=parts, data=data)
 
-    def promote(self, name: str, alias: str, version: str, expected: str | None) -> dict:
-        return self.call("PUT", f"/v1/adapters/{name}/aliases/{alias}",
-                         json={"version": version, "expected_version": expected})
+    def promote(self, name: str, alias: str, version: str, expected: str | None, *, api: str = ADAPTERS_API) -> dict:
+        """Point NAME@ALIAS at `version` if it points at `expected` now (None: it must not exist); 409 if it moved.
+
+        Args:
+            api: `ADAPTERS_API`, or `MODELS_API` for a full/merged model.
+        """
+        return self.call("PUT", f"{api}/{name}/aliases/{alias}", json={"version": version, "expected_version": expected})
+
+    def move_alias(self, name: str, alias: str, version: str, *, api: str = ADAPTERS_API) -> dict:
+        """Point NAME@ALIAS at `version` from wherever it points now (read it, then compare-and-swap)."""
+        current = self.call("GET", f"{api}/{name}")["aliases"].get(alias)
+        return self.promote(name, alias, version, current, api=api)
 
     def complete(self, model: str, prompt: str, max_tokens: int = 16) -> str:
         out = self.call("POST", "/v1/completions", json={"model": model, "prompt": prompt,

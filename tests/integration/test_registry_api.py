@@ -47,7 +47,7 @@ def cli(args: list[str], env: dict):
     return result
 
 
-def test_a_silent_no_op_upload_is_422_naming_the_probe(gateway, demo, tmp_path):
+def test_a_silent_no_op_upload_is_422_naming_the_probe(gateway, demo, cli_env, tmp_path):
     d = demo.adapter_dirs["shout"]
     tensors = {k: v * 1e-9 if ".lora_B." in k else v for k, v in load((d / FILES[1]).read_bytes()).items()}
     files = [("files", (FILES[0], (d / FILES[0]).read_bytes())), ("files", (FILES[1], save(tensors)))]
@@ -56,6 +56,13 @@ def test_a_silent_no_op_upload_is_422_naming_the_probe(gateway, demo, tmp_path):
         assert r.status_code == 422, r.text
         assert r.json()["error"]["code"] == "invalid_adapter" and "[no-op-probe]" in r.json()["error"]["message"]
         assert c.get("/v1/adapters/quiet").status_code == 404  # nothing published
+    # The CLI shows the rule too (the message's [brackets] are not taken for rich markup).
+    for _, (filename, data) in files:
+        (tmp_path / filename).write_bytes(data)
+    from loraplex.cli import app
+
+    result = CliRunner().invoke(app, ["adapter", "push", str(tmp_path), "--name", "quiet"], env=cli_env)
+    assert result.exit_code == 1 and "[no-op-probe]" in result.output, result.output
 
 
 def test_adapter_push_streams_with_progress_and_stores_health(gateway, demo, cli_env):
