@@ -72,8 +72,18 @@ class _LoadedBase:
         log.info("no-op probe: loaded base %s in %.1fs", base_dir, time.monotonic() - started)
 
 
-@lru_cache(maxsize=2)
+_LOAD_LOCK = threading.Lock()
+
+
 def _load(base_dir: str) -> _LoadedBase:
+    """The loaded base, built once per process: the start-up warm thread and an early upload wait for the same
+    load instead of holding two fp32 copies of the base (lru_cache alone would let both build one)."""
+    with _LOAD_LOCK:
+        return _load_once(base_dir)
+
+
+@lru_cache(maxsize=2)
+def _load_once(base_dir: str) -> _LoadedBase:
     return _LoadedBase(base_dir)
 
 
