@@ -61,7 +61,6 @@ LATENCY = Histogram("loraplex_request_seconds", "Inference latency from arrival 
 TTFT = Histogram("loraplex_time_to_first_token_seconds",
                  "Streaming requests: arrival to the first generated text relayed (queueing and adapter load included).",
                  ["tenant", "adapter"], buckets=_TTFT_BUCKETS)
-# `result` first: the series of one result share a prefix (tests/e2e/test_stack.py sums by prefix).
 ADAPTER_CACHE = Counter("loraplex_adapter_residency_total",
                         "Engine residency lookups: hit (already loaded) or miss (this request loads it).",
                         ["result", "tenant", "adapter"])

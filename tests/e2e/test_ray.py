@@ -20,6 +20,7 @@ from common.procs import free_port, pid_alive
 from registry.settings import RegistrySettings
 from registry.store import ObjectStore
 from tests.e2e.helpers import Stack, upload
+from tests.e2e.test_metrics import scrape
 from training.demo import DEMO_TENANTS, DEMO_WORDS, demo_prompt
 from training.tasks import answer
 
@@ -127,6 +128,12 @@ def test_ready_and_each_tenant_gets_its_adapter(ray_stack):
         other = list(ray_stack.tenants.values())[1]["adapters"][0]
         r = _post(c, key, other, "hello")
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+        # the ingress records the gateway's token series and streams' TTFT from the engines' usage
+        tenant, t = next(iter(ray_stack.tenants.items()))
+        labels = frozenset({"tenant": tenant, "adapter": t["adapters"][0]}.items())
+        series = scrape(ray_stack.url)
+        assert series[("loraplex_completion_tokens_total", labels)] > 0
+        assert series[("loraplex_time_to_first_token_seconds_count", labels)] >= 1
 
 
 def test_mixed_concurrent_traffic_equals_solo_across_replicas(ray_stack):

@@ -14,6 +14,7 @@ import pytest
 
 from common.procs import free_port, pid_alive, port_open
 from registry.seaweed import free_port_pair
+from tests.e2e.test_metrics import delta, scrape
 from training.demo import DEMO_TENANTS, DEMO_WORDS
 from training.tasks import answer
 
@@ -85,13 +86,9 @@ def _engine_crash_and_recovery(var, info):
             assert time.monotonic() < deadline, "the engine did not come back"
             time.sleep(2)
         assert int((var / "run" / "engine.pid").read_text()) != engine_pid
-        misses = _metric(c.get("/metrics").text, 'loraplex_adapter_residency_total{result="miss",')
+        before = scrape(url)
         r = c.post("/v1/completions", json={"model": spec["adapter"], "prompt": "word: hello\nanswer:",
                                             "max_tokens": 16, "temperature": 0})
         assert r.status_code == 200 and r.json()["choices"][0]["text"].strip() == answer(spec["task"], "hello")
         # the supervisor loaded the hot adapter back: this request found it resident
-        assert _metric(c.get("/metrics").text, 'loraplex_adapter_residency_total{result="miss",') == misses
-
-
-def _metric(text: str, series: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series))
+        assert delta(before, scrape(url), "loraplex_adapter_residency_total", result="miss") == 0
