@@ -54,14 +54,18 @@ async def _one(client: httpx.AsyncClient, load: TenantLoad, prompt: str, t0: flo
 
 
 async def drive(url: str, loads: list[TenantLoad], duration_s: float, seed: int = 0) -> list[Sample]:
-    """Send every tenant's Poisson arrivals for `duration_s`, then wait for the answers (bounded)."""
-    rng = random.Random(seed)
+    """Send every tenant's Poisson arrivals for `duration_s`, then wait for the answers (bounded).
+
+    Each tenant draws its arrivals from its own generator seeded by (seed, tenant): with the same seed a
+    tenant sends at the same moments whatever the others do, so conditions compare request by request.
+    """
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(300, connect=10), limits=limits) as client:
         t0 = time.monotonic()
         tasks: list[asyncio.Task] = []
 
         async def arrivals(load: TenantLoad) -> None:
+            rng = random.Random(f"{seed}:{load.tenant}")
             i, t = 0, rng.expovariate(load.rate)
             while t < duration_s:
                 await asyncio.sleep(max(0.0, t0 + t - time.monotonic()))

@@ -100,11 +100,21 @@ def demo() -> None:
 def bench_fairness(out: Path = typer.Option(Path("var/bench"), "--out"),
                    duration: float = typer.Option(30.0, help="seconds of traffic per phase"),
                    flood_factor: float = typer.Option(10.0, help="the flooding tenant's rate / its share"),
-                   inflight: int = typer.Option(4, help="the gateway's max in-flight requests")) -> None:
-    """One tenant floods at 10x its share: the other tenants' p99, FIFO vs fair (VTC) admission."""
-    from loraplex.bench_fairness import run_fairness
+                   inflight: int = typer.Option(4, help="the gateway's max in-flight requests"),
+                   modes: str = typer.Option("fifo,fair-nocap,fair", help="admission modes to compare: "
+                                             "fifo, fair-nocap (VTC + headroom), fair (+ share cap)"),
+                   share_cap: float = typer.Option(1.0, help="the `fair` mode's LORAPLEX_FAIR_SHARE_CAP"),
+                   slices: int = typer.Option(3, help="each condition's traffic is cut into this many "
+                                              "round-robin slices")) -> None:
+    """One tenant floods at 10x its share: the other tenants' p99 by admission mode (FIFO vs fair/VTC)."""
+    from loraplex.bench_fairness import MODES, run_fairness
 
-    run_fairness(out, duration_s=duration, flood_factor=flood_factor, inflight=inflight)
+    chosen = tuple(m.strip() for m in modes.split(",") if m.strip())
+    unknown = [m for m in chosen if m not in MODES]
+    if unknown or not chosen:
+        raise typer.BadParameter(f"unknown mode(s) {unknown}: choose from {', '.join(MODES)}", param_hint="--modes")
+    run_fairness(out, duration_s=duration, flood_factor=flood_factor, inflight=inflight, modes=chosen,
+                 share_cap=share_cap, slices=slices)
 
 
 @tenant_app.command("create")

@@ -12,6 +12,12 @@ the last `active_window_s` seconds and has none waiting now keeps one free slot 
 A tenant with nothing running may always take a free slot; one that already has a request running
 gets another only if a free slot still stays for each such other tenant (at most half the window is
 held back). A tenant alone, or while the others are quiet, may use the whole window.
+
+Headroom alone still lets a flooder fill the rest of the window, and on an engine whose step time
+grows with its batch (a CPU engine) that slows every request in it, the others' included. So fair mode
+can also cap shares: while n tenants are recently active, a tenant that already has a request running
+gets another only below `share_cap * max_inflight / n` slots (at least 1). 1.0 is the equal share of
+the window; larger lets a busy tenant borrow idle shares; 0 turns the cap off (fully work-conserving).
 """
 
 from __future__ import annotations
@@ -74,13 +80,17 @@ class Admission:
         fair: VTC order and per-tenant headroom; False: plain first-come first-served (the baseline
             the fairness benchmark compares against).
         active_window_s: how long after its last request a tenant still counts as active (keeps its reserve).
+        share_cap: fair mode, while several tenants are active: a tenant's slots are capped at this
+            multiple of its equal share of the window (0: no cap).
     """
 
-    def __init__(self, max_inflight: int, max_queue: int, fair: bool = True, active_window_s: float = 5.0):
+    def __init__(self, max_inflight: int, max_queue: int, fair: bool = True, active_window_s: float = 5.0,
+                 share_cap: float = 0.0):
         self.max_inflight = max_inflight
         self.max_queue = max_queue
         self.fair = fair
         self.active_window_s = active_window_s
+        self.share_cap = share_cap
         self._arrivals = itertools.count()
         self.inflight = 0
         self.running: dict[str, int] = defaultdict(int)  # tenant -> requests holding a slot
@@ -212,11 +222,21 @@ class Admission:
             del self._last_seen[t]  # keeps the set as small as the tenants really active
         return {t for t in self._last_seen if t not in self._waiting}
 
+    def share_limit(self) -> int:
+        """Slots one tenant may hold while others are active (`share_cap` x its equal share, at least 1)."""
+        recent = len(self._last_seen)  # every tenant that waits or runs was seen within the window
+        if not self.fair or not self.share_cap or recent < 2:
+            return self.max_inflight
+        return max(1, round(self.share_cap * self.max_inflight / recent))
+
     def _eligible(self, tenant: str, light: set[str]) -> bool:
         """May `tenant` take one more slot now? Always in FIFO mode. In fair mode: if it has nothing
-        running, or if a free slot still stays for each other recent tenant with nothing queued."""
+        running; or if it is below its share cap and a free slot still stays for each other recent
+        tenant with nothing queued."""
         if not self.fair or not self.running[tenant]:
             return True
+        if self.running[tenant] >= self.share_limit():
+            return False
         reserve = len(light) - (tenant in light)
         reserve = min(reserve, self.max_inflight // 2)  # many quiet tenants must not idle the engine
         return self.max_inflight - self.inflight - 1 >= reserve

@@ -35,6 +35,10 @@ class ServingSettings(BaseSettings):
                                  "false: first come, first served.")
     fair_active_window_s: float = Field(5.0, description="Fair admission: a tenant counts as active this long after "
                                         "its last request, and keeps a free in-flight slot in reserve meanwhile.")
+    fair_share_cap: float = Field(1.0, ge=0, description="Fair admission: while several tenants are active, one "
+                                  "tenant holds at most this multiple of its equal share of the in-flight window "
+                                  "(1.0: max_inflight / active tenants; 0: no cap, a flooder may fill what others "
+                                  "leave free). Caps how much one tenant's flood can grow the engine's batch.")
     dedicated_engines: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description='Separate-model mode: tenant -> {"model": NAME, "url": ENGINE_URL}. That tenant\'s requests for '

@@ -229,3 +229,53 @@ def test_fifo_mode_keeps_no_headroom():
             await asyncio.wait_for(adm.acquire("a", 1), 1)
         assert adm.running["a"] == 4
     asyncio.run(go())
+
+
+def test_share_cap_limits_a_flooder_to_its_share_of_the_window():
+    """Window 8, three recent tenants, cap 1.0: the flooder holds round(8/3) = 3 slots, not 8 - 2."""
+    async def go():
+        adm = Admission(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0)
+        for t in ("b", "c"):
+            await adm.acquire(t, 1)
+            adm.release(t, 1, 1)
+        flood = [asyncio.create_task(adm.acquire("a", 1)) for _ in range(20)]
+        await asyncio.sleep(0)
+        assert adm.share_limit() == 3
+        assert adm.running["a"] == 3 and adm.inflight == 3  # without the cap: 6 (8 minus one reserve each)
+        # b bursts: its requests take free slots up to its own share, then wait like anyone's
+        burst = [asyncio.create_task(adm.acquire("b", 1)) for _ in range(4)]
+        await asyncio.sleep(0)
+        assert adm.running["b"] == 3 and adm.running["a"] == 3
+        adm.release("a", 1, 1)  # a's slot goes back to a's backlog: b is at its cap
+        await asyncio.sleep(0)
+        assert adm.running["a"] == 3 and adm.running["b"] == 3
+        adm.release("b", 1, 1)
+        await asyncio.sleep(0)
+        assert adm.running["b"] == 3 and all(t.done() for t in burst)
+        for task in flood:
+            task.cancel()
+    asyncio.run(go())
+
+
+def test_share_cap_lifts_when_the_others_go_quiet_and_is_off_at_zero():
+    async def go():
+        adm = Admission(max_inflight=4, max_queue=100, active_window_s=0.05, share_cap=1.0)
+        await adm.acquire("b", 1)
+        adm.release("b", 1, 1)
+        tasks = [asyncio.create_task(adm.acquire("a", 1)) for _ in range(4)]
+        await asyncio.sleep(0)
+        assert adm.running["a"] == 2  # b is recent: a's share is 4 / 2
+        await asyncio.sleep(0.1)  # b went quiet: the next release hands a the whole window
+        adm.release("a", 1, 1)
+        await asyncio.sleep(0)
+        assert adm.running["a"] == 3 and adm.share_limit() == 4
+        for task in tasks:
+            task.cancel()
+        nocap = Admission(max_inflight=8, max_queue=100, active_window_s=60, share_cap=0)
+        for t in ("b", "c"):
+            await nocap.acquire(t, 1)
+            nocap.release(t, 1, 1)
+        for _ in range(6):
+            await asyncio.wait_for(nocap.acquire("a", 1), 1)
+        assert nocap.running["a"] == 6 and nocap.share_limit() == 8  # headroom only: 8 - 2 reserved
+    asyncio.run(go())

@@ -1,0 +1,36 @@
+"""The fairness benchmark's arithmetic: pooled rows, ratios and the flooder's served rate (pure logic)."""
+
+import json
+
+from loadtest.traffic import Sample
+from loraplex.bench_fairness import _report, _summarise
+
+
+def _samples(tenant: str, latencies: list[float], sent_every: float = 0.5) -> list[Sample]:
+    return [Sample(tenant, i * sent_every, 200, lat / 2, lat, 16) for i, lat in enumerate(latencies)]
+
+
+def _rows(mode: str, phase: str, other_latency: float, flood_n: int) -> list[dict]:
+    samples = (_samples("a", [1.0] * flood_n, sent_every=0.1) + _samples("b", [other_latency] * 10)
+               + _samples("c", [other_latency * 2] * 10))
+    engine = {"engine_latency_mean_ms": 500.0, "engine_ttft_mean_ms": 50.0, "loadavg_1m": 1.0}
+    return _summarise(samples, phase, mode, {"a"}, {"b": [0.0, 0.1]}, engine, seconds=20, window_s=10, windows=1)
+
+
+def test_pooled_rows_ratios_and_served_rate(tmp_path):
+    rows = (_rows("fifo", "baseline", 0.2, 5) + _rows("fifo", "flood", 0.6, 50)
+            + _rows("fair", "baseline", 0.2, 5) + _rows("fair", "flood", 0.22, 50))
+    pooled = [r for r in rows if r["pooled"]]
+    assert len(pooled) == 4 and all(r["sent"] == 20 and not r["flooder"] for r in pooled)
+    b = next(r for r in rows if r["tenant"] == "b" and r["phase"] == "baseline" and r["mode"] == "fifo")
+    assert b["admission_wait_p99_ms"] == 100.0 and b["latency_p99_ms"] == 200.0
+    flooder = next(r for r in rows if r["flooder"] and r["phase"] == "flood" and r["mode"] == "fair")
+    # 50 answers sent every 0.1 s taking 1 s: those done by t=10 s count, the drain's do not
+    assert flooder["ok_per_s"] == round(sum(i * 0.1 + 1.0 <= 10 for i in range(50)) / 10, 2)
+    result = _report(tmp_path, rows, {"capacity_req_s": 1.0}, 10, 10, 4, 16, 1.0)
+    assert result["p99_ratio_others_pooled"] == {"fifo": 3.0, "fair": 1.1}
+    assert result["p99_ratio_flood_vs_baseline"]["fair"] == 1.1
+    saved = json.loads((tmp_path / "fairness.json").read_text())
+    assert saved["flooder_ok_per_s"]["fair"] == flooder["ok_per_s"]
+    assert (tmp_path / "fairness.png").stat().st_size > 0
+    assert "| fair | 1.1 |" in (tmp_path / "fairness.md").read_text()
