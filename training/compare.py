@@ -112,6 +112,7 @@ def _measure(method: str, rank: int | None, ctx: dict) -> dict:
     return {
         "method": method, "rank": rank, "trainable_params": m["trainable_params"],
         "trainable_pct": m["trainable_pct"], "peak_mem_mb": m["peak_mem_mb"], "mem_source": m["mem_source"],
+        "peak_mem_total_mb": m["peak_mem_total_mb"], "step_median_s": m["step_s_median"],
         "step_time_s": record["timings"]["step_s"], "total_time_s": round(total, 3),
         "artifact_mb": round(record["artifact"]["size_bytes"] / 2**20, 4),
         "task_score": round(exact_match(model, tok, ctx["test"]), 4),

@@ -10,7 +10,9 @@ import torch
 
 
 class MemoryWatch:
-    """Context manager measuring the peak memory used *above* what was in use when it started.
+    """Context manager measuring the peak memory used *above* what was in use when it started (`peak_mb`),
+    and the peak in all (`total_peak_mb`, what was already in use included: the frozen base's weights,
+    which is where QLoRA saves memory and a delta cannot show it).
 
     On CUDA this is `torch.cuda.max_memory_allocated` (tensors only); on CPU a thread samples the
     process's resident set size every `interval` seconds (weights, activations, optimizer state, and
@@ -27,6 +29,7 @@ class MemoryWatch:
         self.interval = interval
         self.source = "cuda_max_allocated" if torch.cuda.is_available() else "rss_delta"
         self.peak_mb = 0.0
+        self.total_peak_mb = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -55,3 +58,4 @@ class MemoryWatch:
                 self._thread.join()
             peak = max(self._peak, self._proc.memory_info().rss)
         self.peak_mb = round((peak - self._start) / 2**20, 1)
+        self.total_peak_mb = round(peak / 2**20, 1)

@@ -86,7 +86,15 @@ def add_lora(model: PreTrainedModel, settings: LoraSettings, method: str, gradie
     return get_peft_model(model, config)
 
 
+def param_count(param: torch.Tensor) -> int:
+    """How many weights `param` holds: bitsandbytes' Params4bit packs two 4-bit weights per byte of its
+    storage dtype, so its numel() is half (uint8 storage) of the real count — QLoRA totals were halved."""
+    if type(param).__name__ == "Params4bit":
+        return param.numel() * param.element_size() * 2
+    return param.numel()
+
+
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameter counts, 4-bit quantized weights counted one by one (as PEFT does)."""
+    trainable = sum(param_count(p) for p in model.parameters() if p.requires_grad)
+    return trainable, sum(param_count(p) for p in model.parameters())

@@ -65,8 +65,9 @@ def write_markdown(result: dict, path: Path) -> None:
         markdown_table(result["rows"]), "",
         "states MB: computed fp32 weights + gradients + AdamW states (4 B/param + 12 B/trained param). "
         "peak MB: RSS growth during training on CPU (weights, optimizer, activations, allocator slack), "
-        "the CUDA allocator's peak on a GPU. switch s: load + activate another adapter in a live PEFT model "
-        "(LoRA) vs load another full model from disk (full).", "",
+        "the CUDA allocator's peak above what was allocated when training began on a GPU (so the frozen base "
+        "is not in it: `peak_mem_total_mb` in compare.json has the peak in all). switch s: load + activate "
+        "another adapter in a live PEFT model (LoRA) vs load another full model from disk (full).", "",
     ]
     path.write_text("\n".join(text))
 

@@ -27,6 +27,7 @@ from training.memwatch import MemoryWatch
 from training.models import LORA_METHODS, add_lora, count_params, load_base, require_backend, use_bf16
 from training.outputs import run_record, save_artifact
 from training.prepare import PreparedData, prepare_data
+from training.steptime import StepTimer
 
 
 def total_steps(job: TrainJob, n_train: int) -> int:
@@ -146,7 +147,8 @@ def run_training(job: TrainJob, callbacks: list[TrainerCallback] | None = None,
     stage("loading")
     tokenizer = AutoTokenizer.from_pretrained(str(job.base_dir))
     data = prepare_data(job, tokenizer)
-    trainer = build_trainer(job, data, tokenizer, callbacks)
+    timer = StepTimer()
+    trainer = build_trainer(job, data, tokenizer, [timer] + list(callbacks or []))
     before = trainer.evaluate()["eval_loss"]  # the untrained model's validation loss, for the record
     loaded = time.monotonic()
     stage("training")
@@ -158,7 +160,8 @@ def run_training(job: TrainJob, callbacks: list[TrainerCallback] | None = None,
     stage("saving")
     artifact = save_artifact(job, trainer.model, tokenizer)
     metrics = _metrics(trainer, before, final, trained, trainer.state.global_step - resume_step)
-    metrics.update(peak_mem_mb=memory.peak_mb, mem_source=memory.source)
+    metrics.update(peak_mem_mb=memory.peak_mb, peak_mem_total_mb=memory.total_peak_mb, mem_source=memory.source,
+                   step_s_median=timer.median_s)
     timings = {"load_s": loaded - started, "train_s": trained_at - loaded, "save_s": time.monotonic() - trained_at}
     record = run_record(job, data.info, metrics, timings, artifact)
     write_stamp(job.out_dir / "train.json", record)

@@ -67,6 +67,7 @@ def test_lora_lowers_validation_loss_and_writes_the_adapter(tiny, tmp_path):
     assert config["base_model_name_or_path"] == "base" and config["target_modules"] == sorted(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     assert 0 < m["trainable_pct"] < 100 and m["tokens_seen"] > 0
+    assert m["peak_mem_total_mb"] >= m["peak_mem_mb"] and 0 < m["step_s_median"] <= record["timings"]["step_s"]
 
 
 def test_early_stopping_triggers(tiny, tmp_path):
