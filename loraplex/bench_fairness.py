@@ -44,6 +44,18 @@ MODES = {"fifo": {"fair_admission": False, "fair_share_cap": 0.0},
          "fair": {"fair_admission": True, "fair_share_cap": 1.0}}
 
 
+def mode_settings(mode: str, share_cap: float = 1.0) -> dict:
+    """Admission settings of a mode: one of MODES (`fair` with `share_cap`), or `fair@X` (fair, share cap X)."""
+    if mode.startswith("fair@"):
+        try:
+            return {"fair_admission": True, "fair_share_cap": float(mode[5:])}
+        except ValueError:
+            raise ValueError(f"bad mode {mode!r}: fair@ takes a number, e.g. fair@0.5") from None
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: choose from {', '.join(MODES)} or fair@X")
+    return dict(MODES[mode], **({"fair_share_cap": share_cap} if mode == "fair" else {}))
+
+
 class _BenchGateway:
     """A gateway in this process, with its admission instrumented (per-tenant waits, in seconds)."""
 
@@ -227,7 +239,7 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
         console.print("starting the vLLM engine …")
         wait_engine_ready(engine.engine_url, 600, proc)
         for mode in modes:
-            admission = dict(MODES[mode], **({"fair_share_cap": share_cap} if mode == "fair" else {}))
+            admission = mode_settings(mode, share_cap)
             bg = gateways[mode] = _gateway(engine, s3.endpoint, demo.base_dir, tmp / mode, admission, inflight)
             bg.tenants = _tenants(bg.url, bg.admin, demo.adapter_dirs)
         first = gateways[modes[0]]

@@ -102,17 +102,19 @@ def bench_fairness(out: Path = typer.Option(Path("var/bench"), "--out"),
                    flood_factor: float = typer.Option(10.0, help="the flooding tenant's rate / its share"),
                    inflight: int = typer.Option(4, help="the gateway's max in-flight requests"),
                    modes: str = typer.Option("fifo,fair-nocap,fair", help="admission modes to compare: "
-                                             "fifo, fair-nocap (VTC + headroom), fair (+ share cap)"),
+                                             "fifo, fair-nocap (VTC + headroom), fair (+ share cap), fair@X (share cap X)"),
                    share_cap: float = typer.Option(1.0, help="the `fair` mode's LORAPLEX_FAIR_SHARE_CAP"),
                    slices: int = typer.Option(3, help="each condition's traffic is cut into this many "
                                               "round-robin slices")) -> None:
     """One tenant floods at 10x its share: the other tenants' p99 by admission mode (FIFO vs fair/VTC)."""
-    from loraplex.bench_fairness import MODES, run_fairness
+    from loraplex.bench_fairness import mode_settings, run_fairness
 
     chosen = tuple(m.strip() for m in modes.split(",") if m.strip())
-    unknown = [m for m in chosen if m not in MODES]
-    if unknown or not chosen:
-        raise typer.BadParameter(f"unknown mode(s) {unknown}: choose from {', '.join(MODES)}", param_hint="--modes")
+    try:
+        for m in chosen or ("",):
+            mode_settings(m)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--modes") from None
     run_fairness(out, duration_s=duration, flood_factor=flood_factor, inflight=inflight, modes=chosen,
                  share_cap=share_cap, slices=slices)
 

@@ -15,9 +15,11 @@ held back). A tenant alone, or while the others are quiet, may use the whole win
 
 Headroom alone still lets a flooder fill the rest of the window, and on an engine whose step time
 grows with its batch (a CPU engine) that slows every request in it, the others' included. So fair mode
-can also cap shares: while n tenants are recently active, a tenant that already has a request running
-gets another only below `share_cap * max_inflight / n` slots (at least 1). 1.0 is the equal share of
-the window; larger lets a busy tenant borrow idle shares; 0 turns the cap off (fully work-conserving).
+also caps a backlog: while n tenants are recently active, a tenant with requests waiting (it asks for
+more than it gets) holds at most `share_cap * max_inflight / n` slots (at least 1); slots beyond
+that stay free instead of growing the batch. A tenant without a backlog is never capped, so a busy but
+not flooding tenant (the popular one of a skewed workload) still takes every free slot it finds on
+arrival. 1.0 is the equal share of the window; 0 turns the cap off (fully work-conserving).
 """
 
 from __future__ import annotations
@@ -223,7 +225,7 @@ class Admission:
         return {t for t in self._last_seen if t not in self._waiting}
 
     def share_limit(self) -> int:
-        """Slots one tenant may hold while others are active (`share_cap` x its equal share, at least 1)."""
+        """Slots a backlogged tenant may hold while others are active (`share_cap` x its equal share, at least 1)."""
         recent = len(self._last_seen)  # every tenant that waits or runs was seen within the window
         if not self.fair or not self.share_cap or recent < 2:
             return self.max_inflight
@@ -231,11 +233,11 @@ class Admission:
 
     def _eligible(self, tenant: str, light: set[str]) -> bool:
         """May `tenant` take one more slot now? Always in FIFO mode. In fair mode: if it has nothing
-        running; or if it is below its share cap and a free slot still stays for each other recent
-        tenant with nothing queued."""
+        running; or if a free slot still stays for each other recent tenant with nothing queued and,
+        when it has a backlog, it holds less than its share cap."""
         if not self.fair or not self.running[tenant]:
             return True
-        if self.running[tenant] >= self.share_limit():
+        if tenant in self._waiting and self.running[tenant] >= self.share_limit():
             return False
         reserve = len(light) - (tenant in light)
         reserve = min(reserve, self.max_inflight // 2)  # many quiet tenants must not idle the engine

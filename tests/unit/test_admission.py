@@ -231,8 +231,8 @@ def test_fifo_mode_keeps_no_headroom():
     asyncio.run(go())
 
 
-def test_share_cap_limits_a_flooder_to_its_share_of_the_window():
-    """Window 8, three recent tenants, cap 1.0: the flooder holds round(8/3) = 3 slots, not 8 - 2."""
+def test_share_cap_limits_a_backlogged_tenant_to_its_share_of_the_window():
+    """Window 8, three recent tenants, cap 1.0: a flooder with a backlog keeps round(8/3) = 3 slots."""
     async def go():
         adm = Admission(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0)
         for t in ("b", "c"):
@@ -241,17 +241,19 @@ def test_share_cap_limits_a_flooder_to_its_share_of_the_window():
         flood = [asyncio.create_task(adm.acquire("a", 1)) for _ in range(20)]
         await asyncio.sleep(0)
         assert adm.share_limit() == 3
-        assert adm.running["a"] == 3 and adm.inflight == 3  # without the cap: 6 (8 minus one reserve each)
-        # b bursts: its requests take free slots up to its own share, then wait like anyone's
+        # a took slots on arrival until only the headroom was left (8 - 2), then its backlog formed
+        assert adm.running["a"] == 6 and adm.queued == 14
+        for _ in range(3):  # backlogged: its finished requests are not replaced until it is under its cap
+            adm.release("a", 1, 1)
+            await asyncio.sleep(0)
+        assert adm.running["a"] == 3 and adm.inflight == 3
+        adm.release("a", 1, 1)
+        await asyncio.sleep(0)
+        assert adm.running["a"] == 3  # back to its cap, not beyond
+        # b is not backlogged: its burst takes free slots at once, past its own share
         burst = [asyncio.create_task(adm.acquire("b", 1)) for _ in range(4)]
         await asyncio.sleep(0)
-        assert adm.running["b"] == 3 and adm.running["a"] == 3
-        adm.release("a", 1, 1)  # a's slot goes back to a's backlog: b is at its cap
-        await asyncio.sleep(0)
-        assert adm.running["a"] == 3 and adm.running["b"] == 3
-        adm.release("b", 1, 1)
-        await asyncio.sleep(0)
-        assert adm.running["b"] == 3 and all(t.done() for t in burst)
+        assert adm.running["b"] == 4 and all(t.done() for t in burst) and adm.running["a"] == 3
         for task in flood:
             task.cancel()
     asyncio.run(go())
@@ -262,20 +264,28 @@ def test_share_cap_lifts_when_the_others_go_quiet_and_is_off_at_zero():
         adm = Admission(max_inflight=4, max_queue=100, active_window_s=0.05, share_cap=1.0)
         await adm.acquire("b", 1)
         adm.release("b", 1, 1)
-        tasks = [asyncio.create_task(adm.acquire("a", 1)) for _ in range(4)]
+        tasks = [asyncio.create_task(adm.acquire("a", 1)) for _ in range(6)]
         await asyncio.sleep(0)
-        assert adm.running["a"] == 2  # b is recent: a's share is 4 / 2
+        assert adm.running["a"] == 3 and adm.queued == 3  # one slot of headroom for b
+        adm.release("a", 1, 1)
+        await asyncio.sleep(0)
+        assert adm.running["a"] == 2  # backlogged, b recent: a's share is 4 / 2
         await asyncio.sleep(0.1)  # b went quiet: the next release hands a the whole window
         adm.release("a", 1, 1)
         await asyncio.sleep(0)
-        assert adm.running["a"] == 3 and adm.share_limit() == 4
+        assert adm.share_limit() == 4 and adm.running["a"] == 4
         for task in tasks:
             task.cancel()
         nocap = Admission(max_inflight=8, max_queue=100, active_window_s=60, share_cap=0)
         for t in ("b", "c"):
             await nocap.acquire(t, 1)
             nocap.release(t, 1, 1)
-        for _ in range(6):
-            await asyncio.wait_for(nocap.acquire("a", 1), 1)
+        flood = [asyncio.create_task(nocap.acquire("a", 1)) for _ in range(10)]
+        await asyncio.sleep(0)
+        for _ in range(3):
+            nocap.release("a", 1, 1)
+            await asyncio.sleep(0)
         assert nocap.running["a"] == 6 and nocap.share_limit() == 8  # headroom only: 8 - 2 reserved
+        for task in flood:
+            task.cancel()
     asyncio.run(go())
