@@ -13,7 +13,7 @@ stacked weights:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -68,27 +68,28 @@ class LoraPlan:
         rows: None when the segments are runs of the input itself (row views, no copies); else the
             row numbers sorted by slot (adapter rows only), for one gather before and one scatter after.
         tiles: the batched layout when it is the cheaper kernel, else None (use the loop).
+
+    Attributes:
+        slots: the adapter slots this batch uses.
+        packed_rows: rows that have an adapter.
     """
 
     num_rows: int
     segments: tuple[Segment, ...]
     rows: torch.Tensor | None
     tiles: Tiles | None = None
+    # Derived once here, not per call: every LoRA layer of the step reads them.
+    slots: frozenset[int] = field(init=False, repr=False)
+    packed_rows: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "slots", frozenset(s.slot for s in self.segments))
+        object.__setattr__(self, "packed_rows", sum(s.end - s.start for s in self.segments))
 
     @property
     def empty(self) -> bool:
         """True when no row has an adapter: the LoRA layers have nothing to add."""
         return not self.segments
-
-    @property
-    def slots(self) -> frozenset[int]:
-        """The adapter slots this batch uses."""
-        return frozenset(s.slot for s in self.segments)
-
-    @property
-    def packed_rows(self) -> int:
-        """Rows that have an adapter."""
-        return sum(s.end - s.start for s in self.segments)
 
 
 def _runs(indices: torch.Tensor) -> list[tuple[int, int]]:

@@ -41,7 +41,8 @@ def _or_stock(method: Callable) -> Callable:
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
-    return t.view(-1, t.shape[-1])
+    # A 2-D tensor is passed as is: a view is a tensor operation, and the layers call this per step.
+    return t if t.dim() == 2 else t.view(-1, t.shape[-1])
 
 
 class LoraplexPunicaWrapperCPU(PunicaWrapperCPU):

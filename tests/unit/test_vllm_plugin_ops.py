@@ -15,7 +15,9 @@ pytest.importorskip("vllm")
 
 from vllm.lora.layers import LoRAMapping  # noqa: E402
 
+from serving.vllm_plugin import ops  # noqa: E402
 from serving.vllm_plugin import plan as plan_mod  # noqa: E402
+from serving.vllm_plugin.weights import StackedWeights  # noqa: E402
 from serving.vllm_plugin.wrapper import LoraplexPunicaWrapperCPU, set_plugin_ops  # noqa: E402
 
 SLOTS = 64
@@ -208,3 +210,38 @@ def test_plan_picks_the_kernel_by_batch_shape():
     assert prefill.tiles is None and prefill.rows is None
     assert [(s.slot, s.start, s.end) for s in prefill.segments] == [(0, 0, 300), (1, 320, 520)]
     assert plan_mod.make_plan(torch.full((16,), -1)).empty
+
+
+@pytest.mark.parametrize("indices", [[3] * 9, [-1, -1, 3, 3, 3, 3, -1], [2, 2, 2, 2, -1, -1, 5, 5, 5]],
+                         ids=["whole-batch", "one-run-between-base", "two-runs"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_place_runs_at_an_offset_in_a_wider_output(indices, dtype):
+    """The in-place loop (one product per run, on row and column views): a single adapter on every row
+    takes x and y whole; columns outside the slices and rows without an adapter keep their exact values."""
+    gen = torch.Generator().manual_seed(13)
+    n, slices, offset, rank = len(indices), (12, 6, 6), 3, 4
+    plan = plan_mod.make_plan(torch.tensor(indices))
+    assert plan.rows is None and plan.tiles is None
+    assert plan.slots == frozenset(indices) - {-1} and plan.packed_rows == sum(s >= 0 for s in indices)
+    a, b = stacked(slices, rank, 10, gen)
+    b = (b[0], b[1][:, :, :4], b[2])  # the second slice's adapter is narrower than its slice
+    x = torch.randn(n, 10, generator=gen).to(dtype)
+    y = torch.randn(n, offset + sum(slices) + 5, generator=gen).to(dtype)
+    before = y.clone()
+    ops.lora_linear(y, x, StackedWeights(), a, b, slices, plan, 0.5, offset)
+    expected = before.double()
+    idx = torch.tensor(indices)
+    col = offset
+    for a_i, b_i, size in zip(a, b, slices):
+        width = b_i.shape[2]
+        for s in set(indices) - {-1}:
+            rows = torch.nonzero(idx == s).flatten()
+            h = x[rows].double() @ a_i[s, 0].double().T * 0.5
+            expected[rows, col:col + width] += h @ b_i[s, 0].double().T
+        col += size
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 1e-1}
+    torch.testing.assert_close(y.double(), expected, **tol)
+    base_rows = [t for t, s in enumerate(indices) if s < 0]
+    assert torch.equal(y[base_rows], before[base_rows])
+    untouched = [*range(offset), *range(offset + 12 + 4, offset + 18), *range(offset + sum(slices), y.shape[1])]
+    assert torch.equal(y[:, untouched], before[:, untouched])
