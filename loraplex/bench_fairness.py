@@ -69,9 +69,7 @@ class _BenchGateway:
         """A fresh admission (no counters, no history) so that every slice starts from the same state."""
         from serving.admission import Admission
 
-        st = self.gw.settings
-        admission = Admission(st.max_inflight, st.max_queue, st.fair_admission, st.fair_active_window_s,
-                              st.fair_share_cap)
+        admission = Admission.from_settings(self.gw.settings)
         acquire, waits = admission.acquire, self.waits
 
         async def timed_acquire(tenant: str, est_tokens: int, *args):

@@ -104,6 +104,12 @@ class Admission:
         self._tokens: dict[str, _Window] = defaultdict(_Window)
         self.closed = False
 
+    @classmethod
+    def from_settings(cls, settings) -> "Admission":
+        """The admission a gateway's `ServingSettings` describe (one place that maps settings to arguments)."""
+        return cls(settings.max_inflight, settings.max_queue, settings.fair_admission,
+                   settings.fair_active_window_s, settings.fair_share_cap)
+
     def close(self) -> None:
         """Stop admitting (graceful shutdown): new requests get 503 + Retry-After; admitted ones go on."""
         self.closed = True

@@ -53,8 +53,7 @@ class Gateway:
             settings=settings, store=store, tenants=TenantRegistry(store), adapters=adapters,
             cache=AdapterCache(registry_settings, adapters.open_file), engine=engine,
             residency=AdapterResidency(engine, settings.max_cpu_loras),
-            admission=Admission(settings.max_inflight, settings.max_queue, settings.fair_admission,
-                                settings.fair_active_window_s, settings.fair_share_cap),
+            admission=Admission.from_settings(settings),
         )
 
     async def authenticate(self, api_key: str) -> Tenant:

@@ -169,6 +169,13 @@ def test_metric_adapter_labels_are_bounded_per_tenant():
     assert labels.admit("u", "c") == "c"  # the cap is per tenant
 
 
+async def _seen(adm: Admission, *tenants: str) -> None:
+    """Each tenant sends one request that finishes at once: recently active, now idle."""
+    for t in tenants:
+        await adm.acquire(t, 1)
+        adm.release(t, 1, 1)
+
+
 def test_a_flooder_leaves_a_free_slot_for_each_other_recent_tenant():
     """Window 4, three recent tenants: the flooder fills up to 4 - 2 reserved; b and c get a slot at once."""
     async def go():
@@ -235,9 +242,7 @@ def test_share_cap_limits_a_backlogged_tenant_to_its_share_of_the_window():
     """Window 8, three recent tenants, cap 1.0: a flooder with a backlog keeps round(8/3) = 3 slots."""
     async def go():
         adm = Admission(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0)
-        for t in ("b", "c"):
-            await adm.acquire(t, 1)
-            adm.release(t, 1, 1)
+        await _seen(adm, "b", "c")
         flood = [asyncio.create_task(adm.acquire("a", 1)) for _ in range(20)]
         await asyncio.sleep(0)
         assert adm.share_limit() == 3
@@ -277,9 +282,7 @@ def test_share_cap_lifts_when_the_others_go_quiet_and_is_off_at_zero():
         for task in tasks:
             task.cancel()
         nocap = Admission(max_inflight=8, max_queue=100, active_window_s=60, share_cap=0)
-        for t in ("b", "c"):
-            await nocap.acquire(t, 1)
-            nocap.release(t, 1, 1)
+        await _seen(nocap, "b", "c")
         flood = [asyncio.create_task(nocap.acquire("a", 1)) for _ in range(10)]
         await asyncio.sleep(0)
         for _ in range(3):
