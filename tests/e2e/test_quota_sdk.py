@@ -83,29 +83,50 @@ def tiny_gateway(engine, seaweed, demo, tmp_path_factory):
     server.should_exit = True
 
 
+def _refused_while_held(st, client, call, attempts: int = 5):
+    """The error `call` gets while a long stream holds the gateway's only engine slot.
+
+    A tiny model on a fast host can finish the holding stream before `call` arrives; such an attempt says
+    nothing and is repeated. `call` succeeding while the holder still runs is the bug this looks for."""
+    for _ in range(attempts):
+        _wait_idle(st)  # an earlier holder may still be giving its slot back
+        holder = client.completions.create(model="speak", prompt=demo_prompt("abc"), **LONG)
+        try:
+            next(iter(holder))  # admitted and streaming: the only slot is taken
+            try:
+                call()
+            except openai.InternalServerError as e:
+                return e
+            assert st.gateway.admission.idle, "a request was admitted beside the one holding the only slot"
+        finally:
+            holder.close()
+    pytest.fail(f"the holding stream ended before the next request arrived in all {attempts} attempts")
+
+
+def _wait_idle(st, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout  # the gateway notices the hang-up and gives the slot back
+    while not st.gateway.admission.idle:
+        assert time.monotonic() < deadline, "a closed stream never gave its engine slot back"
+        time.sleep(0.05)
+
+
 def test_overload_is_a_503_with_retry_after(tiny_gateway, demo):
     st = tiny_gateway
     tenant, key = new_tenant(st, prefix="busy")
     upload(st, key, "speak", demo.adapter_dirs["caesar"])
     client = _sdk(st, key)
     before = scrape(st.url)
-    stream = client.completions.create(model="speak", prompt=demo_prompt("abc"), **LONG)
-    try:
-        next(iter(stream))  # holds the only engine slot
-        with pytest.raises(openai.InternalServerError) as e:
-            client.completions.create(model="speak", prompt=demo_prompt("abc"), max_tokens=2)
-        assert e.value.status_code == 503 and e.value.code == "overloaded"
-        _retry_after(e.value)
-        with pytest.raises(openai.InternalServerError):  # chat goes through the same admission
-            client.chat.completions.create(model="base", messages=[{"role": "user", "content": "abc"}], max_tokens=2)
-    finally:
-        stream.close()
+    e = _refused_while_held(st, client, lambda: client.completions.create(
+        model="speak", prompt=demo_prompt("abc"), max_tokens=2))
+    assert e.status_code == 503 and e.code == "overloaded"
+    _retry_after(e)
+    # chat goes through the same admission
+    e = _refused_while_held(st, client, lambda: client.chat.completions.create(
+        model="base", messages=[{"role": "user", "content": "abc"}], max_tokens=2))
+    assert e.status_code == 503 and e.code == "overloaded"
     after = scrape(st.url)
     assert delta(before, after, "loraplex_rejected_total", tenant=tenant, status="503", reason="overload") == 2
     assert delta(before, after, "loraplex_rejected_total", tenant=tenant, adapter="speak", status="503") == 1
-    deadline = time.monotonic() + 30  # the gateway notices the hang-up and gives the slot back
-    while not st.gateway.admission.idle:
-        assert time.monotonic() < deadline, "the closed stream never gave its engine slot back"
-        time.sleep(0.1)
+    _wait_idle(st)
     out = client.completions.create(model="speak", prompt=demo_prompt("abc"), max_tokens=8, temperature=0)
     assert out.choices[0].text
