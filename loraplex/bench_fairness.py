@@ -39,21 +39,27 @@ from loadtest.traffic import TenantLoad, drive, percentile
 console = Console()
 FILES = ("adapter_config.json", "adapter_model.safetensors")
 # mode -> admission settings
-MODES = {"fifo": {"fair_admission": False, "fair_share_cap": 0.0},
-         "fair-nocap": {"fair_admission": True, "fair_share_cap": 0.0},
-         "fair": {"fair_admission": True, "fair_share_cap": 1.0}}
+MODES = {"fifo": {"fair_admission": False, "fair_share_cap": 0.0, "fair_slowdown_tolerance": 0.0},
+         "fair-nocap": {"fair_admission": True, "fair_share_cap": 0.0, "fair_slowdown_tolerance": 0.0},
+         "fair-noguard": {"fair_admission": True, "fair_share_cap": 1.0, "fair_slowdown_tolerance": 0.0},
+         "fair": {"fair_admission": True, "fair_share_cap": 1.0, "fair_slowdown_tolerance": 1.15}}
 
 
 def mode_settings(mode: str, share_cap: float = 1.0) -> dict:
-    """Admission settings of a mode: one of MODES (`fair` with `share_cap`), or `fair@X` (fair, share cap X)."""
+    """Admission settings of a mode: one of MODES (the capped ones with `share_cap`), or `fair@X` (`fair` with
+    slowdown tolerance X)."""
     if mode.startswith("fair@"):
         try:
-            return {"fair_admission": True, "fair_share_cap": float(mode[5:])}
+            tolerance = float(mode[5:])
         except ValueError:
-            raise ValueError(f"bad mode {mode!r}: fair@ takes a number, e.g. fair@0.5") from None
+            raise ValueError(f"bad mode {mode!r}: fair@ takes a slowdown tolerance, e.g. fair@1.3") from None
+        if 0 < tolerance < 1:
+            raise ValueError(f"bad mode {mode!r}: a slowdown tolerance is 0 (off) or at least 1")
+        return dict(MODES["fair"], fair_share_cap=share_cap, fair_slowdown_tolerance=tolerance)
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: choose from {', '.join(MODES)} or fair@X")
-    return dict(MODES[mode], **({"fair_share_cap": share_cap} if mode == "fair" else {}))
+    capped = MODES[mode]["fair_share_cap"] > 0
+    return dict(MODES[mode], **({"fair_share_cap": share_cap} if capped else {}))
 
 
 class _BenchGateway:
@@ -211,8 +217,9 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
 
     `inflight` is the gateway's in-flight window: small, so that admission (not the engine's batch)
     decides who runs. Fair admission keeps a free slot for each other recently active tenant that is
-    idle; `fair` also caps a tenant at `share_cap` x its equal share of the window while others are
-    active. The machine's load average is recorded per phase: on a shared host it explains much of the noise.
+    idle; while others are active, `fair-noguard` also caps a heavy tenant at `share_cap` x its equal share
+    of the window, and `fair` adds the slowdown guard (a heavy tenant's slots shrink while the engine runs
+    slower than at light load). The machine's load average is recorded per phase: on a shared host it explains much of the noise.
     """
     from common.procs import free_port, stop_group
     from registry.seaweed import SeaweedServer

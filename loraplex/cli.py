@@ -101,9 +101,11 @@ def bench_fairness(out: Path = typer.Option(Path("var/bench"), "--out"),
                    duration: float = typer.Option(30.0, help="seconds of traffic per phase"),
                    flood_factor: float = typer.Option(10.0, help="the flooding tenant's rate / its share"),
                    inflight: int = typer.Option(4, help="the gateway's max in-flight requests"),
-                   modes: str = typer.Option("fifo,fair-nocap,fair", help="admission modes to compare: "
-                                             "fifo, fair-nocap (VTC + headroom), fair (+ share cap), fair@X (share cap X)"),
-                   share_cap: float = typer.Option(1.0, help="the `fair` mode's LORAPLEX_FAIR_SHARE_CAP"),
+                   modes: str = typer.Option("fifo,fair-nocap,fair-noguard,fair", help="admission modes to "
+                                             "compare: fifo, fair-nocap (VTC + headroom), fair-noguard (+ share "
+                                             "cap), fair (+ slowdown guard, the default), fair@X (guard "
+                                             "tolerance X)"),
+                   share_cap: float = typer.Option(1.0, help="the capped modes' LORAPLEX_FAIR_SHARE_CAP"),
                    slices: int = typer.Option(3, help="each condition's traffic is cut into this many "
                                               "round-robin slices")) -> None:
     """One tenant floods at 10x its share: the other tenants' p99 by admission mode (FIFO vs fair/VTC)."""

@@ -15,17 +15,25 @@ held back). A tenant alone, or while the others are quiet, may use the whole win
 
 Headroom alone still lets a flooder fill the rest of the window, and on an engine whose step time
 grows with its batch (a CPU engine) that slows every request in it, the others' included. So fair mode
-also caps a backlog: while n tenants are recently active, a tenant with requests waiting (it asks for
-more than it gets) holds at most `share_cap * max_inflight / n` slots (at least 1); slots beyond
-that stay free instead of growing the batch. A tenant without a backlog is never capped, so a busy but
-not flooding tenant (the popular one of a skewed workload) still takes every free slot it finds on
-arrival. 1.0 is the equal share of the window; 0 turns the cap off (fully work-conserving).
+also holds back a *heavy* tenant: one whose demand (estimated tokens asked for within `active_window_s`)
+is at least `HEAVY_RATIO` times the mean demand of the other recent tenants. While others are active a
+heavy tenant holds at most
+- `share_cap * max_inflight / n` slots (n recent tenants; 1.0 is the equal share of the window), and
+- the slowdown guard's ceiling: the gateway reports each finished request's engine time per output token;
+  while the recent median is more than `slowdown_tolerance` times its light-load value (the lowest
+  median of the last few minutes) the ceiling halves, otherwise it grows by one slot per interval (AIMD,
+  as in TCP congestion control). On an engine whose step time does not grow with the batch (a GPU at
+  small batches) the ceiling climbs back to the whole window; on a CPU engine it settles where the
+  flood no longer slows the others.
+Slots beyond stay free. A tenant that is not heavy (bursts of a light tenant, or every tenant of an even
+load) is never capped, so the window stays work-conserving when no one floods; 0 turns each limit off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import statistics
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -73,6 +81,68 @@ class _Window:
         return max(1.0, 60 - (now - self.events[0][0])) if self.events else 1.0
 
 
+class SlowdownGuard:
+    """The ceiling on a heavy tenant's slots, steered by how much slower than at light load the engine runs.
+
+    Samples are engine seconds per output token of finished requests, kept per `kind` (streamed requests
+    measure the time between tokens; whole responses include the prompt's share), since the two differ.
+    Every `interval_s` the median of the last `window_s` is compared with the lowest such median seen in
+    the last `horizon_s` (the light-load value, found again as soon as the flood is held back). Above
+    `tolerance` times it the ceiling halves (at most once per `window_s`, the time the samples take to
+    show the last change); at or below it the ceiling grows by one slot.
+    """
+
+    def __init__(self, max_inflight: int, tolerance: float, interval_s: float = 0.5, window_s: float = 2.0,
+                 horizon_s: float = 300.0, min_samples: int = 3):
+        self.max_inflight, self.tolerance = max_inflight, tolerance
+        self.interval_s, self.window_s, self.horizon_s, self.min_samples = interval_s, window_s, horizon_s, min_samples
+        self.ceiling = float(max_inflight)
+        self.slowdown = 1.0
+        self._samples: dict[str, deque] = defaultdict(deque)  # kind -> (time, seconds per token)
+        self._lows: dict[str, deque] = defaultdict(deque)  # kind -> increasing (time, median): sliding minimum
+        self._next = 0.0
+        self._cut_at = float("-inf")
+
+    @property
+    def limit(self) -> int:
+        return self.max_inflight if not self.tolerance else max(1, int(self.ceiling))
+
+    def observe(self, kind: str, per_token_s: float, now: float | None = None) -> None:
+        if not self.tolerance or not per_token_s > 0:
+            return
+        now = time.monotonic() if now is None else now
+        self._samples[kind].append((now, per_token_s))
+        if now >= self._next:
+            self._next = now + self.interval_s
+            self._adjust(now)
+
+    def _adjust(self, now: float) -> None:
+        ratios = []
+        for kind, samples in self._samples.items():
+            while samples and samples[0][0] < now - self.window_s:
+                samples.popleft()
+            if len(samples) < self.min_samples:
+                continue
+            median = statistics.median(v for _, v in samples)
+            lows = self._lows[kind]
+            while lows and lows[0][0] < now - self.horizon_s:
+                lows.popleft()
+            while lows and lows[-1][1] >= median:
+                lows.pop()
+            lows.append((now, median))
+            ratios.append(median / lows[0][1])
+        if not ratios:
+            return
+        self.slowdown = max(ratios)
+        if self.slowdown > self.tolerance:
+            if now - self._cut_at >= self.window_s:
+                self.ceiling, self._cut_at = max(1.0, self.ceiling / 2), now
+        elif now - self._cut_at >= self.window_s:
+            self.ceiling = min(float(self.max_inflight), self.ceiling + 1)
+        metrics.ENGINE_SLOWDOWN.set(round(self.slowdown, 3))
+        metrics.HEAVY_CEILING.set(self.limit)
+
+
 class Admission:
     """Decides when a request may go to the engine.
 
@@ -82,17 +152,24 @@ class Admission:
         fair: VTC order and per-tenant headroom; False: plain first-come first-served (the baseline
             the fairness benchmark compares against).
         active_window_s: how long after its last request a tenant still counts as active (keeps its reserve).
-        share_cap: fair mode, while several tenants are active: a tenant's slots are capped at this
+        share_cap: fair mode, while several tenants are active: a heavy tenant's slots are capped at this
             multiple of its equal share of the window (0: no cap).
+        slowdown_tolerance: fair mode: the slowdown guard holds heavy tenants back while the engine's time
+            per output token is more than this multiple of its light-load value (0: off).
     """
 
+    HEAVY_RATIO = 2.0  # demand, as a multiple of the other recent tenants' mean, that makes a tenant heavy
+
     def __init__(self, max_inflight: int, max_queue: int, fair: bool = True, active_window_s: float = 5.0,
-                 share_cap: float = 0.0):
+                 share_cap: float = 0.0, slowdown_tolerance: float = 0.0):
         self.max_inflight = max_inflight
         self.max_queue = max_queue
         self.fair = fair
         self.active_window_s = active_window_s
         self.share_cap = share_cap
+        self.guard = SlowdownGuard(max_inflight, slowdown_tolerance if fair else 0.0)
+        self._demand: dict[str, deque] = defaultdict(deque)  # tenant -> (time, est_tokens) within the window
+        self._demand_total: dict[str, float] = defaultdict(float)
         self._arrivals = itertools.count()
         self.inflight = 0
         self.running: dict[str, int] = defaultdict(int)  # tenant -> requests holding a slot
@@ -108,7 +185,11 @@ class Admission:
     def from_settings(cls, settings) -> "Admission":
         """The admission a gateway's `ServingSettings` describe (one place that maps settings to arguments)."""
         return cls(settings.max_inflight, settings.max_queue, settings.fair_admission,
-                   settings.fair_active_window_s, settings.fair_share_cap)
+                   settings.fair_active_window_s, settings.fair_share_cap, settings.fair_slowdown_tolerance)
+
+    def observe(self, kind: str, per_token_s: float) -> None:
+        """A finished request's engine seconds per output token (`kind`: "stream" or "whole"), for the guard."""
+        self.guard.observe(kind, per_token_s)
 
     def close(self) -> None:
         """Stop admitting (graceful shutdown): new requests get 503 + Retry-After; admitted ones go on."""
@@ -162,7 +243,9 @@ class Admission:
         if not self.active[tenant]:
             floor = min((self.counters[t] for t, n in self.active.items() if n), default=0.0)
             self.counters[tenant] = max(self.counters[tenant], floor)
-        self._last_seen[tenant] = time.monotonic()
+        now = self._last_seen[tenant] = time.monotonic()
+        self._demand[tenant].append((now, est_tokens))
+        self._demand_total[tenant] += est_tokens
         light = self._light()
         if (self.inflight < self.max_inflight and self._eligible(tenant, light)
                 and not any(self._eligible(t, light) for t in self._waiting)):
@@ -228,22 +311,38 @@ class Admission:
         cutoff = time.monotonic() - self.active_window_s
         for t in [t for t, at in self._last_seen.items() if at < cutoff and not self.active[t]]:
             del self._last_seen[t]  # keeps the set as small as the tenants really active
+        for t in list(self._demand):
+            demand = self._demand[t]
+            while demand and demand[0][0] < cutoff:
+                self._demand_total[t] -= demand.popleft()[1]
+            if not demand:
+                del self._demand[t], self._demand_total[t]
         return {t for t in self._last_seen if t not in self._waiting}
 
     def share_limit(self) -> int:
-        """Slots a backlogged tenant may hold while others are active (`share_cap` x its equal share, at least 1)."""
+        """Slots a heavy tenant may hold while others are active: `share_cap` x its equal share of the window
+        and the slowdown guard's ceiling, whichever is smaller (at least 1)."""
         recent = len(self._last_seen)  # every tenant that waits or runs was seen within the window
-        if not self.fair or not self.share_cap or recent < 2:
+        if not self.fair or recent < 2:
             return self.max_inflight
-        return max(1, round(self.share_cap * self.max_inflight / recent))
+        share = max(1, round(self.share_cap * self.max_inflight / recent)) if self.share_cap else self.max_inflight
+        return min(share, self.guard.limit)
+
+    def heavy(self, tenant: str) -> bool:
+        """Does `tenant` ask for at least HEAVY_RATIO x the mean of what the other recent tenants ask for?"""
+        others = [self._demand_total.get(t, 0.0) for t in self._last_seen if t != tenant]
+        if not others:
+            return False
+        mine = self._demand_total.get(tenant, 0.0)
+        return mine > 0 and mine >= self.HEAVY_RATIO * sum(others) / len(others)
 
     def _eligible(self, tenant: str, light: set[str]) -> bool:
         """May `tenant` take one more slot now? Always in FIFO mode. In fair mode: if it has nothing
         running; or if a free slot still stays for each other recent tenant with nothing queued and,
-        when it has a backlog, it holds less than its share cap."""
+        when it is heavy, it holds less than `share_limit()`."""
         if not self.fair or not self.running[tenant]:
             return True
-        if tenant in self._waiting and self.running[tenant] >= self.share_limit():
+        if self.running[tenant] >= self.share_limit() and self.heavy(tenant):
             return False
         reserve = len(light) - (tenant in light)
         reserve = min(reserve, self.max_inflight // 2)  # many quiet tenants must not idle the engine

@@ -81,4 +81,8 @@ REJECTED = Counter("loraplex_rejected_total",
                    ["tenant", "adapter", "status", "reason"])
 INFLIGHT = Gauge("loraplex_inflight_requests", "Requests forwarded to the engine now.")
 QUEUED = Gauge("loraplex_queued_requests", "Requests waiting for admission now.")
+ENGINE_SLOWDOWN = Gauge("loraplex_engine_slowdown",
+                        "Engine seconds per output token now, as a multiple of its light-load value (fair admission).")
+HEAVY_CEILING = Gauge("loraplex_fair_heavy_ceiling",
+                      "Slots a tenant sending far more than the others may hold now (fair admission's slowdown guard).")
 DRAINING = Gauge("loraplex_draining", "1 while the gateway drains before exiting (SIGTERM), else 0.")

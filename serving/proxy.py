@@ -38,6 +38,9 @@ class Ticket:
         self.usage_total = 0  # tokens served, from the engine's usage
         self.events = 0  # streamed chunks with text: about one token each, the charge when usage never came
         self.first_token = False
+        self.granted = time.monotonic()  # tickets are made once admission granted the slot
+        self.token_times: tuple[float, float] | None = None  # first and last streamed token
+        self.completion = 0
         self.client_usage = True  # False: the usage chunk was requested by the gateway and is not relayed
         self.done = False
 
@@ -51,6 +54,7 @@ class Ticket:
         metrics.PROMPT_TOKENS.labels(self.tenant, self.label).inc(prompt)
         metrics.COMPLETION_TOKENS.labels(self.tenant, self.label).inc(completion)
         self.usage_total = usage.get("total_tokens") or prompt + completion
+        self.completion = completion
 
     def relay_line(self, line: str) -> str | None:
         """One SSE line for the client (model rewritten), or None to drop it; notes usage and first token."""
@@ -62,6 +66,8 @@ class Ticket:
             self.record_usage(usage)
         if chunk.get("choices"):
             self.events += 1
+            now = time.monotonic()
+            self.token_times = (self.token_times[0] if self.token_times else now, now)
             if not self.first_token:
                 self.first_token = True
                 metrics.TTFT.labels(self.tenant, self.label).observe(time.monotonic() - self.arrived)
@@ -76,8 +82,19 @@ class Ticket:
         if self.lora:
             self.gw.residency.release(self.lora)
         self.gw.admission.release(self.tenant, self.est, self.usage_total or self.events or self.est)
+        if status == "ok":
+            self._observe_speed()
         metrics.REQUESTS.labels(self.tenant, self.label, status).inc()
         metrics.LATENCY.labels(self.tenant, self.label).observe(time.monotonic() - self.arrived)
+
+    def _observe_speed(self) -> None:
+        """Engine seconds per output token, for fair admission's slowdown guard: between streamed tokens, or
+        over the whole call (prompt included) for a response that came in one piece."""
+        if self.token_times and self.events >= 3:
+            first, last = self.token_times
+            self.gw.admission.observe("stream", (last - first) / (self.events - 1))
+        elif not self.token_times and self.completion >= 2:
+            self.gw.admission.observe("whole", (time.monotonic() - self.granted) / self.completion)
 
 
 def _with_usage(body: dict) -> tuple[dict, bool]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,16 +29,25 @@ class ServingSettings(BaseSettings):
     engine_timeout_s: float = Field(120.0, description="Timeout of one engine call (also between stream chunks).")
     engine_load_timeout_s: float = Field(60.0, description="Timeout of one adapter load into the engine.")
     ready_cache_s: float = Field(2.0, description="How long a /ready verdict is reused.")
+    resolve_cache_s: float = Field(2.0, ge=0, description="How long the gateway reuses a resolved model name "
+                                   "(alias -> version) before asking the registry again; uploads and alias moves "
+                                   "through this gateway take effect at once, through another replica within "
+                                   "this time. 0: every request asks the registry.")
     max_inflight: int = Field(32, description="Requests forwarded to the engine at once; the rest wait, fairly.")
     max_queue: int = Field(512, description="Requests allowed to wait; beyond it 503 with Retry-After.")
     fair_admission: bool = Field(True, description="Order waiting requests by tokens served per tenant (VTC); "
                                  "false: first come, first served.")
     fair_active_window_s: float = Field(5.0, description="Fair admission: a tenant counts as active this long after "
                                         "its last request, and keeps a free in-flight slot in reserve meanwhile.")
-    fair_share_cap: float = Field(1.0, ge=0, description="Fair admission: while several tenants are active, one "
-                                  "tenant holds at most this multiple of its equal share of the in-flight window "
-                                  "(1.0: max_inflight / active tenants; 0: no cap, a flooder may fill what others "
-                                  "leave free). Caps how much one tenant's flood can grow the engine's batch.")
+    fair_share_cap: float = Field(1.0, ge=0, description="Fair admission: while several tenants are active, a "
+                                  "heavy tenant (asking for at least twice the others' mean) holds at most this "
+                                  "multiple of its equal share of the in-flight window (1.0: max_inflight / active "
+                                  "tenants; 0: no cap).")
+    fair_slowdown_tolerance: float = Field(1.15, ge=0, description="Fair admission: while the engine's time per "
+                                           "output token is above this multiple of its light-load value, a heavy "
+                                           "tenant's slots are halved (and regrown one by one once it is not), "
+                                           "so that one tenant's flood does not slow the others' requests on an "
+                                           "engine whose step time grows with its batch. 0: off.")
     dedicated_engines: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description='Separate-model mode: tenant -> {"model": NAME, "url": ENGINE_URL}. That tenant\'s requests for '
@@ -50,3 +59,11 @@ class ServingSettings(BaseSettings):
                                    "stopper's kill timeout (`loraplex down`: 20 s).")
     metrics_adapters_per_tenant: int = Field(20, description="Adapter names per tenant that get their own "
                                              "metrics label; further names share the label 'other'.")
+
+    @field_validator("fair_slowdown_tolerance")
+    @classmethod
+    def _tolerance(cls, v: float) -> float:
+        if 0 < v < 1:
+            raise ValueError("a slowdown tolerance is a multiple of the light-load speed: 0 (off) or at least 1, "
+                             "e.g. 1.15 for 15% slower")
+        return v

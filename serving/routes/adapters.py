@@ -85,6 +85,7 @@ async def upload_version(name: str, request: Request, tenant: TenantDep, gw: Gat
         metrics.UPLOADS.labels("refused").inc()
         raise
     metrics.UPLOADS.labels("ok").inc()
+    gw.forget_models(tenant.name, name)  # the newest version may be what `name` means now
     return public_version(manifest)
 
 
@@ -106,12 +107,16 @@ class AliasMove(BaseModel):
 
 @router.put("/{name}/aliases/{alias}")
 async def set_alias(name: str, alias: str, body: AliasMove, tenant: TenantDep, gw: GatewayDep) -> dict:
-    return await asyncio.to_thread(gw.adapters.set_alias, tenant.name, name, alias, body.version,
-                                   body.expected_version)
+    try:
+        return await asyncio.to_thread(gw.adapters.set_alias, tenant.name, name, alias, body.version,
+                                       body.expected_version)
+    finally:
+        gw.forget_models(tenant.name, name)  # also after a conflict: someone else moved it
 
 
 @router.delete("/{name}/versions/{version}", status_code=204)
 async def delete_version(name: str, version: str, tenant: TenantDep, gw: GatewayDep) -> Response:
     await asyncio.to_thread(gw.adapters.delete_version, tenant.name, name, version)
     gw.known_models.forget(lambda key, m: key[0] == tenant.name and m.name == name and m.version == version)
+    gw.forget_models(tenant.name, name)
     return Response(status_code=204)

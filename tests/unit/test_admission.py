@@ -238,28 +238,38 @@ def test_fifo_mode_keeps_no_headroom():
     asyncio.run(go())
 
 
-def test_share_cap_limits_a_backlogged_tenant_to_its_share_of_the_window():
-    """Window 8, three recent tenants, cap 1.0: a flooder with a backlog keeps round(8/3) = 3 slots."""
+def test_share_cap_limits_a_heavy_tenant_to_its_share_of_the_window():
+    """Window 8, three recent tenants, cap 1.0: a flooder (heavy: it asks for far more than b and c) keeps
+    round(8/3) = 3 slots, even with slots free; a burst of a tenant that is not heavy is not capped."""
     async def go():
         adm = Admission(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0)
         await _seen(adm, "b", "c")
         flood = [asyncio.create_task(adm.acquire("a", 1)) for _ in range(20)]
         await asyncio.sleep(0)
-        assert adm.share_limit() == 3
-        # a took slots on arrival until only the headroom was left (8 - 2), then its backlog formed
-        assert adm.running["a"] == 6 and adm.queued == 14
-        for _ in range(3):  # backlogged: its finished requests are not replaced until it is under its cap
-            adm.release("a", 1, 1)
-            await asyncio.sleep(0)
-        assert adm.running["a"] == 3 and adm.inflight == 3
+        assert adm.share_limit() == 3 and adm.heavy("a") and not adm.heavy("b")
+        assert adm.running["a"] == 3 and adm.queued == 17 and adm.inflight == 3  # five slots stay free
         adm.release("a", 1, 1)
         await asyncio.sleep(0)
-        assert adm.running["a"] == 3  # back to its cap, not beyond
-        # b is not backlogged: its burst takes free slots at once, past its own share
+        assert adm.running["a"] == 3  # its finished request is replaced up to its cap, not beyond
+        # b is not heavy: its burst takes free slots at once, past its own share
         burst = [asyncio.create_task(adm.acquire("b", 1)) for _ in range(4)]
         await asyncio.sleep(0)
         assert adm.running["b"] == 4 and all(t.done() for t in burst) and adm.running["a"] == 3
         for task in flood:
+            task.cancel()
+    asyncio.run(go())
+
+
+def test_an_even_load_is_never_capped():
+    """Every tenant asks for about the same (none is heavy): the whole window is used, cap or not."""
+    async def go():
+        adm = Admission(max_inflight=8, max_queue=100, active_window_s=60, share_cap=0.5, slowdown_tolerance=1.1)
+        adm.guard.ceiling = 1  # as if the engine had slowed down
+        tasks = [asyncio.create_task(adm.acquire(t, 1)) for _ in range(4) for t in ("a", "b", "c")]
+        await asyncio.sleep(0)
+        assert not any(adm.heavy(t) for t in "abc")
+        assert adm.inflight == 8 and adm.queued == 4
+        for task in tasks:
             task.cancel()
     asyncio.run(go())
 
@@ -271,10 +281,7 @@ def test_share_cap_lifts_when_the_others_go_quiet_and_is_off_at_zero():
         adm.release("b", 1, 1)
         tasks = [asyncio.create_task(adm.acquire("a", 1)) for _ in range(6)]
         await asyncio.sleep(0)
-        assert adm.running["a"] == 3 and adm.queued == 3  # one slot of headroom for b
-        adm.release("a", 1, 1)
-        await asyncio.sleep(0)
-        assert adm.running["a"] == 2  # backlogged, b recent: a's share is 4 / 2
+        assert adm.running["a"] == 2 and adm.queued == 4  # heavy, b recent: a's share is 4 / 2
         await asyncio.sleep(0.1)  # b went quiet: the next release hands a the whole window
         adm.release("a", 1, 1)
         await asyncio.sleep(0)
@@ -291,4 +298,70 @@ def test_share_cap_lifts_when_the_others_go_quiet_and_is_off_at_zero():
         assert nocap.running["a"] == 6 and nocap.share_limit() == 8  # headroom only: 8 - 2 reserved
         for task in flood:
             task.cancel()
+    asyncio.run(go())
+
+
+def test_slowdown_guard_halves_the_ceiling_while_the_engine_is_slow_and_regrows_it():
+    """AIMD on the median time per token vs its light-load value (the lowest median seen lately)."""
+    from serving.admission import SlowdownGuard
+
+    g = SlowdownGuard(max_inflight=16, tolerance=1.2, interval_s=0.5, window_s=2.0)
+    t = 0.0
+    for _ in range(12):  # light load: 10 ms per token
+        t += 0.25
+        g.observe("stream", 0.010, now=t)
+    assert g.limit == 16 and g.slowdown == pytest.approx(1.0)
+    for _ in range(40):  # the flood doubles the time per token
+        t += 0.25
+        g.observe("stream", 0.020, now=t)
+    assert g.slowdown == pytest.approx(2.0)
+    assert g.limit == 1  # halved once per window (the samples' lag), down to one slot
+    for _ in range(40):  # back to light-load speed: one slot more per interval
+        t += 0.25
+        g.observe("stream", 0.0105, now=t)
+    assert g.limit == 16
+    # each kind has its own light-load value: slow whole responses are not compared with streamed tokens
+    for _ in range(12):
+        t += 0.25
+        g.observe("whole", 0.05, now=t)
+    assert g.limit == 16
+
+
+def test_slowdown_guard_forgets_an_old_light_load_value_and_is_off_at_zero():
+    from serving.admission import SlowdownGuard
+
+    g = SlowdownGuard(max_inflight=8, tolerance=1.2, interval_s=0.5, window_s=2.0, horizon_s=30.0)
+    t = 0.0
+    for _ in range(12):
+        t += 0.25
+        g.observe("stream", 0.010, now=t)
+    for _ in range(40):  # slower for good (a longer prompt mix, a busier host): throttled for a while
+        t += 0.25
+        g.observe("stream", 0.030, now=t)
+    assert g.limit == 1
+    for _ in range(200):  # past the horizon the slower value is the new light-load value
+        t += 0.25
+        g.observe("stream", 0.030, now=t)
+    assert g.limit == 8
+    off = SlowdownGuard(max_inflight=8, tolerance=0)
+    for i in range(50):
+        off.observe("stream", 0.01 * (i + 1), now=i * 0.25)
+    assert off.limit == 8
+
+
+def test_the_guard_holds_a_heavy_tenant_back_but_never_a_light_one():
+    async def go():
+        adm = Admission(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, slowdown_tolerance=1.2)
+        await _seen(adm, "b", "c")
+        adm.guard.ceiling = 1  # the engine runs slower than at light load
+        flood = [asyncio.create_task(adm.acquire("a", 1)) for _ in range(20)]
+        await asyncio.sleep(0)
+        assert adm.share_limit() == 1 and adm.running["a"] == 1
+        burst = [asyncio.create_task(adm.acquire("b", 1)) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert all(t.done() for t in burst) and adm.running["b"] == 3
+        for task in flood:
+            task.cancel()
+        fifo = Admission(max_inflight=8, max_queue=100, fair=False, slowdown_tolerance=1.2)
+        assert fifo.guard.limit == 8  # FIFO mode has no guard
     asyncio.run(go())
