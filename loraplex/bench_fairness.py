@@ -72,10 +72,14 @@ class _BenchGateway:
         self.reset()
 
     def reset(self) -> None:
-        """A fresh admission (no counters, no history) so that every slice starts from the same state."""
+        """A fresh admission (no counters, no tenant history) so that every slice starts from the same state;
+        the slowdown guard (the engine's light-load speed, its ceiling) carries on as in a running gateway."""
         from serving.admission import Admission
 
         admission = Admission.from_settings(self.gw.settings)
+        previous = getattr(self.gw, "admission", None)
+        if previous is not None:  # what the slowdown guard learned is about the engine, not the tenants: a
+            admission.guard = previous.guard  # long-running gateway keeps it, so the flood slices do too
         acquire, waits = admission.acquire, self.waits
 
         async def timed_acquire(tenant: str, est_tokens: int, *args):

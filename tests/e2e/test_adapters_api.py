@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from tests.e2e.helpers import complete, upload
 from training.demo import DEMO_WORDS, demo_prompt
@@ -70,6 +71,23 @@ def test_alias_compare_and_swap_and_resolution(stack, demo):
         assert r.status_code == 404
         ids = {m["id"] for m in c.get("/v1/models").json()["data"]}
         assert {"m", "m@prod"} <= ids
+
+
+def test_an_alias_moved_by_another_replica_is_followed_within_the_resolve_cache_time(stack, demo):
+    """The gateway reuses a resolved name for `resolve_cache_s`; a move it did not make shows up after that."""
+    key = _new_tenant(stack, "elsewhere")
+    v1 = upload(stack, key, "m", demo.adapter_dirs["reverse"])["version"]
+    v2 = upload(stack, key, "m", demo.adapter_dirs["shout"])["version"]
+    word = DEMO_WORDS[1]
+    with stack.client(key) as c:
+        assert c.put("/v1/adapters/m/aliases/prod", json={"version": v1, "expected_version": None}).status_code == 200
+    assert complete(stack, key, "m", demo_prompt(word)).strip() == answer("reverse", word)
+    stack.gateway.adapters.set_alias("elsewhere", "m", "prod", v2, v1)  # straight to S3, as another replica would
+    moved = time.monotonic()
+    while (out := complete(stack, key, "m", demo_prompt(word)).strip()) != answer("upper", word):
+        assert out == answer("reverse", word)  # the previous version meanwhile, never anything else
+        assert time.monotonic() - moved < stack.gateway.settings.resolve_cache_s + 3, "the move was never seen"
+        time.sleep(0.1)
 
 
 def test_tenant_admin_rotate_and_delete(stack, demo):
