@@ -170,6 +170,7 @@ class Admission:
         self.guard = SlowdownGuard(max_inflight, slowdown_tolerance if fair else 0.0)
         self._demand: dict[str, deque] = defaultdict(deque)  # tenant -> (time, est_tokens) within the window
         self._demand_total: dict[str, float] = defaultdict(float)
+        self._demand_sum = 0.0  # over all tenants: heavy() is on the dispatch path, so kept, not summed
         self._arrivals = itertools.count()
         self.inflight = 0
         self.running: dict[str, int] = defaultdict(int)  # tenant -> requests holding a slot
@@ -246,6 +247,7 @@ class Admission:
         now = self._last_seen[tenant] = time.monotonic()
         self._demand[tenant].append((now, est_tokens))
         self._demand_total[tenant] += est_tokens
+        self._demand_sum += est_tokens
         light = self._light()
         if (self.inflight < self.max_inflight and self._eligible(tenant, light)
                 and not any(self._eligible(t, light) for t in self._waiting)):
@@ -314,9 +316,13 @@ class Admission:
         for t in list(self._demand):
             demand = self._demand[t]
             while demand and demand[0][0] < cutoff:
-                self._demand_total[t] -= demand.popleft()[1]
+                amount = demand.popleft()[1]
+                self._demand_total[t] -= amount
+                self._demand_sum -= amount
             if not demand:
                 del self._demand[t], self._demand_total[t]
+        if not self._demand:
+            self._demand_sum = 0.0  # no float drift carried into the next busy period
         return {t for t in self._last_seen if t not in self._waiting}
 
     def share_limit(self) -> int:
@@ -330,11 +336,11 @@ class Admission:
 
     def heavy(self, tenant: str) -> bool:
         """Does `tenant` ask for at least HEAVY_RATIO x the mean of what the other recent tenants ask for?"""
-        others = [self._demand_total.get(t, 0.0) for t in self._last_seen if t != tenant]
-        if not others:
+        others = len(self._last_seen) - (tenant in self._last_seen)  # every tenant with demand was seen
+        if others < 1:
             return False
         mine = self._demand_total.get(tenant, 0.0)
-        return mine > 0 and mine >= self.HEAVY_RATIO * sum(others) / len(others)
+        return mine > 0 and mine >= self.HEAVY_RATIO * (self._demand_sum - mine) / others
 
     def _eligible(self, tenant: str, light: set[str]) -> bool:
         """May `tenant` take one more slot now? Always in FIFO mode. In fair mode: if it has nothing
