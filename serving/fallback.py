@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
@@ -27,18 +28,22 @@ class LastGood(Generic[T]):
     def __init__(self, what: str, max_entries: int = 10_000):
         self.what = what
         self.max_entries = max_entries
-        self._values: OrderedDict[Hashable, T] = OrderedDict()
+        self._values: OrderedDict[Hashable, tuple[T, float]] = OrderedDict()  # key -> (value, fetched at)
 
-    async def call(self, key: Hashable, fn: Callable[[], T]) -> T:
+    async def call(self, key: Hashable, fn: Callable[[], T], reuse_s: float = 0.0) -> T:
+        """`fn()`, remembered; a value fetched less than `reuse_s` ago is returned without calling `fn`."""
+        held = self._values.get(key)
+        if held is not None and time.monotonic() - held[1] < reuse_s:
+            return held[0]
         try:
             value = await asyncio.to_thread(fn)
         except StorageUnavailable:
-            if key not in self._values:
+            if held is None:
                 raise
             metrics.STALE_SERVED.labels(self.what).inc()
             log.warning("object store unavailable: serving the last known %s", self.what)
-            return self._values[key]
-        self._values[key] = value
+            return held[0]
+        self._values[key] = (value, time.monotonic())
         self._values.move_to_end(key)
         if len(self._values) > self.max_entries:
             self._values.popitem(last=False)
@@ -46,5 +51,5 @@ class LastGood(Generic[T]):
 
     def forget(self, predicate: Callable[[Hashable, T], bool]) -> None:
         """Drop remembered answers that must never be replayed (a rotated key, a deleted tenant)."""
-        for key in [k for k, v in self._values.items() if predicate(k, v)]:
+        for key in [k for k, (v, _) in self._values.items() if predicate(k, v)]:
             del self._values[key]

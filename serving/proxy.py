@@ -37,9 +37,8 @@ class Ticket:
         self.arrived = arrived
         self.usage_total = 0  # tokens served, from the engine's usage
         self.events = 0  # streamed chunks with text: about one token each, the charge when usage never came
-        self.first_token = False
         self.granted = time.monotonic()  # tickets are made once admission granted the slot
-        self.token_times: tuple[float, float] | None = None  # first and last streamed token
+        self.token_times: tuple[float, float] | None = None  # first and last streamed token (None: none yet)
         self.completion = 0
         self.client_usage = True  # False: the usage chunk was requested by the gateway and is not relayed
         self.done = False
@@ -67,10 +66,9 @@ class Ticket:
         if chunk.get("choices"):
             self.events += 1
             now = time.monotonic()
+            if self.token_times is None:
+                metrics.TTFT.labels(self.tenant, self.label).observe(now - self.arrived)
             self.token_times = (self.token_times[0] if self.token_times else now, now)
-            if not self.first_token:
-                self.first_token = True
-                metrics.TTFT.labels(self.tenant, self.label).observe(time.monotonic() - self.arrived)
         elif isinstance(usage, dict) and not self.client_usage:
             return None
         return "data: " + json.dumps(rewrite_model(chunk, self.public))

@@ -39,7 +39,6 @@ class Gateway:
     supervisor: object | None = None  # an EngineSupervisor when the gateway owns the engine
     known_keys: LastGood = field(default_factory=lambda: LastGood("tenant"))
     known_models: LastGood = field(default_factory=lambda: LastGood("manifest"))
-    fresh_models: dict = field(default_factory=dict)  # (tenant, ref) -> (manifest, expires): skips S3 per request
     _ready: tuple[float, bool, dict] = field(default=(0.0, False, {}))
 
     @classmethod
@@ -73,29 +72,19 @@ class Gateway:
     def forget_tenant(self, name: str) -> None:
         """After a key rotation or a delete: nothing of this tenant may be replayed during an S3 outage."""
         self.known_keys.forget(lambda _k, tenant: tenant.name == name)
-        self.known_models.forget(lambda key, _m: key[0] == name)
         self.forget_models(name)
 
     def forget_models(self, tenant: str, name: str | None = None) -> None:
         """After an upload, alias move or delete through this gateway: resolve `tenant`'s names afresh."""
-        for key in [k for k in self.fresh_models if k[0] == tenant and (name is None or k[1].partition("@")[0] == name)]:
-            del self.fresh_models[key]
+        self.known_models.forget(lambda key, _m: key[0] == tenant and (name is None or key[1].partition("@")[0] == name))
 
     async def resolve(self, tenant: str, ref: str) -> Manifest:
         """`ref` within `tenant` (404s as ModelNotFound). A success is reused for `resolve_cache_s`: without it
         every inference request costs S3 round trips (alias, manifest) before admission, and a flooding tenant's
         lookups would queue the others' in the thread pool. Writes through this gateway take effect at once;
         an alias moved through another replica, within `resolve_cache_s`."""
-        key, now = (tenant, ref), time.monotonic()
-        hit = self.fresh_models.get(key)
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        manifest = await self.known_models.call(key, lambda: self.adapters.resolve(tenant, ref))
-        if self.settings.resolve_cache_s > 0:
-            if len(self.fresh_models) >= 10_000:
-                self.fresh_models.clear()  # bounded; refilled by the next lookups
-            self.fresh_models[key] = (manifest, now + self.settings.resolve_cache_s)
-        return manifest
+        return await self.known_models.call((tenant, ref), lambda: self.adapters.resolve(tenant, ref),
+                                            reuse_s=self.settings.resolve_cache_s)
 
     async def forward(self, tenant: Tenant, body: dict, path: str):
         """Send one inference request on to the engine (serving/proxy.py); the Ray gateway sends it to Ray."""

@@ -117,6 +117,5 @@ async def set_alias(name: str, alias: str, body: AliasMove, tenant: TenantDep, g
 @router.delete("/{name}/versions/{version}", status_code=204)
 async def delete_version(name: str, version: str, tenant: TenantDep, gw: GatewayDep) -> Response:
     await asyncio.to_thread(gw.adapters.delete_version, tenant.name, name, version)
-    gw.known_models.forget(lambda key, m: key[0] == tenant.name and m.name == name and m.version == version)
-    gw.forget_models(tenant.name, name)
+    gw.forget_models(tenant.name, name)  # never replayed, not even during an S3 outage
     return Response(status_code=204)
