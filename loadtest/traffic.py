@@ -53,14 +53,18 @@ async def _one(client: httpx.AsyncClient, load: TenantLoad, prompt: str, t0: flo
     return Sample(load.tenant, sent - t0, status, ttft, time.monotonic() - sent, tokens)
 
 
-async def drive(url: str, loads: list[TenantLoad], duration_s: float, seed: int = 0) -> list[Sample]:
+async def drive(url: str, loads: list[TenantLoad], duration_s: float, seed: int = 0,
+                start_at: float | None = None) -> list[Sample]:
     """Send every tenant's Poisson arrivals for `duration_s`, then wait for the answers (bounded).
 
     Each tenant draws its arrivals from its own generator seeded by (seed, tenant): with the same seed a
     tenant sends at the same moments whatever the others do, so conditions compare request by request.
+    `start_at` (time.monotonic(), which is system-wide on Linux) lines up drivers in several processes.
     """
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(300, connect=10), limits=limits) as client:
+        if start_at is not None:
+            await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         t0 = time.monotonic()
         tasks: list[asyncio.Task] = []
 

@@ -25,7 +25,6 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -134,14 +133,23 @@ def _prompts() -> list[str]:
     return [demo_prompt(w) for w in DEMO_WORDS]
 
 
-def _drive_sync(url: str, loads: list[TenantLoad], duration_s: float, seed: int):
-    return asyncio.run(drive(url, loads, duration_s, seed))
+def _drive_sync(url: str, loads: list[TenantLoad], duration_s: float, seed: int, start_at: float | None = None):
+    return asyncio.run(drive(url, loads, duration_s, seed, start_at))
+
+
+def _warm(seconds: float) -> None:
+    time.sleep(seconds)  # defined here: unpickling it imports this module in the worker
 
 
 def _drive(url: str, loads: list[TenantLoad], duration_s: float, seed: int = 0):
-    """The open-loop traffic, from a child process (its own interpreter and GIL, like real clients)."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_drive_sync, url, loads, duration_s, seed).result()
+    """The open-loop traffic: each tenant from its own child process (its own interpreter and event loop,
+    like real clients), so that the flooder's client work, thousands of open requests, does not delay when
+    the other tenants' clients send and read; the processes start sending at the same instant."""
+    with multiprocessing.get_context("spawn").Pool(len(loads)) as pool:  # starts every worker now
+        pool.map(_warm, [0.3] * len(loads), chunksize=1)  # each busy a while: one each, all imported
+        start_at = time.monotonic() + 0.5
+        parts = pool.starmap(_drive_sync, [(url, [load], duration_s, seed, start_at) for load in loads], chunksize=1)
+        return [s for part in parts for s in part]
 
 
 def _capacity(url: str, tenants, max_tokens: int) -> float:
@@ -200,6 +208,38 @@ def _summarise(samples, phase: str, mode: str, skip: set[str], waits: dict, engi
                      "admission_wait_p99_ms": _ms(percentile(wait, 99)),
                      **engine})
     return rows
+
+
+class _GuardWatch:
+    """Samples the slowdown guard (its measured slowdown and the heavy ceiling) while a slice's arrivals last."""
+
+    def __init__(self, guard, seconds: float, every_s: float = 0.25):
+        self.guard, self.seconds, self.every_s = guard, seconds, every_s
+        self.seen: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        while not self._stop.wait(self.every_s) and time.monotonic() < deadline:
+            if self.guard.tolerance:
+                self.seen.append((self.guard.slowdown, self.guard.ceiling))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _guard_stats(seen: list[tuple[float, float]]) -> dict:
+    """Median slowdown the guard measured and median heavy ceiling (slots; below 1: duty cycle) in a phase."""
+    if not seen:
+        return {"guard_slowdown_p50": None, "guard_ceiling_p50": None}
+    return {"guard_slowdown_p50": round(percentile([s for s, _ in seen], 50), 2),
+            "guard_ceiling_p50": round(percentile([c for _, c in seen], 50), 3)}
 
 
 def _interrupted(signum, frame):
@@ -269,9 +309,11 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
                     console.print(f"slice {i + 1}/{slices}: {mode}, {phase}, {duration_s / slices:.0f}s …")
                     before, load_before = _engine_totals(engine.engine_url), os.getloadavg()[0]
                     started = time.monotonic()
-                    samples = _drive(bg.url, loads, duration_s / slices, seed=i)
+                    with _GuardWatch(bg.gw.admission.guard, duration_s / slices) as watch:
+                        samples = _drive(bg.url, loads, duration_s / slices, seed=i)
                     a = acc.setdefault((mode, phase), {"samples": [], "waits": defaultdict(list), "load": 0.0,
-                                                       "after": defaultdict(float), "wall": 0.0})
+                                                       "after": defaultdict(float), "wall": 0.0, "guard": []})
+                    a["guard"] += watch.seen
                     a["wall"] += time.monotonic() - started  # arrivals, then the backlog drained
                     after = _engine_totals(engine.engine_url)
                     for key in after:  # engine histogram totals of this condition's slices only
@@ -284,6 +326,7 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
         for (mode, phase), a in acc.items():
             stats = _engine_means(defaultdict(float), a["after"])
             stats["loadavg_1m"] = round(a["load"], 1)
+            stats.update(_guard_stats(a["guard"]))
             rows += _summarise(a["samples"], phase, mode, {gateways[mode].tenants[0][0]}, dict(a["waits"]), stats,
                                a["wall"], duration_s / slices, slices)
         rows.sort(key=lambda r: (modes.index(r["mode"]), r["phase"] != "baseline", r["pooled"], r["tenant"]))
@@ -355,19 +398,26 @@ def _plot(path: Path, rows) -> None:
     plt.close(fig)
 
 
+def _guard_cell(row) -> str:
+    if row.get("guard_slowdown_p50") is None:
+        return "–"
+    return f"{row['guard_slowdown_p50']} / {row['guard_ceiling_p50']}"
+
+
 def _markdown(result) -> str:
     lines = [f"### Fairness under a flood ({result['date']}, {result['machine']})", "",
              f"Settings: {result['settings']}; calibration: {result['calibration']}.", "",
              "| mode | phase | tenant | sent | ok | 429/503 | served/s | p50 ms | p99 ms | TTFT p99 ms | admission wait "
-             "p50 / p99 ms | engine mean latency ms (all tenants) | host load (1 min) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "p50 / p99 ms | engine mean latency ms (all tenants) | guard: slowdown / heavy ceiling (p50) "
+             "| host load (1 min) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         name = r["tenant"] + (" (flooder)" if r["flooder"] else "")
         name = f"**{name}**" if r["pooled"] else name
         lines.append(f"| {r['mode']} | {r['phase']} | {name} | {r['sent']} | {r['ok']} | {r['rejected']} | "
                      f"{r['ok_per_s']} | {r['latency_p50_ms']} | {r['latency_p99_ms']} | {r['ttft_p99_ms']} | "
                      f"{r['admission_wait_p50_ms']} / {r['admission_wait_p99_ms']} | {r['engine_latency_mean_ms']} | "
-                     f"{r['loadavg_1m']} |")
+                     f"{_guard_cell(r)} | {r['loadavg_1m']} |")
     pooled, worst = result["p99_ratio_others_pooled"], result["p99_ratio_flood_vs_baseline"]
     p50, rate = result["p50_ratio_others_pooled"], result["flooder_ok_per_s"]
     lines += ["", "| mode | others' p99 flood / baseline (pooled) | worst single tenant | others' p50 ratio "

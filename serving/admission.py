@@ -19,12 +19,17 @@ also holds back a *heavy* tenant: one whose demand (estimated tokens asked for w
 is at least `HEAVY_RATIO` times the mean demand of the other recent tenants. While others are active a
 heavy tenant holds at most
 - `share_cap * max_inflight / n` slots (n recent tenants; 1.0 is the equal share of the window), and
-- the slowdown guard's ceiling: the gateway reports each finished request's engine time per output token;
-  while the recent median is more than `slowdown_tolerance` times its light-load value (the lowest
-  median of the last few minutes) the ceiling halves, otherwise it grows by one slot per interval (AIMD,
-  as in TCP congestion control). On an engine whose step time does not grow with the batch (a GPU at
-  small batches) the ceiling climbs back to the whole window; on a CPU engine it settles where the
-  flood no longer slows the others.
+- the slowdown guard's ceiling: the gateway reports each finished request's time per output token from
+  admission to its last token; while the recent median is more than `slowdown_tolerance` times its
+  light-load value (the lowest median of the last few minutes) the ceiling halves, otherwise it grows by
+  one slot per interval (AIMD, as in TCP congestion control). On an engine whose step time does not grow
+  with the batch (a GPU at small batches) the ceiling climbs back to the whole window; on a CPU host it
+  settles where the flood no longer slows the others.
+The ceiling may fall below one slot: it is then the fraction of the time the heavy tenant may hold its
+one slot (after each request it waits in proportion to how long that request took). One slot kept busy
+by short requests can still be several times a tenant's share of the work, and on a small CPU host
+every request served costs the others CPU (the engine's scheduler and API server, the gateway). The
+guard never holds a heavy tenant below what the other tenants ask for on average (its equal share).
 Slots beyond stay free. A tenant that is not heavy (bursts of a light tenant, or every tenant of an even
 load) is never capped, so the window stays work-conserving when no one floods; 0 turns each limit off.
 """
@@ -84,17 +89,22 @@ class _Window:
 class SlowdownGuard:
     """The ceiling on a heavy tenant's slots, steered by how much slower than at light load the engine runs.
 
-    Samples are engine seconds per output token of finished requests, kept per `kind` (streamed requests
-    measure the time between tokens; whole responses include the prompt's share), since the two differ.
+    Samples are seconds per output token of finished requests, from admission to the last token (the
+    engine's queue, prefill and an adapter load included: whatever a newcomer would wait for), kept per
+    `kind` ("stream" or "whole": a whole response's time includes its transfer), since the two differ.
     Every `interval_s` the median of the last `window_s` is compared with the lowest such median seen in
     the last `horizon_s` (the light-load value, found again as soon as the flood is held back). Above
-    `tolerance` times it the ceiling halves (at most once per `window_s`, the time the samples take to
-    show the last change); at or below it the ceiling grows by one slot.
+    `tolerance` times it the ceiling halves, or quarters when far above (at most once per `window_s`, the
+    time the samples take to show the last change); at or below it the ceiling grows by one slot, or by
+    half below one slot. Below one slot the ceiling is a duty cycle (`duty`), down to `min_duty`.
+    The ceiling moves only while it is *contended* (a heavy tenant waits while others are active): as in
+    TCP's congestion window validation, a limit nobody presses against is not grown (a quiet spell would
+    otherwise hand the next flood the whole window), nor cut by a heavy tenant that is alone.
     """
 
-    def __init__(self, max_inflight: int, tolerance: float, interval_s: float = 0.5, window_s: float = 2.0,
-                 horizon_s: float = 300.0, min_samples: int = 3):
-        self.max_inflight, self.tolerance = max_inflight, tolerance
+    def __init__(self, max_inflight: int, tolerance: float, interval_s: float = 0.5, window_s: float = 1.0,
+                 horizon_s: float = 300.0, min_samples: int = 3, min_duty: float = 1 / 16):
+        self.max_inflight, self.tolerance, self.min_duty = max_inflight, tolerance, min_duty
         self.interval_s, self.window_s, self.horizon_s, self.min_samples = interval_s, window_s, horizon_s, min_samples
         self.ceiling = float(max_inflight)
         self.slowdown = 1.0
@@ -107,16 +117,21 @@ class SlowdownGuard:
     def limit(self) -> int:
         return self.max_inflight if not self.tolerance else max(1, int(self.ceiling))
 
-    def observe(self, kind: str, per_token_s: float, now: float | None = None) -> None:
+    @property
+    def duty(self) -> float:
+        """The fraction of the time a heavy tenant may hold its one slot (1.0: no pacing)."""
+        return 1.0 if not self.tolerance else min(1.0, self.ceiling)
+
+    def observe(self, kind: str, per_token_s: float, now: float | None = None, contended: bool = True) -> None:
         if not self.tolerance or not per_token_s > 0:
             return
         now = time.monotonic() if now is None else now
         self._samples[kind].append((now, per_token_s))
         if now >= self._next:
             self._next = now + self.interval_s
-            self._adjust(now)
+            self._adjust(now, contended)
 
-    def _adjust(self, now: float) -> None:
+    def _adjust(self, now: float, contended: bool) -> None:
         ratios = []
         for kind, samples in self._samples.items():
             while samples and samples[0][0] < now - self.window_s:
@@ -134,13 +149,17 @@ class SlowdownGuard:
         if not ratios:
             return
         self.slowdown = max(ratios)
+        metrics.ENGINE_SLOWDOWN.set(round(self.slowdown, 3))
+        if not contended:
+            return
         if self.slowdown > self.tolerance:
             if now - self._cut_at >= self.window_s:
-                self.ceiling, self._cut_at = max(1.0, self.ceiling / 2), now
+                cut = max(0.25, min(0.5, self.tolerance / self.slowdown))
+                self.ceiling, self._cut_at = max(self.min_duty, self.ceiling * cut), now
         elif now - self._cut_at >= self.window_s:
-            self.ceiling = min(float(self.max_inflight), self.ceiling + 1)
-        metrics.ENGINE_SLOWDOWN.set(round(self.slowdown, 3))
-        metrics.HEAVY_CEILING.set(self.limit)
+            grown = self.ceiling + 1 if self.ceiling >= 1 else min(1.0, self.ceiling * 1.5)
+            self.ceiling = min(float(self.max_inflight), grown)
+        metrics.HEAVY_CEILING.set(round(self.ceiling, 3))
 
 
 class Admission:
@@ -171,6 +190,10 @@ class Admission:
         self._demand: dict[str, deque] = defaultdict(deque)  # tenant -> (time, est_tokens) within the window
         self._demand_total: dict[str, float] = defaultdict(float)
         self._demand_sum = 0.0  # over all tenants: heavy() is on the dispatch path, so kept, not summed
+        self._served: dict[str, deque] = defaultdict(deque)  # tenant -> (time, est_tokens) granted within the window
+        self._served_total: dict[str, float] = defaultdict(float)
+        self._paused_until: dict[str, float] = {}  # heavy tenant -> when the guard's duty cycle lets it in again
+        self._wake: tuple[float, asyncio.TimerHandle] | None = None  # a dispatch when the next pause ends
         self._arrivals = itertools.count()
         self.inflight = 0
         self.running: dict[str, int] = defaultdict(int)  # tenant -> requests holding a slot
@@ -189,8 +212,11 @@ class Admission:
                    settings.fair_active_window_s, settings.fair_share_cap, settings.fair_slowdown_tolerance)
 
     def observe(self, kind: str, per_token_s: float) -> None:
-        """A finished request's engine seconds per output token (`kind`: "stream" or "whole"), for the guard."""
-        self.guard.observe(kind, per_token_s)
+        """A finished request's seconds per output token since admission (`kind`: "stream" or "whole"), for
+        the guard; it moves its ceiling only while a heavy tenant waits beside others."""
+        if self.guard.tolerance:
+            contended = len(self._last_seen) >= 2 and any(self.heavy(t) for t in self._waiting)
+            self.guard.observe(kind, per_token_s, contended=contended)
 
     def close(self) -> None:
         """Stop admitting (graceful shutdown): new requests get 503 + Retry-After; admitted ones go on."""
@@ -282,14 +308,20 @@ class Admission:
         self.inflight += 1
         self.running[tenant] += 1
         self.counters[tenant] += est_tokens  # charged up front, corrected on release
+        self._served[tenant].append((time.monotonic(), est_tokens))
+        self._served_total[tenant] += est_tokens
         metrics.INFLIGHT.set(self.inflight)
 
-    def release(self, tenant: str, est_tokens: int, tokens: int) -> None:
-        """The request finished having been served `tokens` tokens: correct the charge, hand the slot on."""
+    def release(self, tenant: str, est_tokens: int, tokens: int, held_s: float = 0.0) -> None:
+        """The request finished having been served `tokens` tokens after holding its slot `held_s` seconds:
+        correct the charge, hand the slot on (a heavy tenant paced by the guard waits before its next)."""
         self.counters[tenant] += tokens - est_tokens
         self.active[tenant] -= 1
         self.running[tenant] -= 1
         self.inflight -= 1
+        duty = self.guard.duty
+        if self.fair and duty < 1 and held_s > 0 and self.heavy(tenant):
+            self._paused_until[tenant] = time.monotonic() + held_s * (1 - duty) / duty
         self._dispatch()
         metrics.INFLIGHT.set(self.inflight)
         metrics.QUEUED.set(self.queued)
@@ -300,13 +332,35 @@ class Admission:
             light = self._light()
             ready = [t for t in self._waiting if self._eligible(t, light)]
             if not ready:
-                return  # the free slots stay reserved for recently active tenants
+                break  # the free slots stay reserved for recently active tenants, or a paced tenant's pause
             nxt = min(ready, key=self._priority)
             _, fut, est = self._waiting[nxt].popleft()
             if not self._waiting[nxt]:
                 del self._waiting[nxt]  # only tenants with a queue are kept: dispatch stays O(tenants waiting)
             self._grant(nxt, est, queued=True)
             fut.set_result(None)
+        self._wake_after_pauses()
+
+    def _wake_after_pauses(self) -> None:
+        """A paced tenant waits on time, not on a release: dispatch again when the first pause ends."""
+        now = time.monotonic()
+        ends = [self._paused_until[t] for t in self._waiting if self._paused_until.get(t, 0.0) > now]
+        if not ends or self.inflight >= self.max_inflight:
+            return  # a release will dispatch
+        when = min(ends)
+        if self._wake is not None and not self._wake[1].cancelled() and now <= self._wake[0] <= when:
+            return
+        if self._wake is not None:
+            self._wake[1].cancel()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._wake = (when, loop.call_later(when - now, self._woken))
+
+    def _woken(self) -> None:
+        self._wake = None
+        self._dispatch()
 
     def _light(self) -> set[str]:
         """Recent tenants (a request within `active_window_s`, or one running) with nothing queued."""
@@ -321,6 +375,13 @@ class Admission:
                 self._demand_sum -= amount
             if not demand:
                 del self._demand[t], self._demand_total[t]
+        for t in list(self._served):
+            served = self._served[t]
+            while served and served[0][0] < cutoff:
+                self._served_total[t] -= served.popleft()[1]
+            if not served:
+                del self._served[t], self._served_total[t]
+                self._paused_until.pop(t, None)
         if not self._demand:
             self._demand_sum = 0.0  # no float drift carried into the next busy period
         return {t for t in self._last_seen if t not in self._waiting}
@@ -342,11 +403,25 @@ class Admission:
         mine = self._demand_total.get(tenant, 0.0)
         return mine > 0 and mine >= self.HEAVY_RATIO * (self._demand_sum - mine) / others
 
+    def paced(self, tenant: str) -> bool:
+        """Is heavy `tenant` held back by the guard's duty cycle now (one slot at most, and a pause after each
+        request)? Never while it has been granted less than the other recent tenants ask for on average."""
+        if self.guard.duty >= 1 or len(self._last_seen) < 2 or not self.heavy(tenant):
+            return False
+        others = len(self._last_seen) - (tenant in self._last_seen)
+        if self._served_total.get(tenant, 0.0) < (self._demand_sum - self._demand_total.get(tenant, 0.0)) / others:
+            return False  # below an equal share: the guard trades only what it gets beyond
+        return self.running[tenant] > 0 or time.monotonic() < self._paused_until.get(tenant, 0.0)
+
     def _eligible(self, tenant: str, light: set[str]) -> bool:
-        """May `tenant` take one more slot now? Always in FIFO mode. In fair mode: if it has nothing
-        running; or if a free slot still stays for each other recent tenant with nothing queued and,
-        when it is heavy, it holds less than `share_limit()`."""
-        if not self.fair or not self.running[tenant]:
+        """May `tenant` take one more slot now? Always in FIFO mode. In fair mode: not while the guard paces
+        it; then if it has nothing running; or if a free slot still stays for each other recent tenant with
+        nothing queued and, when it is heavy, it holds less than `share_limit()`."""
+        if not self.fair:
+            return True
+        if self.paced(tenant):
+            return False
+        if not self.running[tenant]:
             return True
         if self.running[tenant] >= self.share_limit() and self.heavy(tenant):
             return False

@@ -47,7 +47,18 @@ def engine_env(settings: ServingSettings) -> dict[str, str]:
     # vLLM's CPU default pins the worker to one core and reserves the rest; on a small shared host
     # (tests, several engines at once) pinned engines pile onto the same core and starve.
     env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    # The worker's OpenMP threads spin while they wait; with as many threads as cores they preempt the
+    # engine's own scheduler and API server (and the gateway), and every step waits for its slowest thread.
+    if settings.engine_threads:
+        env["OMP_NUM_THREADS"] = str(settings.engine_threads)
+    else:
+        env.setdefault("OMP_NUM_THREADS", str(default_engine_threads()))
     return env
+
+
+def default_engine_threads() -> int:
+    """The host's usable cores less one (at least one): the rest of the engine and the gateway need a core."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 def start_engine(settings: ServingSettings, port: int, log: Path):

@@ -29,12 +29,29 @@ class LastGood(Generic[T]):
         self.what = what
         self.max_entries = max_entries
         self._values: OrderedDict[Hashable, tuple[T, float]] = OrderedDict()  # key -> (value, fetched at)
+        self._refreshing: dict[Hashable, asyncio.Task] = {}
+        self._generation = 0  # bumped by forget(): a fetch that began before it must not store its answer
 
-    async def call(self, key: Hashable, fn: Callable[[], T], reuse_s: float = 0.0) -> T:
-        """`fn()`, remembered; a value fetched less than `reuse_s` ago is returned without calling `fn`."""
+    async def call(self, key: Hashable, fn: Callable[[], T], reuse_s: float = 0.0, refresh_ahead: bool = False) -> T:
+        """`fn()`, remembered; a value fetched less than `reuse_s` ago is returned without calling `fn`.
+
+        With `refresh_ahead`, an older value is returned too while one background call of `fn` renews it
+        (stale-while-revalidate: no request waits on the store for a name it knows; a change made
+        elsewhere shows within `reuse_s` plus one round trip). If that call fails for any other reason
+        than an unavailable store (the name is gone, the key revoked), the value is dropped and the next
+        request asks afresh and gets the error.
+        """
         held = self._values.get(key)
         if held is not None and time.monotonic() - held[1] < reuse_s:
             return held[0]
+        if held is not None and refresh_ahead and reuse_s > 0:
+            if key not in self._refreshing:
+                task = self._refreshing[key] = asyncio.create_task(self._refresh(key, fn, self._generation))
+                task.add_done_callback(lambda _t: self._refreshing.pop(key, None))
+            return held[0]
+        return await self._fetch(key, fn, held, self._generation)
+
+    async def _fetch(self, key: Hashable, fn: Callable[[], T], held: tuple[T, float] | None, generation: int) -> T:
         try:
             value = await asyncio.to_thread(fn)
         except StorageUnavailable:
@@ -43,13 +60,25 @@ class LastGood(Generic[T]):
             metrics.STALE_SERVED.labels(self.what).inc()
             log.warning("object store unavailable: serving the last known %s", self.what)
             return held[0]
-        self._values[key] = (value, time.monotonic())
-        self._values.move_to_end(key)
-        if len(self._values) > self.max_entries:
-            self._values.popitem(last=False)
+        if generation == self._generation:
+            self._values[key] = (value, time.monotonic())
+            self._values.move_to_end(key)
+            if len(self._values) > self.max_entries:
+                self._values.popitem(last=False)
         return value
+
+    async def _refresh(self, key: Hashable, fn: Callable[[], T], generation: int) -> None:
+        """`generation` as the renewal was decided: a forget() in between (even before this task ran) wins."""
+        try:
+            await self._fetch(key, fn, self._values.get(key), generation)
+        except Exception as e:  # noqa: BLE001 - any answer but "unavailable" ends the stale value's use
+            if generation == self._generation:
+                self._values.pop(key, None)
+            log.info("a remembered %s is no longer valid (%s): asked afresh on its next use", self.what,
+                     type(e).__name__)
 
     def forget(self, predicate: Callable[[Hashable, T], bool]) -> None:
         """Drop remembered answers that must never be replayed (a rotated key, a deleted tenant)."""
+        self._generation += 1
         for key in [k for k, (v, _) in self._values.items() if predicate(k, v)]:
             del self._values[key]

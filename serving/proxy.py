@@ -79,18 +79,18 @@ class Ticket:
         self.done = True
         if self.lora:
             self.gw.residency.release(self.lora)
-        self.gw.admission.release(self.tenant, self.est, self.usage_total or self.events or self.est)
+        self.gw.admission.release(self.tenant, self.est, self.usage_total or self.events or self.est,
+                                  time.monotonic() - self.granted)
         if status == "ok":
             self._observe_speed()
         metrics.REQUESTS.labels(self.tenant, self.label, status).inc()
         metrics.LATENCY.labels(self.tenant, self.label).observe(time.monotonic() - self.arrived)
 
     def _observe_speed(self) -> None:
-        """Engine seconds per output token, for fair admission's slowdown guard: between streamed tokens, or
-        over the whole call (prompt included) for a response that came in one piece."""
+        """Seconds per output token since admission (the engine's queue and prefill included: on a busy host
+        the first token is where the slowdown shows), for fair admission's slowdown guard."""
         if self.token_times and self.events >= 3:
-            first, last = self.token_times
-            self.gw.admission.observe("stream", (last - first) / (self.events - 1))
+            self.gw.admission.observe("stream", (self.token_times[1] - self.granted) / self.events)
         elif not self.token_times and self.completion >= 2:
             self.gw.admission.observe("whole", (time.monotonic() - self.granted) / self.completion)
 

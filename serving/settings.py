@@ -25,6 +25,10 @@ class ServingSettings(BaseSettings):
     engine_log: Path | None = Field(None, description="Log file of a managed engine.")
     engine_pid_file: Path | None = Field(None, description="Where a managed engine's pid is written (for `down`).")
     engine_kv_cache_gb: int = Field(1, description="VLLM_CPU_KVCACHE_SPACE for the CPU engine.")
+    engine_threads: int = Field(0, ge=0, description="CPU threads of the engine's model worker (OMP_NUM_THREADS). "
+                                "0: OMP_NUM_THREADS if set, else the host's cores less one, which the engine's "
+                                "scheduler and API server and the gateway need (on 2 cores a 2-thread worker "
+                                "made requests several times slower).")
     engine_connect_timeout_s: float = Field(2.0, description="Connect timeout to the engine.")
     engine_timeout_s: float = Field(120.0, description="Timeout of one engine call (also between stream chunks).")
     engine_load_timeout_s: float = Field(60.0, description="Timeout of one adapter load into the engine.")

@@ -57,7 +57,10 @@ class Gateway:
         )
 
     async def authenticate(self, api_key: str) -> Tenant:
-        return await self.known_keys.call(hash_key(api_key), lambda: self.tenants.authenticate(api_key))
+        # Reused as long as the registry's own authentication cache would, then renewed in the background: a
+        # revoked key fails within that TTL plus one round trip; one revoked through this gateway at once.
+        return await self.known_keys.call(hash_key(api_key), lambda: self.tenants.authenticate(api_key),
+                                          reuse_s=self.tenants.auth_cache_ttl_s, refresh_ahead=True)
 
     def dedicated_engine(self, tenant: str, model: str) -> httpx.AsyncClient | None:
         """Separate-model mode: the client of `tenant`'s own engine if it serves `model`, else None."""
@@ -79,12 +82,13 @@ class Gateway:
         self.known_models.forget(lambda key, _m: key[0] == tenant and (name is None or key[1].partition("@")[0] == name))
 
     async def resolve(self, tenant: str, ref: str) -> Manifest:
-        """`ref` within `tenant` (404s as ModelNotFound). A success is reused for `resolve_cache_s`: without it
-        every inference request costs S3 round trips (alias, manifest) before admission, and a flooding tenant's
-        lookups would queue the others' in the thread pool. Writes through this gateway take effect at once;
-        an alias moved through another replica, within `resolve_cache_s`."""
+        """`ref` within `tenant` (404s as ModelNotFound). A success is reused for `resolve_cache_s`, then renewed
+        in the background while still used: without it every inference request costs S3 round trips (alias,
+        manifest) before admission, and a flooding tenant's lookups would queue the others' in the thread pool.
+        Writes through this gateway take effect at once; an alias moved through another replica, within
+        `resolve_cache_s` plus one round trip."""
         return await self.known_models.call((tenant, ref), lambda: self.adapters.resolve(tenant, ref),
-                                            reuse_s=self.settings.resolve_cache_s)
+                                            reuse_s=self.settings.resolve_cache_s, refresh_ahead=True)
 
     async def forward(self, tenant: Tenant, body: dict, path: str):
         """Send one inference request on to the engine (serving/proxy.py); the Ray gateway sends it to Ray."""

@@ -365,3 +365,100 @@ def test_the_guard_holds_a_heavy_tenant_back_but_never_a_light_one():
         fifo = Admission(max_inflight=8, max_queue=100, fair=False, slowdown_tolerance=1.2)
         assert fifo.guard.limit == 8  # FIFO mode has no guard
     asyncio.run(go())
+
+
+def test_the_guard_goes_below_one_slot_as_a_duty_cycle_and_climbs_back():
+    """One slot kept busy can still be several times a share: the ceiling halves on below one slot (a duty
+    cycle, down to min_duty) while the slowdown lasts, then regrows by half per interval, one slot above 1."""
+    from serving.admission import SlowdownGuard
+
+    g = SlowdownGuard(max_inflight=8, tolerance=1.2, interval_s=0.5, window_s=2.0, min_duty=1 / 16)
+    t = 0.0
+    for _ in range(12):
+        t += 0.25
+        g.observe("stream", 0.010, now=t)
+    assert g.duty == 1.0
+    for _ in range(80):  # still slow with one slot: keeps halving, to the floor
+        t += 0.25
+        g.observe("stream", 0.020, now=t)
+    assert g.limit == 1 and g.duty == pytest.approx(1 / 16)
+    duties = []
+    for _ in range(20):
+        t += 0.25
+        g.observe("stream", 0.010, now=t)
+        duties.append(g.duty)
+    assert duties == sorted(duties) and duties[-1] == 1.0  # regrows steadily, never past one slot at once here
+    for _ in range(60):
+        t += 0.25
+        g.observe("stream", 0.010, now=t)
+    assert g.limit == 8
+
+
+def test_a_paced_heavy_tenant_waits_in_proportion_to_its_last_request_but_never_below_an_equal_share():
+    async def go():
+        adm = Admission(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, slowdown_tolerance=1.2)
+        await _seen(adm, "b", "c")  # each asked for 1 token: a's equal share is 1 token within the window
+        adm.guard.ceiling = 0.25  # holds its slot a quarter of the time
+        flood = [asyncio.create_task(adm.acquire("a", 1)) for _ in range(10)]
+        await asyncio.sleep(0)
+        assert adm.running["a"] == 1 and adm.paced("a")  # one slot, though seven are free
+        adm.release("a", 1, 1, held_s=0.1)  # then a pause of 0.1 * (1 - 0.25) / 0.25 = 0.3 s
+        await asyncio.sleep(0.05)
+        assert adm.running["a"] == 0 and adm.queued == 9
+        burst = [asyncio.create_task(adm.acquire("b", 1)) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert all(t.done() for t in burst)  # the light tenant is never paced
+        for _ in range(3):
+            adm.release("b", 1, 1, held_s=0.1)
+        await asyncio.sleep(0.4)  # the pause ended: a timer dispatched a's next request, no release needed
+        assert adm.running["a"] == 1
+        # b has now asked for 4 tokens, c for 1: a, granted 2 < their mean 2.5, is not paused below that
+        adm.release("a", 1, 1, held_s=0.1)
+        await asyncio.sleep(0)
+        assert adm.running["a"] == 1 and adm.queued == 7
+        adm.release("a", 1, 1, held_s=0.1)  # granted 3 now: paused again
+        await asyncio.sleep(0)
+        assert adm.running["a"] == 0 and adm.paced("a")
+        for task in flood:
+            task.cancel()
+    asyncio.run(go())
+
+
+def test_the_guard_moves_only_while_a_heavy_tenant_presses_against_it():
+    """Congestion window validation: slow samples with nobody held back (no flood, or a flooder alone) leave
+    the ceiling where it is, and so does a quiet spell: the next flood meets what the last one taught."""
+    from serving.admission import SlowdownGuard
+
+    g = SlowdownGuard(max_inflight=8, tolerance=1.2, interval_s=0.5, window_s=1.0)
+    t = 0.0
+    for _ in range(8):
+        t += 0.25
+        g.observe("stream", 0.010, now=t)
+    for _ in range(20):
+        t += 0.25
+        g.observe("stream", 0.040, now=t, contended=False)
+    assert g.slowdown == pytest.approx(4.0) and g.limit == 8  # measured, not acted on
+    g.observe("stream", 0.040, now=t + 0.5)
+    assert g.ceiling == pytest.approx(8 * 1.2 / 4)  # far above tolerance: cut by tolerance / slowdown at once
+    for _ in range(40):
+        t += 0.25
+        g.observe("stream", 0.010, now=t + 1, contended=False)
+    assert g.ceiling == pytest.approx(2.4)  # not regrown while nobody asks for more
+
+    async def go():
+        adm = Admission(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, slowdown_tolerance=1.2)
+        adm.guard.window_s, adm.guard.interval_s = 0.2, 0.0
+        await _seen(adm, "b", "c")
+        for _ in range(5):
+            adm.observe("stream", 0.010)
+        await asyncio.sleep(0.25)
+        for _ in range(5):
+            adm.observe("stream", 0.050)  # slow, but no heavy tenant waits
+        assert adm.guard.slowdown == pytest.approx(5.0) and adm.guard.ceiling == 8
+        flood = [asyncio.create_task(adm.acquire("a", 1)) for _ in range(20)]
+        await asyncio.sleep(0)
+        adm.observe("stream", 0.050)
+        assert adm.guard.ceiling == 2  # now a heavy tenant waits beside b and c
+        for task in flood:
+            task.cancel()
+    asyncio.run(go())
