@@ -15,8 +15,8 @@ held back). A tenant alone, or while the others are quiet, may use the whole win
 
 Headroom alone still lets a flooder fill the rest of the window, and on an engine whose step time
 grows with its batch (a CPU engine) that slows every request in it, the others' included. So fair mode
-also holds back a *heavy* tenant: one whose demand (estimated tokens asked for within `active_window_s`)
-is at least `HEAVY_RATIO` times the mean demand of the other recent tenants. While others are active a
+also holds back a *heavy* tenant: one whose demand (estimated tokens asked for within `heavy_window_s`)
+is at least `HEAVY_RATIO` times the mean demand of the other tenants of that window. While others are active a
 heavy tenant holds at most
 - `share_cap * max_inflight / n` slots (n recent tenants; 1.0 is the equal share of the window), and
 - the slowdown guard's ceiling: the gateway reports each finished request's time per output token from
@@ -106,7 +106,7 @@ class SlowdownGuard:
                  horizon_s: float = 300.0, min_samples: int = 3, min_duty: float = 1 / 16):
         self.max_inflight, self.tolerance, self.min_duty = max_inflight, tolerance, min_duty
         self.interval_s, self.window_s, self.horizon_s, self.min_samples = interval_s, window_s, horizon_s, min_samples
-        self.ceiling = float(max_inflight)
+        self.ceiling = min(1.0, float(max_inflight))  # slow start: a heavy tenant earns slots by not slowing others
         self.slowdown = 1.0
         self._samples: dict[str, deque] = defaultdict(deque)  # kind -> (time, seconds per token)
         self._lows: dict[str, deque] = defaultdict(deque)  # kind -> increasing (time, median): sliding minimum
@@ -171,6 +171,8 @@ class Admission:
         fair: VTC order and per-tenant headroom; False: plain first-come first-served (the baseline
             the fairness benchmark compares against).
         active_window_s: how long after its last request a tenant still counts as active (keeps its reserve).
+        heavy_window_s: the window over which demand is compared to tell a heavy tenant (long enough that a
+            light tenant's Poisson burst of a few requests does not look like a flood).
         share_cap: fair mode, while several tenants are active: a heavy tenant's slots are capped at this
             multiple of its equal share of the window (0: no cap).
         slowdown_tolerance: fair mode: the slowdown guard holds heavy tenants back while the engine's time
@@ -180,11 +182,12 @@ class Admission:
     HEAVY_RATIO = 2.0  # demand, as a multiple of the other recent tenants' mean, that makes a tenant heavy
 
     def __init__(self, max_inflight: int, max_queue: int, fair: bool = True, active_window_s: float = 5.0,
-                 share_cap: float = 0.0, slowdown_tolerance: float = 0.0):
+                 share_cap: float = 0.0, slowdown_tolerance: float = 0.0, heavy_window_s: float = 20.0):
         self.max_inflight = max_inflight
         self.max_queue = max_queue
         self.fair = fair
         self.active_window_s = active_window_s
+        self.heavy_window_s = max(heavy_window_s, active_window_s)
         self.share_cap = share_cap
         self.guard = SlowdownGuard(max_inflight, slowdown_tolerance if fair else 0.0)
         self._demand: dict[str, deque] = defaultdict(deque)  # tenant -> (time, est_tokens) within the window
@@ -364,9 +367,11 @@ class Admission:
 
     def _light(self) -> set[str]:
         """Recent tenants (a request within `active_window_s`, or one running) with nothing queued."""
-        cutoff = time.monotonic() - self.active_window_s
+        now = time.monotonic()
+        cutoff = now - self.active_window_s
         for t in [t for t, at in self._last_seen.items() if at < cutoff and not self.active[t]]:
             del self._last_seen[t]  # keeps the set as small as the tenants really active
+        cutoff = now - self.heavy_window_s
         for t in list(self._demand):
             demand = self._demand[t]
             while demand and demand[0][0] < cutoff:
@@ -395,21 +400,27 @@ class Admission:
         share = max(1, round(self.share_cap * self.max_inflight / recent)) if self.share_cap else self.max_inflight
         return min(share, self.guard.limit)
 
-    def heavy(self, tenant: str) -> bool:
-        """Does `tenant` ask for at least HEAVY_RATIO x the mean of what the other recent tenants ask for?"""
-        others = len(self._last_seen) - (tenant in self._last_seen)  # every tenant with demand was seen
+    def _others_mean(self, tenant: str) -> float | None:
+        """Mean demand of the other tenants of the heavy window (None: there are none)."""
+        others = len(self._demand) - (tenant in self._demand)
         if others < 1:
+            return None
+        return (self._demand_sum - self._demand_total.get(tenant, 0.0)) / others
+
+    def heavy(self, tenant: str) -> bool:
+        """Does `tenant` ask for at least HEAVY_RATIO x the mean of what the other tenants ask for, while
+        another tenant is active?"""
+        if len(self._last_seen) - (tenant in self._last_seen) < 1:
             return False
-        mine = self._demand_total.get(tenant, 0.0)
-        return mine > 0 and mine >= self.HEAVY_RATIO * (self._demand_sum - mine) / others
+        mine, mean = self._demand_total.get(tenant, 0.0), self._others_mean(tenant)
+        return mean is not None and mine > 0 and mine >= self.HEAVY_RATIO * mean
 
     def paced(self, tenant: str) -> bool:
         """Is heavy `tenant` held back by the guard's duty cycle now (one slot at most, and a pause after each
-        request)? Never while it has been granted less than the other recent tenants ask for on average."""
+        request)? Never while it has been granted less than the other tenants ask for on average."""
         if self.guard.duty >= 1 or len(self._last_seen) < 2 or not self.heavy(tenant):
             return False
-        others = len(self._last_seen) - (tenant in self._last_seen)
-        if self._served_total.get(tenant, 0.0) < (self._demand_sum - self._demand_total.get(tenant, 0.0)) / others:
+        if self._served_total.get(tenant, 0.0) < (self._others_mean(tenant) or 0.0):
             return False  # below an equal share: the guard trades only what it gets beyond
         return self.running[tenant] > 0 or time.monotonic() < self._paused_until.get(tenant, 0.0)
 

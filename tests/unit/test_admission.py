@@ -306,8 +306,9 @@ def test_slowdown_guard_halves_the_ceiling_while_the_engine_is_slow_and_regrows_
     from serving.admission import SlowdownGuard
 
     g = SlowdownGuard(max_inflight=16, tolerance=1.2, interval_s=0.5, window_s=2.0)
+    assert g.limit == 1  # slow start: a heavy tenant earns slots by not slowing the others
     t = 0.0
-    for _ in range(12):  # light load: 10 ms per token
+    for _ in range(40):  # light load: 10 ms per token; one slot more per interval
         t += 0.25
         g.observe("stream", 0.010, now=t)
     assert g.limit == 16 and g.slowdown == pytest.approx(1.0)
@@ -433,7 +434,9 @@ def test_the_guard_moves_only_while_a_heavy_tenant_presses_against_it():
     t = 0.0
     for _ in range(8):
         t += 0.25
-        g.observe("stream", 0.010, now=t)
+        g.observe("stream", 0.010, now=t, contended=False)
+    assert g.limit == 1  # not grown from its start: nobody asked for more
+    g.ceiling = 8.0
     for _ in range(20):
         t += 0.25
         g.observe("stream", 0.040, now=t, contended=False)
@@ -447,7 +450,7 @@ def test_the_guard_moves_only_while_a_heavy_tenant_presses_against_it():
 
     async def go():
         adm = Admission(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, slowdown_tolerance=1.2)
-        adm.guard.window_s, adm.guard.interval_s = 0.2, 0.0
+        adm.guard.window_s, adm.guard.interval_s, adm.guard.ceiling = 0.2, 0.0, 8.0
         await _seen(adm, "b", "c")
         for _ in range(5):
             adm.observe("stream", 0.010)
