@@ -134,7 +134,9 @@ def _prompts() -> list[str]:
 
 
 def _drive_sync(url: str, loads: list[TenantLoad], duration_s: float, seed: int, start_at: float | None = None):
-    return asyncio.run(drive(url, loads, duration_s, seed, start_at))
+    """The samples, and the CPU seconds this client process spent (the load generator shares the host)."""
+    samples = asyncio.run(drive(url, loads, duration_s, seed, start_at))
+    return samples, time.process_time()
 
 
 def _warm(seconds: float) -> None:
@@ -149,7 +151,8 @@ def _drive(url: str, loads: list[TenantLoad], duration_s: float, seed: int = 0):
         pool.map(_warm, [0.3] * len(loads), chunksize=1)  # each busy a while: one each, all imported
         start_at = time.monotonic() + 0.5
         parts = pool.starmap(_drive_sync, [(url, [load], duration_s, seed, start_at) for load in loads], chunksize=1)
-        return [s for part in parts for s in part]
+        _drive.cpu = {load.tenant: cpu for load, (_, cpu) in zip(loads, parts)}
+        return [s for samples, _ in parts for s in samples]
 
 
 def _capacity(url: str, tenants, max_tokens: int) -> float:

@@ -180,6 +180,7 @@ class Admission:
     """
 
     HEAVY_RATIO = 2.0  # demand, as a multiple of the other recent tenants' mean, that makes a tenant heavy
+    PACE_SLACK = 4  # requests (of the tenant's mean size) granted beyond an equal share before pacing starts
 
     def __init__(self, max_inflight: int, max_queue: int, fair: bool = True, active_window_s: float = 5.0,
                  share_cap: float = 0.0, slowdown_tolerance: float = 0.0, heavy_window_s: float = 20.0):
@@ -420,8 +421,12 @@ class Admission:
         request)? Never while it has been granted less than the other tenants ask for on average."""
         if self.guard.duty >= 1 or len(self._last_seen) < 2 or not self.heavy(tenant):
             return False
-        if self._served_total.get(tenant, 0.0) < (self._others_mean(tenant) or 0.0):
-            return False  # below an equal share: the guard trades only what it gets beyond
+        asked = self._demand.get(tenant)
+        slack = self.PACE_SLACK * self._demand_total[tenant] / len(asked) if asked else 0.0
+        if self._served_total.get(tenant, 0.0) < (self._others_mean(tenant) or 0.0) + slack:
+            # within an equal share (and a few requests: when activity starts, counts are small and one
+            # tenant's second request makes it "heavy"): the guard trades only what it gets beyond
+            return False
         return self.running[tenant] > 0 or time.monotonic() < self._paused_until.get(tenant, 0.0)
 
     def _eligible(self, tenant: str, light: set[str]) -> bool:

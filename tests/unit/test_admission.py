@@ -398,6 +398,7 @@ def test_the_guard_goes_below_one_slot_as_a_duty_cycle_and_climbs_back():
 def test_a_paced_heavy_tenant_waits_in_proportion_to_its_last_request_but_never_below_an_equal_share():
     async def go():
         adm = Admission(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, slowdown_tolerance=1.2)
+        adm.PACE_SLACK = 0  # (the slack of a few requests is checked below)
         await _seen(adm, "b", "c")  # each asked for 1 token: a's equal share is 1 token within the window
         adm.guard.ceiling = 0.25  # holds its slot a quarter of the time
         flood = [asyncio.create_task(adm.acquire("a", 1)) for _ in range(10)]
@@ -421,6 +422,21 @@ def test_a_paced_heavy_tenant_waits_in_proportion_to_its_last_request_but_never_
         await asyncio.sleep(0)
         assert adm.running["a"] == 0 and adm.paced("a")
         for task in flood:
+            task.cancel()
+        # the slack: when activity starts, counts are small; a is paced only once granted b and c's mean + 4
+        slack = Admission(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, slowdown_tolerance=1.2)
+        await _seen(slack, "b", "c")
+        slack.guard.ceiling = 0.25
+        more = [asyncio.create_task(slack.acquire("a", 1)) for _ in range(10)]
+        await asyncio.sleep(0)
+        for _ in range(4):
+            slack.release("a", 1, 1, held_s=0.1)
+            await asyncio.sleep(0)
+            assert slack.running["a"] == 1  # granted at once
+        slack.release("a", 1, 1, held_s=0.1)  # granted 5 = 1 + 4: now paced
+        await asyncio.sleep(0)
+        assert slack.running["a"] == 0 and slack.paced("a")
+        for task in more:
             task.cancel()
     asyncio.run(go())
 
