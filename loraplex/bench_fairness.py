@@ -186,7 +186,7 @@ def _engine_means(before: dict, after: dict) -> dict:
 
 
 def _summarise(samples, phase: str, mode: str, skip: set[str], waits: dict, engine: dict,
-               seconds: float, window_s: float, windows: int) -> list[dict]:
+               seconds: float, window_s: float, windows: int, client_cpu: dict | None = None) -> list[dict]:
     """One row per tenant, and one for the other tenants pooled (more samples: a steadier p99).
 
     `seconds`: the condition's wall time (arrivals, then the backlog's drain); `window_s`: one slice's
@@ -209,6 +209,7 @@ def _summarise(samples, phase: str, mode: str, skip: set[str], waits: dict, engi
                      "ttft_p99_ms": _ms(percentile([s.ttft_s for s in ok if s.ttft_s is not None], 99)),
                      "admission_wait_p50_ms": _ms(percentile(wait, 50)),
                      "admission_wait_p99_ms": _ms(percentile(wait, 99)),
+                     "client_cpu_s": round(sum((client_cpu or {}).get(t, 0.0) for t in members), 1),
                      **engine})
     return rows
 
@@ -255,7 +256,8 @@ def _ms(v):
 
 def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, inflight: int = 4,
                  max_tokens: int = 16, var_dir: Path = Path("var"), slices: int = 3,
-                 modes: tuple[str, ...] = tuple(MODES), share_cap: float = 1.0) -> dict:
+                 modes: tuple[str, ...] = tuple(MODES), share_cap: float = 1.0,
+                 share_rps: float | None = None) -> dict:
     """Run every mode, baseline and flood; write fairness.json/.csv/.png/.md under `out`.
 
     The conditions (mode x baseline/flood) get `duration_s` of traffic each, cut into `slices` and run
@@ -267,6 +269,9 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
     idle; while others are active, `fair-noguard` also caps a heavy tenant at `share_cap` x its equal share
     of the window, and `fair` adds the slowdown guard (a heavy tenant's slots shrink while the engine runs
     slower than at light load). The machine's load average is recorded per phase: on a shared host it explains much of the noise.
+    `share_rps` pins each tenant's share instead of half the calibrated capacity: the calibration (a burst
+    through a full window) varies by 2x between runs on a shared 2-core host, and near the knee of the
+    open-loop latency curve a few percent more load doubles the baseline's latency.
     """
     from common.procs import free_port, stop_group
     from registry.seaweed import SeaweedServer
@@ -296,8 +301,9 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
             bg.tenants = _tenants(bg.url, bg.admin, demo.adapter_dirs)
         first = gateways[modes[0]]
         cap = _capacity(first.url, first.tenants, max_tokens)
-        share = 0.5 * cap / len(first.tenants)  # at their share: half busy
-        meta = {"capacity_req_s": round(cap, 2), "share_req_s": round(share, 2), "slices": slices}
+        share = share_rps or 0.5 * cap / len(first.tenants)  # at their share: half busy (by the calibration)
+        meta = {"capacity_req_s": round(cap, 2), "share_req_s": round(share, 2), "share_pinned": bool(share_rps),
+                "slices": slices}
         console.print(f"capacity {cap:.1f} req/s; each tenant's share {share:.2f} req/s")
         acc: dict[tuple[str, str], dict] = {}
         for i in range(slices):
@@ -315,8 +321,11 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
                     with _GuardWatch(bg.gw.admission.guard, duration_s / slices) as watch:
                         samples = _drive(bg.url, loads, duration_s / slices, seed=i)
                     a = acc.setdefault((mode, phase), {"samples": [], "waits": defaultdict(list), "load": 0.0,
-                                                       "after": defaultdict(float), "wall": 0.0, "guard": []})
+                                                       "after": defaultdict(float), "wall": 0.0, "guard": [],
+                                                       "client_cpu": defaultdict(float)})
                     a["guard"] += watch.seen
+                    for t, cpu in _drive.cpu.items():
+                        a["client_cpu"][t] += cpu
                     a["wall"] += time.monotonic() - started  # arrivals, then the backlog drained
                     after = _engine_totals(engine.engine_url)
                     for key in after:  # engine histogram totals of this condition's slices only
@@ -331,7 +340,7 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
             stats["loadavg_1m"] = round(a["load"], 1)
             stats.update(_guard_stats(a["guard"]))
             rows += _summarise(a["samples"], phase, mode, {gateways[mode].tenants[0][0]}, dict(a["waits"]), stats,
-                               a["wall"], duration_s / slices, slices)
+                               a["wall"], duration_s / slices, slices, dict(a["client_cpu"]))
         rows.sort(key=lambda r: (modes.index(r["mode"]), r["phase"] != "baseline", r["pooled"], r["tenant"]))
     finally:
         for bg in gateways.values():

@@ -107,7 +107,11 @@ def bench_fairness(out: Path = typer.Option(Path("var/bench"), "--out"),
                                              "tolerance X)"),
                    share_cap: float = typer.Option(1.0, help="the capped modes' LORAPLEX_FAIR_SHARE_CAP"),
                    slices: int = typer.Option(3, help="each condition's traffic is cut into this many "
-                                              "round-robin slices")) -> None:
+                                              "round-robin slices"),
+                   share_rps: float = typer.Option(0.0, min=0.0, help="each tenant's share in requests/s (0: half "
+                                                   "the calibrated capacity over the tenants); pins the "
+                                                   "operating point, which the calibration on a shared "
+                                                   "host does not")) -> None:
     """One tenant floods at 10x its share: the other tenants' p99 by admission mode (FIFO vs fair/VTC)."""
     from loraplex.bench_fairness import mode_settings, run_fairness
 
@@ -118,7 +122,7 @@ def bench_fairness(out: Path = typer.Option(Path("var/bench"), "--out"),
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--modes") from None
     run_fairness(out, duration_s=duration, flood_factor=flood_factor, inflight=inflight, modes=chosen,
-                 share_cap=share_cap, slices=slices)
+                 share_cap=share_cap, slices=slices, share_rps=share_rps or None)
 
 
 @tenant_app.command("create")
