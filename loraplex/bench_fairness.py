@@ -3,7 +3,8 @@
 Stands up SeaweedFS, one vLLM engine and, per admission mode, a gateway in this process: `fifo`
 (first come, first served), `fair-nocap` (VTC order and headroom, work-conserving) and `fair` (the
 default: VTC, headroom and the per-tenant share cap). Three demo tenants send Poisson traffic (open
-loop, from a separate process, so the load generator does not share the gateway's interpreter); then
+loop, each tenant from its own process, as separate clients would: the flooder's thousands of open requests
+do not delay the others' client, and none shares the gateway's interpreter); then
 tenant A floods at 10x its share. Each tenant's arrivals come from its own seeded generator, so the
 other tenants send at the same moments with and without the flood. Reports the other tenants' p50/p99
 latency and time to first token with and without the flood, per mode, as JSON, CSV, a PNG and a
