@@ -179,7 +179,7 @@ class Admission:
             per output token is more than this multiple of its light-load value (0: off).
     """
 
-    HEAVY_RATIO = 2.0  # demand, as a multiple of the other recent tenants' mean, that makes a tenant heavy
+    HEAVY_RATIO = 2.0  # demand over heavy_window_s, as a multiple of the other tenants' mean, that makes one heavy
     PACE_SLACK = 4  # requests (of the tenant's mean size) granted beyond an equal share before pacing starts
 
     def __init__(self, max_inflight: int, max_queue: int, fair: bool = True, active_window_s: float = 5.0,
