@@ -144,16 +144,16 @@ def _warm(seconds: float) -> None:
     time.sleep(seconds)  # defined here: unpickling it imports this module in the worker
 
 
-def _drive(url: str, loads: list[TenantLoad], duration_s: float, seed: int = 0):
+def _drive(url: str, loads: list[TenantLoad], duration_s: float, seed: int = 0) -> tuple[list, dict[str, float]]:
     """The open-loop traffic: each tenant from its own child process (its own interpreter and event loop,
     like real clients), so that the flooder's client work, thousands of open requests, does not delay when
-    the other tenants' clients send and read; the processes start sending at the same instant."""
+    the other tenants' clients send and read; the processes start sending at the same instant. Returns the
+    samples and each tenant's client CPU seconds."""
     with multiprocessing.get_context("spawn").Pool(len(loads)) as pool:  # starts every worker now
         pool.map(_warm, [0.3] * len(loads), chunksize=1)  # each busy a while: one each, all imported
         start_at = time.monotonic() + 0.5
         parts = pool.starmap(_drive_sync, [(url, [load], duration_s, seed, start_at) for load in loads], chunksize=1)
-        _drive.cpu = {load.tenant: cpu for load, (_, cpu) in zip(loads, parts)}
-        return [s for samples, _ in parts for s in samples]
+        return [s for samples, _ in parts for s in samples], {load.tenant: cpu for load, (_, cpu) in zip(loads, parts)}
 
 
 def _capacity(url: str, tenants, max_tokens: int) -> float:
@@ -320,12 +320,12 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
                     before, load_before = _engine_totals(engine.engine_url), os.getloadavg()[0]
                     started = time.monotonic()
                     with _GuardWatch(bg.gw.admission.guard, duration_s / slices) as watch:
-                        samples = _drive(bg.url, loads, duration_s / slices, seed=i)
+                        samples, client_cpu = _drive(bg.url, loads, duration_s / slices, seed=i)
                     a = acc.setdefault((mode, phase), {"samples": [], "waits": defaultdict(list), "load": 0.0,
                                                        "after": defaultdict(float), "wall": 0.0, "guard": [],
                                                        "client_cpu": defaultdict(float)})
                     a["guard"] += watch.seen
-                    for t, cpu in _drive.cpu.items():
+                    for t, cpu in client_cpu.items():
                         a["client_cpu"][t] += cpu
                     a["wall"] += time.monotonic() - started  # arrivals, then the backlog drained
                     after = _engine_totals(engine.engine_url)

@@ -33,6 +33,9 @@ class ServingSettings(BaseSettings):
     engine_timeout_s: float = Field(120.0, description="Timeout of one engine call (also between stream chunks).")
     engine_load_timeout_s: float = Field(60.0, description="Timeout of one adapter load into the engine.")
     ready_cache_s: float = Field(2.0, description="How long a /ready verdict is reused.")
+    auth_cache_s: float = Field(5.0, ge=0, description="How long the gateway reuses an authenticated API key "
+                                "before renewing it in the background (a key revoked through another replica "
+                                "is refused within this plus one round trip).")
     resolve_cache_s: float = Field(2.0, ge=0, description="How long the gateway reuses a resolved model name "
                                    "(alias -> version) before asking the registry again; uploads and alias moves "
                                    "through this gateway take effect at once, through another replica within "

@@ -50,17 +50,18 @@ class Gateway:
                                    probes=default_probes(registry_settings, base_spec, warm=True))
         engine = EngineClient(settings)
         return cls(
-            settings=settings, store=store, tenants=TenantRegistry(store), adapters=adapters,
+            settings=settings, store=store, tenants=TenantRegistry(store, auth_cache_ttl_s=0), adapters=adapters,
             cache=AdapterCache(registry_settings, adapters.open_file), engine=engine,
             residency=AdapterResidency(engine, settings.max_cpu_loras),
             admission=Admission.from_settings(settings),
         )
 
     async def authenticate(self, api_key: str) -> Tenant:
-        # Reused as long as the registry's own authentication cache would, then renewed in the background: a
-        # revoked key fails within that TTL plus one round trip; one revoked through this gateway at once.
+        # The gateway's one cache of keys (its registry keeps none: a renewal must reach S3): reused for
+        # `auth_cache_s`, then renewed in the background; a key revoked elsewhere fails within that plus one
+        # round trip, one revoked through this gateway at once.
         return await self.known_keys.call(hash_key(api_key), lambda: self.tenants.authenticate(api_key),
-                                          reuse_s=self.tenants.auth_cache_ttl_s, refresh_ahead=True)
+                                          reuse_s=self.settings.auth_cache_s, refresh_ahead=True)
 
     def dedicated_engine(self, tenant: str, model: str) -> httpx.AsyncClient | None:
         """Separate-model mode: the client of `tenant`'s own engine if it serves `model`, else None."""
