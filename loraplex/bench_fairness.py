@@ -25,7 +25,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import httpx
@@ -199,10 +199,13 @@ def _summarise(samples, phase: str, mode: str, skip: set[str], waits: dict, engi
     rows = []
     for name, (members, pooled) in groups.items():
         mine = [s for s in samples if s.tenant in members]
-        ok = [s for s in mine if s.status == 200]
+        ok = [s for s in mine if s.status == 200 and s.error is None]
+        failed = Counter(f"{s.status}: {s.error or ''}"[:160] for s in mine if s not in ok)
         wait = [w for t in members for w in waits.get(t, [])]
         rows.append({"mode": mode, "phase": phase, "tenant": name, "flooder": name in skip, "pooled": pooled,
                      "sent": len(mine), "ok": len(ok), "rejected": sum(s.status in (429, 503) for s in mine),
+                     # why requests were refused or failed (status: start of the body), the commonest first
+                     "errors": dict(failed.most_common(5)),
                      "ok_per_s": round(sum(s.sent_at + s.latency_s <= window_s for s in ok) / (window_s * windows), 2),
                      "wall_s": round(seconds, 1),
                      "latency_p50_ms": _ms(percentile([s.latency_s for s in ok], 50)),
@@ -437,4 +440,8 @@ def _markdown(result) -> str:
                   "| flooder served/s |", "|---|---|---|---|---|"]
     lines += [f"| {m} | {pooled[m]} | {worst[m]} | {p50[m]} | {rate[m]} |" for m in pooled]
     lines += ["", "Target: the other tenants' p99 under the flood ≤ 1.2× their p99 without it."]
+    failures = [(r, e, n) for r in result["rows"] if not r["pooled"] for e, n in (r.get("errors") or {}).items()]
+    if failures:
+        lines += ["", "Requests not answered in full (status: start of the body or the client's error):", ""]
+        lines += [f"- {r['mode']} / {r['phase']} / {r['tenant']}: {n}× `{e}`" for r, e, n in failures]
     return "\n".join(lines) + "\n"

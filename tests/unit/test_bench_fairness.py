@@ -34,3 +34,15 @@ def test_pooled_rows_ratios_and_served_rate(tmp_path):
     assert saved["flooder_ok_per_s"]["fair"] == flooder["ok_per_s"]
     assert (tmp_path / "fairness.png").stat().st_size > 0
     assert "| fair | 1.1 |" in (tmp_path / "fairness.md").read_text()
+
+
+def test_failed_requests_are_counted_with_their_reason():
+    """A refusal, and a stream that began and then carried an error event, are not 'ok'; the row says why."""
+    samples = _samples("b", [0.2] * 4) + [
+        Sample("b", 3.0, 503, None, 0.01, 0, '{"error": {"message": "the server is full"}}'),
+        Sample("b", 3.5, 200, 0.05, 0.3, 3, 'data: {"error": {"message": "engine crashed"}}')]
+    engine = {"engine_latency_mean_ms": 1.0, "engine_ttft_mean_ms": 1.0, "loadavg_1m": 1.0}
+    row = _summarise(samples, "flood", "fair", set(), {}, engine, seconds=10, window_s=10, windows=1)[0]
+    assert (row["sent"], row["ok"], row["rejected"]) == (6, 4, 1)
+    assert row["errors"] == {'503: {"error": {"message": "the server is full"}}': 1,
+                             '200: data: {"error": {"message": "engine crashed"}}': 1}
