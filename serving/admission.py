@@ -167,7 +167,8 @@ class Admission:
 
     Args:
         max_inflight: requests forwarded to the engine at once (beyond it they wait, fairly ordered).
-        max_queue: waiting requests over all tenants; beyond it new requests get 503 + Retry-After.
+        max_queue: waiting requests over all tenants; beyond it new requests get 503 + Retry-After (in fair
+            mode a newcomer whose tenant waits less pushes out the newest request of the longest queue).
         fair: VTC order and per-tenant headroom; False: plain first-come first-served (the baseline
             the fairness benchmark compares against).
         active_window_s: how long after its last request a tenant still counts as active (keeps its reserve).
@@ -283,28 +284,51 @@ class Admission:
                 and not any(self._eligible(t, light) for t in self._waiting)):
             self._grant(tenant, est_tokens)
             return
-        if self.queued >= self.max_queue:
+        if self.queued >= self.max_queue and not self._push_out_for(tenant):
             metrics.REJECTED.labels(tenant, label, "503", "overload").inc()
             raise Overloaded(f"the server is at capacity ({self.max_queue} requests waiting): retry shortly",
                              retry_after=2)
         fut = asyncio.get_running_loop().create_future()
         self.active[tenant] += 1
-        entry = (next(self._arrivals), fut, est_tokens)
+        entry = (next(self._arrivals), fut, est_tokens, label)
         self._waiting[tenant].append(entry)
         self._dispatch()  # a slot may be free for it though not for the capped tenants ahead of it
         metrics.QUEUED.set(self.queued)
         try:
             await fut
         except BaseException:
-            if fut.done() and not fut.cancelled():
+            if fut.cancelled() or not fut.done():
+                self._unqueue(tenant, entry)
+            elif fut.exception() is None:
                 self.release(tenant, est_tokens, 0)  # granted just as the caller went away
-            else:
-                self._waiting[tenant].remove(entry)
-                if not self._waiting[tenant]:
-                    del self._waiting[tenant]
-                self.active[tenant] -= 1
-                metrics.QUEUED.set(self.queued)
+            # else: pushed out of a full queue; `_push_out_for` already took it out
             raise
+
+    def _unqueue(self, tenant: str, entry: tuple) -> None:
+        self._waiting[tenant].remove(entry)
+        if not self._waiting[tenant]:
+            del self._waiting[tenant]
+        self.active[tenant] -= 1
+        metrics.QUEUED.set(self.queued)
+
+    def _push_out_for(self, tenant: str) -> bool:
+        """The queue is full: make room for `tenant` by refusing the newest waiting request of the tenant
+        with the longest queue, if that queue is longer than `tenant`'s by two or more (longest queue drop,
+        the fair way to share a full buffer: a flooder cannot fill the queue and lock the others out). False
+        when `tenant` holds (about) the longest queue itself, or in FIFO mode: then the newcomer is refused."""
+        if not self.fair or not self._waiting:
+            return False
+        longest = max(self._waiting, key=lambda t: len(self._waiting[t]))
+        if len(self._waiting[longest]) < len(self._waiting.get(tenant, ())) + 2:
+            return False
+        entry = self._waiting[longest][-1]
+        self._unqueue(longest, entry)
+        metrics.REJECTED.labels(longest, entry[3], "503", "pushed_out").inc()
+        entry[1].set_exception(Overloaded(
+            f"the server is at capacity ({self.max_queue} requests waiting) and tenant {longest!r} holds the most "
+            "of them: this request made room for another tenant's; retry later, or send fewer at once",
+            retry_after=5))
+        return True
 
     def _grant(self, tenant: str, est_tokens: int, queued: bool = False) -> None:
         if not queued:
@@ -338,7 +362,7 @@ class Admission:
             if not ready:
                 break  # the free slots stay reserved for recently active tenants, or a paced tenant's pause
             nxt = min(ready, key=self._priority)
-            _, fut, est = self._waiting[nxt].popleft()
+            _, fut, est, _ = self._waiting[nxt].popleft()
             if not self._waiting[nxt]:
                 del self._waiting[nxt]  # only tenants with a queue are kept: dispatch stays O(tenants waiting)
             self._grant(nxt, est, queued=True)

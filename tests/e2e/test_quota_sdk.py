@@ -140,3 +140,63 @@ def test_overload_is_a_503_with_retry_after(tiny_gateway, demo):
     _wait_idle(st)
     out = client.completions.create(model="speak", prompt=demo_prompt("abc"), max_tokens=8, temperature=0)
     assert out.choices[0].text
+
+
+@pytest.fixture(scope="module")
+def short_queue_gateway(engine, seaweed, demo, tmp_path_factory):
+    """One engine slot and room for two waiting requests."""
+    st, server = start_gateway(engine.model_copy(update={"max_inflight": 1, "max_queue": 2}), seaweed.endpoint,
+                               demo.base_dir, tmp_path_factory.mktemp("cache-short-queue"))
+    yield st
+    server.should_exit = True
+
+
+def test_a_flooder_that_fills_the_queue_cannot_lock_another_tenant_out(short_queue_gateway, demo):
+    """Tenant A holds the slot and fills the queue; tenant B's request still gets in and is answered, in place
+    of A's newest waiting request, which is refused with 503, Retry-After and a message that says why."""
+    st = short_queue_gateway
+    (ta, ka), (tb, kb) = new_tenant(st, prefix="flood"), new_tenant(st, prefix="calm")
+    upload(st, ka, "speak", demo.adapter_dirs["caesar"])
+    a, b = _sdk(st, ka), _sdk(st, kb)
+    for _ in range(3):
+        _wait_idle(st)
+        before = scrape(st.url)
+        holder = a.completions.create(model="speak", prompt=demo_prompt("abc"), **LONG)
+        results: dict[str, object] = {}
+
+        def call(name, client, model):
+            try:
+                results[name] = client.completions.create(model=model, prompt=demo_prompt("abc"), max_tokens=2)
+            except openai.APIStatusError as e:
+                results[name] = e
+
+        try:
+            next(iter(holder))  # A holds the only slot
+            waiting = [threading.Thread(target=call, args=(f"a{i}", a, "speak")) for i in range(2)]
+            for i, t in enumerate(waiting):
+                t.start()
+                while st.gateway.admission.queued < i + 1 and not st.gateway.admission.idle:
+                    time.sleep(0.01)
+            if st.gateway.admission.queued < 2:
+                continue  # the holder ended before the queue filled: this attempt says nothing
+            calm = threading.Thread(target=call, args=("b", b, "base"))
+            calm.start()
+            deadline = time.monotonic() + 30
+            while not any(isinstance(results.get(k), openai.APIStatusError) for k in ("a0", "a1", "b")):
+                assert time.monotonic() < deadline, f"no refusal while the queue was full: {results}"
+                time.sleep(0.01)
+        finally:
+            holder.close()
+        for t in [*waiting, calm]:
+            t.join(60)
+        refused = [k for k, v in results.items() if isinstance(v, openai.APIStatusError)]
+        assert refused == ["a1"], f"expected only A's newest to be refused, got {results}"
+        e = results["a1"]
+        assert e.status_code == 503 and e.code == "overloaded" and "holds the most" in e.message
+        _retry_after(e)
+        assert results["b"].choices[0].text and results["a0"].choices[0].text
+        after = scrape(st.url)
+        assert delta(before, after, "loraplex_rejected_total", tenant=ta, status="503", reason="pushed_out") == 1
+        assert delta(before, after, "loraplex_rejected_total", tenant=tb) == 0
+        return
+    pytest.fail("the holding stream ended before the queue filled in all 3 attempts")

@@ -8,6 +8,7 @@ import pytest
 
 from common.errors import Overloaded, QuotaExceeded
 from serving.admission import Admission, Quotas
+from serving.metrics import REJECTED
 
 
 def test_quotas_refuse_with_retry_after():
@@ -48,6 +49,46 @@ def test_full_queue_is_503():
         await waiter
         assert adm.inflight == 1 and adm.queued == 0
     asyncio.run(go())
+
+
+def test_a_full_queue_pushes_out_the_longest_queue_not_a_newcomer():
+    """A flooder fills the queue: another tenant's request still gets in, in place of the flooder's newest
+    (which is refused with 503 and counted); the flooder's own next request is refused; FIFO mode keeps
+    plain tail drop."""
+    async def go(fair):
+        adm = Admission(max_inflight=1, max_queue=4, fair=fair)
+        await adm.acquire("a", 1)
+        flood = [asyncio.create_task(adm.acquire("a", 1)) for _ in range(4)]
+        await asyncio.sleep(0)
+        assert adm.queued == 4
+        with pytest.raises(Overloaded, match="at capacity"):
+            await adm.acquire("a", 1)  # the flooder's own arrival: no one to push out but itself
+        if not fair:
+            with pytest.raises(Overloaded):
+                await adm.acquire("b", 1, "x")
+            return None
+        before = REJECTED.labels("a", "other", "503", "pushed_out")._value.get()
+        light = asyncio.create_task(adm.acquire("b", 1))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert adm.queued == 4 and flood[-1].done() and not light.done()
+        with pytest.raises(Overloaded, match="holds the most") as e:
+            await flood[-1]
+        assert e.value.retry_after > 0
+        assert REJECTED.labels("a", "other", "503", "pushed_out")._value.get() == before + 1
+        assert adm.active["a"] == 1 + 3 and adm.active["b"] == 1  # the pushed-out one left no trace
+        served = []
+        while adm.inflight:  # release whoever runs until everyone waiting was served
+            tenant = next(t for t, n in adm.running.items() if n)
+            served.append(tenant)
+            adm.release(tenant, 1, 1)
+            for _ in range(3):
+                await asyncio.sleep(0)
+        assert sorted(served) == ["a"] * 4 + ["b"] and light.done() and all(t.done() for t in flood[:3])
+        assert adm.idle
+        return None
+    asyncio.run(go(fair=True))
+    asyncio.run(go(fair=False))
 
 
 def test_a_flooding_tenant_does_not_jump_the_queue():
