@@ -298,7 +298,8 @@ class Admission:
             await fut
         except BaseException:
             if fut.cancelled() or not fut.done():
-                self._unqueue(tenant, entry)
+                if entry in self._waiting.get(tenant, ()):  # else `_dispatch` already dropped it
+                    self._unqueue(tenant, entry)
             elif fut.exception() is None:
                 self.release(tenant, est_tokens, 0)  # granted just as the caller went away
             # else: pushed out of a full queue; `_push_out_for` already took it out
@@ -365,6 +366,10 @@ class Admission:
             _, fut, est, _ = self._waiting[nxt].popleft()
             if not self._waiting[nxt]:
                 del self._waiting[nxt]  # only tenants with a queue are kept: dispatch stays O(tenants waiting)
+            if fut.done():
+                # cancelled (its caller went away) but its cleanup has not run yet: it gets no slot
+                self.active[nxt] -= 1
+                continue
             self._grant(nxt, est, queued=True)
             fut.set_result(None)
         self._wake_after_pauses()

@@ -34,6 +34,7 @@ class Ticket:
         self.gw, self.tenant, self.public, self.est, self.label = gw, tenant, public, est_tokens, label
         self.engine_model, self.lora = gw.settings.base_name, None
         self.http = gw.engine.http
+        self.admission = gw.admission  # the one that granted the slot gets it back (even if swapped since)
         self.arrived = arrived
         self.usage_total = 0  # tokens served, from the engine's usage
         self.events = 0  # streamed chunks with text: about one token each, the charge when usage never came
@@ -79,8 +80,8 @@ class Ticket:
         self.done = True
         if self.lora:
             self.gw.residency.release(self.lora)
-        self.gw.admission.release(self.tenant, self.est, self.usage_total or self.events or self.est,
-                                  time.monotonic() - self.granted)
+        self.admission.release(self.tenant, self.est, self.usage_total or self.events or self.est,
+                               time.monotonic() - self.granted)
         if status == "ok":
             self._observe_speed()
         metrics.REQUESTS.labels(self.tenant, self.label, status).inc()
@@ -90,9 +91,9 @@ class Ticket:
         """Seconds per output token since admission (the engine's queue and prefill included: on a busy host
         the first token is where the slowdown shows), for fair admission's slowdown guard."""
         if self.token_times and self.events >= 3:
-            self.gw.admission.observe("stream", (self.token_times[1] - self.granted) / self.events)
+            self.admission.observe("stream", (self.token_times[1] - self.granted) / self.events)
         elif not self.token_times and self.completion >= 2:
-            self.gw.admission.observe("whole", (time.monotonic() - self.granted) / self.completion)
+            self.admission.observe("whole", (time.monotonic() - self.granted) / self.completion)
 
 
 def _with_usage(body: dict) -> tuple[dict, bool]:
@@ -145,7 +146,14 @@ async def forward(gw: Gateway, tenant: Tenant, body: dict, path: str) -> Respons
     if not stream or upstream.status_code != 200:
         return await _whole(upstream, ticket)
     return StreamingResponse(_relay(upstream, ticket), media_type="text/event-stream",
-                             background=BackgroundTask(ticket.finish, "disconnected"))
+                             background=BackgroundTask(_finish_on_loop, ticket, "disconnected"))
+
+
+async def _finish_on_loop(ticket: Ticket, status: str) -> None:
+    """The response's background task: a no-op when the relay finished the ticket. A coroutine so that it
+    runs on the event loop: Starlette runs a plain function in a worker thread, and admission is not
+    thread-safe (a release there dispatches off the loop and cannot arm the pacing timer)."""
+    ticket.finish(status)
 
 
 async def _whole(upstream: httpx.Response, ticket: Ticket) -> Response:

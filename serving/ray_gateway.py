@@ -193,8 +193,9 @@ async def _relay(gen, ticket: Ticket) -> AsyncIterator[str]:
         ticket.finish(status)
 
 
-def _abandon(gen, ticket: Ticket) -> None:
-    """After the response, whatever happened: a stream the client left before it started is cancelled too."""
+async def _abandon(gen, ticket: Ticket) -> None:
+    """After the response, whatever happened: a stream the client left before it started is cancelled too.
+    A coroutine, so that Starlette runs it on the event loop (admission is not thread-safe)."""
     gen.cancel()
     ticket.finish("disconnected")
 

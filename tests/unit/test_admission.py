@@ -91,6 +91,27 @@ def test_a_full_queue_pushes_out_the_longest_queue_not_a_newcomer():
     asyncio.run(go(fair=False))
 
 
+def test_a_waiter_cancelled_just_before_a_release_gets_no_slot_and_breaks_nothing():
+    """The caller's task is cancelled (its future with it) and, before its cleanup runs, a release
+    dispatches: the slot goes to the next waiter, the cancelled one leaves no count behind."""
+    async def go():
+        adm = Admission(max_inflight=1, max_queue=10)
+        await adm.acquire("a", 1)
+        gone = asyncio.create_task(adm.acquire("b", 1))
+        nxt = asyncio.create_task(adm.acquire("c", 1))
+        await asyncio.sleep(0)
+        gone.cancel()
+        adm.release("a", 1, 1)  # same loop turn: b's cleanup has not run
+        await nxt
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert adm.running["c"] == 1 and adm.inflight == 1 and adm.queued == 0
+        assert adm.active["b"] == 0 and adm.running["b"] == 0
+        adm.release("c", 1, 1)
+        assert adm.idle
+    asyncio.run(go())
+
+
 def test_a_flooding_tenant_does_not_jump_the_queue():
     """A queues 10 requests, then B queues one: B is served before A's backlog."""
     async def go():
