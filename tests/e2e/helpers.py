@@ -42,6 +42,15 @@ def start_gateway(engine: ServingSettings, s3_endpoint: str, base_dir: Path, cac
     return Stack(f"http://127.0.0.1:{port}", admin_key, gw, {}), server
 
 
+def running_gateway(engine: ServingSettings, seaweed, demo, tmp_path_factory, name: str, **settings):
+    """The body of a module fixture (`yield from`): a gateway with `settings` over the session's engine and
+    SeaweedFS, stopped when the module is done."""
+    st, server = start_gateway(engine.model_copy(update=settings), seaweed.endpoint, demo.base_dir,
+                               tmp_path_factory.mktemp(name))
+    yield st
+    server.should_exit = True
+
+
 def upload(st: Stack, key: str, name: str, directory: Path, expect: int = 201) -> dict:
     files = [("files", (f, (directory / f).read_bytes())) for f in ("adapter_config.json", "adapter_model.safetensors")]
     with st.client(key) as c:

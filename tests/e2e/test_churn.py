@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.helpers import start_gateway, upload
+from tests.e2e.helpers import running_gateway, start_gateway, upload
 from tests.e2e.test_metrics import delta, new_tenant, scrape
 from training.demo import DEMO_WORDS, demo_prompt
 from training.tasks import answer
@@ -28,10 +28,7 @@ MAX_TOKENS = 32
 
 @pytest.fixture(scope="module")
 def churn_gateway(engine, seaweed, demo, tmp_path_factory):
-    st, server = start_gateway(engine.model_copy(update={"max_cpu_loras": 3, "max_inflight": 6}), seaweed.endpoint,
-                               demo.base_dir, tmp_path_factory.mktemp("cache-churn"))
-    yield st
-    server.should_exit = True
+    yield from running_gateway(engine, seaweed, demo, tmp_path_factory, "cache-churn", max_cpu_loras=3, max_inflight=6)
 
 
 def _body(model: str, word: str, **kw) -> dict:

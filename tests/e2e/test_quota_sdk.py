@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.e2e.helpers import start_gateway, upload
+from tests.e2e.helpers import running_gateway, upload
 from tests.e2e.test_metrics import delta, new_tenant, scrape
 from training.demo import demo_prompt
 
@@ -42,10 +42,7 @@ def test_requests_per_minute_quota_is_a_rate_limit_error(stack):
 @pytest.fixture(scope="module")
 def one_slot_gateway(engine, seaweed, demo, tmp_path_factory):
     """A gateway that forwards one request at a time and lets a few wait."""
-    st, server = start_gateway(engine.model_copy(update={"max_inflight": 1, "max_queue": 4}), seaweed.endpoint,
-                               demo.base_dir, tmp_path_factory.mktemp("cache-one"))
-    yield st
-    server.should_exit = True
+    yield from running_gateway(engine, seaweed, demo, tmp_path_factory, "cache-one", max_inflight=1, max_queue=4)
 
 
 def test_concurrency_quota_is_a_rate_limit_error_while_a_request_waits_or_runs(one_slot_gateway):
@@ -87,10 +84,7 @@ def test_concurrency_quota_is_a_rate_limit_error_while_a_request_waits_or_runs(o
 @pytest.fixture(scope="module")
 def tiny_gateway(engine, seaweed, demo, tmp_path_factory):
     """A gateway that forwards one request at a time and queues none: the second concurrent one is 503."""
-    st, server = start_gateway(engine.model_copy(update={"max_inflight": 1, "max_queue": 0}), seaweed.endpoint,
-                               demo.base_dir, tmp_path_factory.mktemp("cache-tiny"))
-    yield st
-    server.should_exit = True
+    yield from running_gateway(engine, seaweed, demo, tmp_path_factory, "cache-tiny", max_inflight=1, max_queue=0)
 
 
 def _refused_while_held(st, client, call, attempts: int = 5):
@@ -145,10 +139,7 @@ def test_overload_is_a_503_with_retry_after(tiny_gateway, demo):
 @pytest.fixture(scope="module")
 def short_queue_gateway(engine, seaweed, demo, tmp_path_factory):
     """One engine slot and room for two waiting requests."""
-    st, server = start_gateway(engine.model_copy(update={"max_inflight": 1, "max_queue": 2}), seaweed.endpoint,
-                               demo.base_dir, tmp_path_factory.mktemp("cache-short-queue"))
-    yield st
-    server.should_exit = True
+    yield from running_gateway(engine, seaweed, demo, tmp_path_factory, "cache-short-queue", max_inflight=1, max_queue=2)
 
 
 def test_a_flooder_that_fills_the_queue_cannot_lock_another_tenant_out(short_queue_gateway, demo):
