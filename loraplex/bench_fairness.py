@@ -91,7 +91,8 @@ class _BenchGateway:
         self.gw.admission = admission
 
 
-def _gateway(engine, s3: str, base: Path, tmp: Path, admission: dict, inflight: int) -> _BenchGateway:
+def _gateway(engine, s3: str, base: Path, tmp: Path, admission: dict, inflight: int,
+             max_queue: int = 4096) -> _BenchGateway:
     from pydantic import SecretStr
 
     from common.procs import free_port
@@ -106,7 +107,7 @@ def _gateway(engine, s3: str, base: Path, tmp: Path, admission: dict, inflight: 
     ObjectStore(reg).ensure_bucket()
     admin, port = "admin-" + secrets.token_hex(8), free_port()
     settings = engine.model_copy(update={"admin_key": SecretStr(admin), "gateway_port": port, **admission,
-                                         "max_inflight": inflight, "max_queue": 4096})
+                                         "max_inflight": inflight, "max_queue": max_queue})
     gw = Gateway.from_settings(settings, reg)
     server = serve_in_thread(create_app(gw), port)
     return _BenchGateway(f"http://127.0.0.1:{port}", admin, server, gw)
@@ -261,7 +262,7 @@ def _ms(v):
 def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, inflight: int = 4,
                  max_tokens: int = 16, var_dir: Path = Path("var"), slices: int = 3,
                  modes: tuple[str, ...] = tuple(MODES), share_cap: float = 1.0,
-                 share_rps: float | None = None) -> dict:
+                 share_rps: float | None = None, max_queue: int = 4096) -> dict:
     """Run every mode, baseline and flood; write fairness.json/.csv/.png/.md under `out`.
 
     The conditions (mode x baseline/flood) get `duration_s` of traffic each, cut into `slices` and run
@@ -275,7 +276,8 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
     slower than at light load). The machine's load average is recorded per phase: on a shared host it explains much of the noise.
     `share_rps` pins each tenant's share instead of half the calibrated capacity: the calibration (a burst
     through a full window) varies by 2x between runs on a shared 2-core host, and near the knee of the
-    open-loop latency curve a few percent more load doubles the baseline's latency.
+    open-loop latency curve a few percent more load doubles the baseline's latency. `max_queue` is the
+    gateway's queue bound: large by default, so that every request is answered and counted.
     """
     from common.procs import free_port, stop_group
     from registry.seaweed import SeaweedServer
@@ -301,7 +303,8 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
         wait_engine_ready(engine.engine_url, 600, proc)
         for mode in modes:
             admission = mode_settings(mode, share_cap)
-            bg = gateways[mode] = _gateway(engine, s3.endpoint, demo.base_dir, tmp / mode, admission, inflight)
+            bg = gateways[mode] = _gateway(engine, s3.endpoint, demo.base_dir, tmp / mode, admission, inflight,
+                                               max_queue)
             bg.tenants = _tenants(bg.url, bg.admin, demo.adapter_dirs)
         first = gateways[modes[0]]
         cap = _capacity(first.url, first.tenants, max_tokens)
@@ -351,6 +354,7 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
             bg.server.should_exit = True
         stop_group(proc.pid)
         s3.stop()
+    meta["max_queue"] = max_queue
     return _report(out, rows, meta, duration_s, flood_factor, inflight, max_tokens, share_cap)
 
 

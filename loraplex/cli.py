@@ -111,7 +111,10 @@ def bench_fairness(out: Path = typer.Option(Path("var/bench"), "--out"),
                    share_rps: float = typer.Option(0.0, min=0.0, help="each tenant's share in requests/s (0: half "
                                                    "the calibrated capacity over the tenants); pins the "
                                                    "operating point, which the calibration on a shared "
-                                                   "host does not")) -> None:
+                                                   "host does not"),
+                   max_queue: int = typer.Option(4096, min=0, help="the gateway's LORAPLEX_MAX_QUEUE (the "
+                                                 "production default is 512: a flooder's backlog beyond it is "
+                                                 "refused instead of held open)")) -> None:
     """One tenant floods at 10x its share: the other tenants' p99 by admission mode (FIFO vs fair/VTC)."""
     from loraplex.bench_fairness import mode_settings, run_fairness
 
@@ -122,7 +125,7 @@ def bench_fairness(out: Path = typer.Option(Path("var/bench"), "--out"),
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--modes") from None
     run_fairness(out, duration_s=duration, flood_factor=flood_factor, inflight=inflight, modes=chosen,
-                 share_cap=share_cap, slices=slices, share_rps=share_rps or None)
+                 share_cap=share_cap, slices=slices, share_rps=share_rps or None, max_queue=max_queue)
 
 
 @tenant_app.command("create")
