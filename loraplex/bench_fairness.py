@@ -187,6 +187,11 @@ def _engine_means(before: dict, after: dict) -> dict:
     return {"engine_latency_mean_ms": mean("e2e"), "engine_ttft_mean_ms": mean("ttft")}
 
 
+def _answered(s) -> bool:
+    """Answered in full: a 200 whose stream carried no error event."""
+    return s.status == 200 and s.error is None
+
+
 def _summarise(samples, phase: str, mode: str, skip: set[str], waits: dict, engine: dict,
                seconds: float, window_s: float, windows: int, client_cpu: dict | None = None) -> list[dict]:
     """One row per tenant, and one for the other tenants pooled (more samples: a steadier p99).
@@ -200,8 +205,8 @@ def _summarise(samples, phase: str, mode: str, skip: set[str], waits: dict, engi
     rows = []
     for name, (members, pooled) in groups.items():
         mine = [s for s in samples if s.tenant in members]
-        ok = [s for s in mine if s.status == 200 and s.error is None]
-        failed = Counter(f"{s.status}: {s.error or ''}"[:160] for s in mine if s not in ok)
+        ok = [s for s in mine if _answered(s)]
+        failed = Counter(f"{s.status}: {s.error or ''}"[:160] for s in mine if not _answered(s))
         wait = [w for t in members for w in waits.get(t, [])]
         rows.append({"mode": mode, "phase": phase, "tenant": name, "flooder": name in skip, "pooled": pooled,
                      "sent": len(mine), "ok": len(ok), "rejected": sum(s.status in (429, 503) for s in mine),
