@@ -114,7 +114,12 @@ def bench_fairness(out: Path = typer.Option(Path("var/bench"), "--out"),
                                                    "host does not"),
                    max_queue: int = typer.Option(4096, min=0, help="the gateway's LORAPLEX_MAX_QUEUE (the "
                                                  "production default is 512: a flooder's backlog beyond it is "
-                                                 "refused instead of held open)")) -> None:
+                                                 "refused instead of held open)"),
+                   gc_freeze: bool = typer.Option(True, help="the gateway's LORAPLEX_GC_FREEZE (off: to see "
+                                                  "what full garbage collections cost the others)"),
+                   flooder_nice: int = typer.Option(19, min=0, max=19, help="CPU priority (nice) of the flooding "
+                                                    "tenant's client process: its load generator stands in for "
+                                                    "another machine, but shares the server's cores here")) -> None:
     """One tenant floods at 10x its share: the other tenants' p99 by admission mode (FIFO vs fair/VTC)."""
     from loraplex.bench_fairness import mode_settings, run_fairness
 
@@ -125,7 +130,8 @@ def bench_fairness(out: Path = typer.Option(Path("var/bench"), "--out"),
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--modes") from None
     run_fairness(out, duration_s=duration, flood_factor=flood_factor, inflight=inflight, modes=chosen,
-                 share_cap=share_cap, slices=slices, share_rps=share_rps or None, max_queue=max_queue)
+                 share_cap=share_cap, slices=slices, share_rps=share_rps or None, max_queue=max_queue,
+                 gc_freeze=gc_freeze, flooder_nice=flooder_nice)
 
 
 @tenant_app.command("create")

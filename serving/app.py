@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -13,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common.errors import LoraplexError
 from registry.settings import RegistrySettings
 from serving import metrics
+from serving.heap import freeze_startup_heap, watch_gc
 from serving.logs import RequestLog
 from serving.routes import adapters, admin, inference, models, ops
 from serving.settings import ServingSettings
@@ -78,7 +80,13 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
                 gw.residency.adopt(await gw.engine.loaded_loras())
             except LoraplexError:
                 log.warning("engine not reachable at start-up; adapters will be loaded on demand")
+        watch_gc()
+        if gw.settings.gc_freeze:
+            frozen = freeze_startup_heap()
+            log.info("start-up heap frozen", extra={"fields": {"objects": frozen}})
         yield
+        if gw.settings.gc_freeze:
+            gc.unfreeze()  # exit as usual: extension modules check at interpreter shutdown that theirs were freed
         if supervisor:
             await supervisor.stop()
         await gw.engine.aclose()

@@ -79,3 +79,16 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(gateway_
     assert code == 0, log.read_text()[-3000:]
     assert time.monotonic() - signalled < DRAIN_TIMEOUT_S, "it waited for the timeout instead of the drain"
     assert '"msg": "drained"' in log.read_text()
+
+
+def test_the_gateway_freezes_its_startup_heap_and_times_its_collections(gateway_process):
+    proc, url, key, log = gateway_process
+    frozen = [json.loads(line) for line in log.read_text().splitlines()
+              if line.startswith("{") and "start-up heap frozen" in line]
+    assert frozen and frozen[0]["objects"] > 10_000, log.read_text()[-2000:]  # modules, routes, clients
+    r = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {key}"}, timeout=60,
+                   json={"model": "base", "prompt": demo_prompt("heap"), "max_tokens": 4})
+    assert r.status_code == 200, r.text
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    full = [line for line in text.splitlines() if line.startswith('loraplex_gc_pause_seconds_count{generation="2"}')]
+    assert full and float(full[0].split()[-1]) >= 1, text[-2000:]  # the freeze's own full collection, at least
