@@ -12,7 +12,8 @@ from registry.tenants import Tenant
 from serving.state import Gateway
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a hop per request (~0.2 ms of CPU)
     return request.app.state.gateway
 
 
