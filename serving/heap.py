@@ -16,20 +16,30 @@ requests are collected as before. `GcPauses` times every collection (`gc.callbac
 
 from __future__ import annotations
 
+import bisect
 import gc
 import threading
 import time
 
-from serving import metrics
+from prometheus_client import REGISTRY
+from prometheus_client.core import HistogramMetricFamily
+
+BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class GcPauses:
-    """Running totals of collections in this process, by generation: count, seconds, longest."""
+    """Running totals of collections in this process, by generation: count, seconds, longest, histogram.
+
+    The callback runs inside a collection, which any allocation of any thread may start, so it takes no
+    lock: a prometheus_client metric's lock is not reentrant, and a scrape copying that metric's children
+    under it can start a collection on the same thread (a deadlock). /metrics reads these plain numbers
+    through `collect` instead (a scrape may see one collection half counted)."""
 
     def __init__(self) -> None:
         self.count = [0, 0, 0]
         self.seconds = [0.0, 0.0, 0.0]
         self.longest = [0.0, 0.0, 0.0]
+        self.buckets = [[0] * len(BUCKETS) for _ in range(3)]  # per generation: collections at most that long
         self._started: float | None = None
 
     def __call__(self, phase: str, info: dict) -> None:
@@ -43,10 +53,26 @@ class GcPauses:
         self.count[gen] += 1
         self.seconds[gen] += took
         self.longest[gen] = max(self.longest[gen], took)
-        metrics.GC_PAUSE.labels(str(gen)).observe(took)
+        i = bisect.bisect_left(BUCKETS, took)
+        if i < len(BUCKETS):
+            self.buckets[gen][i] += 1
 
     def snapshot(self) -> dict:
         return {"count": list(self.count), "seconds": list(self.seconds), "longest": list(self.longest)}
+
+    def collect(self):
+        """prometheus_client's custom-collector interface: `loraplex_gc_pause_seconds{generation}`."""
+        family = HistogramMetricFamily(
+            "loraplex_gc_pause_seconds", "Garbage collections of the gateway process by generation (2: full), "
+            "each a stall of its event loop: every relayed stream pauses meanwhile.", labels=["generation"])
+        for gen in range(3):
+            running, cumulative = 0, []
+            for bound, n in zip(BUCKETS, list(self.buckets[gen])):
+                running += n
+                cumulative.append((repr(bound), running))
+            cumulative.append(("+Inf", self.count[gen]))
+            family.add_metric([str(gen)], cumulative, self.seconds[gen])
+        yield family
 
 
 PAUSES = GcPauses()
@@ -54,10 +80,12 @@ _lock = threading.Lock()
 
 
 def watch_gc() -> GcPauses:
-    """Time every collection of this process from now on (once per process; in-process gateways share it)."""
+    """Time every collection of this process from now on, exported on /metrics (once per process;
+    in-process gateways share it)."""
     with _lock:
         if PAUSES not in gc.callbacks:
             gc.callbacks.append(PAUSES)
+            REGISTRY.register(PAUSES)
     return PAUSES
 
 

@@ -86,7 +86,3 @@ ENGINE_SLOWDOWN = Gauge("loraplex_engine_slowdown",
 HEAVY_CEILING = Gauge("loraplex_fair_heavy_ceiling",
                       "Slots a tenant sending far more than the others may hold now (fair admission's slowdown guard).")
 DRAINING = Gauge("loraplex_draining", "1 while the gateway drains before exiting (SIGTERM), else 0.")
-GC_PAUSE = Histogram("loraplex_gc_pause_seconds",
-                     "Garbage collections of the gateway process by generation (2: full), each a stall of its "
-                     "event loop: every relayed stream pauses meanwhile.", ["generation"],
-                     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
