@@ -357,9 +357,11 @@ class Admission:
 
     def _dispatch(self) -> None:
         """Grant free slots to waiting requests: the eligible tenant with the smallest counter first."""
+        now = time.monotonic()
         while self.inflight < self.max_inflight and self._waiting:
+            now = time.monotonic()  # one reading for the checks and the wake-up below: see _wake_after_pauses
             light = self._light()
-            ready = [t for t in self._waiting if self._eligible(t, light)]
+            ready = [t for t in self._waiting if self._eligible(t, light, now)]
             if not ready:
                 break  # the free slots stay reserved for recently active tenants, or a paced tenant's pause
             nxt = min(ready, key=self._priority)
@@ -372,11 +374,16 @@ class Admission:
                 continue
             self._grant(nxt, est, queued=True)
             fut.set_result(None)
-        self._wake_after_pauses()
+        self._wake_after_pauses(now)
 
-    def _wake_after_pauses(self) -> None:
-        """A paced tenant waits on time, not on a release: dispatch again when the first pause ends."""
-        now = time.monotonic()
+    def _wake_after_pauses(self, now: float) -> None:
+        """A paced tenant waits on time, not on a release: dispatch again when the first pause ends.
+
+        `now` is the time `_dispatch` judged the pauses by. A second reading could fall after a pause that
+        the first still saw running (a timer may fire a little early: uvloop counts whole milliseconds), and
+        the tenant would be neither granted nor woken; with nothing running no release would come either,
+        and its queue would wait forever (seen once in the fairness bench: 505 requests, until their clients
+        gave up)."""
         ends = [self._paused_until[t] for t in self._waiting if self._paused_until.get(t, 0.0) > now]
         if not ends or self.inflight >= self.max_inflight:
             return  # a release will dispatch
@@ -445,7 +452,7 @@ class Admission:
         mine, mean = self._demand_total.get(tenant, 0.0), self._others_mean(tenant)
         return mean is not None and mine > 0 and mine >= self.HEAVY_RATIO * mean
 
-    def paced(self, tenant: str) -> bool:
+    def paced(self, tenant: str, now: float | None = None) -> bool:
         """Is heavy `tenant` held back by the guard's duty cycle now (one slot at most, and a pause after each
         request)? Never while it has been granted less than the other tenants ask for on average."""
         if self.guard.duty >= 1 or len(self._last_seen) < 2 or not self.heavy(tenant):
@@ -456,15 +463,16 @@ class Admission:
             # within an equal share (and a few requests: when activity starts, counts are small and one
             # tenant's second request makes it "heavy"): the guard trades only what it gets beyond
             return False
-        return self.running[tenant] > 0 or time.monotonic() < self._paused_until.get(tenant, 0.0)
+        now = time.monotonic() if now is None else now
+        return self.running[tenant] > 0 or now < self._paused_until.get(tenant, 0.0)
 
-    def _eligible(self, tenant: str, light: set[str]) -> bool:
+    def _eligible(self, tenant: str, light: set[str], now: float | None = None) -> bool:
         """May `tenant` take one more slot now? Always in FIFO mode. In fair mode: not while the guard paces
         it; then if it has nothing running; or if a free slot still stays for each other recent tenant with
         nothing queued and, when it is heavy, it holds less than `share_limit()`."""
         if not self.fair:
             return True
-        if self.paced(tenant):
+        if self.paced(tenant, now):
             return False
         if not self.running[tenant]:
             return True

@@ -543,3 +543,44 @@ def test_the_guard_moves_only_while_a_heavy_tenant_presses_against_it():
         for task in flood:
             task.cancel()
     asyncio.run(go())
+
+
+class _SteppingClock:
+    """A monotonic clock that moves `step` seconds on every reading (code between two readings takes time)."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 1000.0, step
+
+    def monotonic(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_a_pause_that_ends_between_two_clock_readings_still_wakes_the_queue(monkeypatch):
+    """A timer may fire a little before the pause it waits for ends (uvloop counts whole milliseconds). The
+    dispatch it runs must then either grant or arm another timer: with nothing running, no release would
+    come, and the paced tenant's queue would wait forever (a fairness-bench drain stalled so, 505 requests)."""
+    from serving import admission as admission_module
+
+    clock = _SteppingClock(step=0.0002)
+    monkeypatch.setattr(admission_module, "time", clock)  # admission's clock only; asyncio keeps the real one
+
+    async def go():
+        adm = Admission(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, slowdown_tolerance=1.2)
+        adm.PACE_SLACK = 0
+        await _seen(adm, "b", "c")
+        adm.guard.ceiling = 0.25
+        flood = [asyncio.create_task(adm.acquire("a", 1)) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert adm.running["a"] == 1
+        adm.release("a", 1, 1, held_s=1.0)  # paused; b and c are quiet: no release of theirs will come
+        assert adm.running["a"] == 0 and adm.inflight == 0 and adm.queued == 2
+        adm._wake[1].cancel()  # that timer is the one that fires early, below:
+        adm._wake = None
+        adm._paused_until["a"] = clock.now + 2.5 * clock.step  # ends between the dispatch's clock readings
+        adm._dispatch()  # what the early timer runs
+        await asyncio.sleep(0.05)
+        assert adm.running["a"] == 1, "the paced tenant was neither granted nor woken: its queue stalls"
+        for task in flood:
+            task.cancel()
+    asyncio.run(go())
