@@ -138,12 +138,14 @@ def _prompts() -> list[str]:
 
 def _drive_sync(url: str, loads: list[TenantLoad], duration_s: float, seed: int, start_at: float | None = None,
                 nice: int = 0):
-    """The samples, and the CPU seconds this client process spent (the load generator shares the host).
-    `nice`: this client's CPU priority (raised once per worker process: `os.nice` adds up)."""
+    """The samples, and the CPU seconds this client spent sending them and reading the answers (the load
+    generator shares the host; its start-up is not counted). `nice`: this client's CPU priority (raised once
+    per worker process: `os.nice` adds up)."""
     if nice and os.getpriority(os.PRIO_PROCESS, 0) < nice:
         os.nice(nice - os.getpriority(os.PRIO_PROCESS, 0))
+    started = time.process_time()
     samples = asyncio.run(drive(url, loads, duration_s, seed, start_at))
-    return samples, time.process_time()
+    return samples, time.process_time() - started
 
 
 def _warm(seconds: float) -> None:
@@ -225,8 +227,8 @@ def _cpu_seconds(engine_pid: int) -> dict[str, float]:
 
 
 def _cpu_cores(spent: dict, wall_s: float, client_cpu: dict) -> dict:
-    """Mean cores used while the tenants sent: gateway, engine, load generator (its whole run: the flooder's
-    client also reads its backlog's answers), and the host busy."""
+    """Mean cores used while the tenants sent: gateway, engine, load generator (its sending and reading, the
+    flooder's backlog's answers after the arrivals included), and the host busy."""
     def cores(v):
         return round(v / wall_s, 2) if wall_s else None
     return {"gateway_cores": cores(spent.get("gateway", 0.0)), "engine_cores": cores(spent.get("engine", 0.0)),

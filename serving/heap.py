@@ -28,7 +28,7 @@ BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class GcPauses:
-    """Running totals of collections in this process, by generation: count, seconds, longest, histogram.
+    """Running totals of collections in this process, by generation: count, seconds, histogram.
 
     The callback runs inside a collection, which any allocation of any thread may start, so it takes no
     lock: a prometheus_client metric's lock is not reentrant, and a scrape copying that metric's children
@@ -38,7 +38,6 @@ class GcPauses:
     def __init__(self) -> None:
         self.count = [0, 0, 0]
         self.seconds = [0.0, 0.0, 0.0]
-        self.longest = [0.0, 0.0, 0.0]
         self.buckets = [[0] * len(BUCKETS) for _ in range(3)]  # per generation: collections at most that long
         self._started: float | None = None
 
@@ -52,13 +51,12 @@ class GcPauses:
         gen = min(int(info.get("generation", 2)), 2)
         self.count[gen] += 1
         self.seconds[gen] += took
-        self.longest[gen] = max(self.longest[gen], took)
         i = bisect.bisect_left(BUCKETS, took)
         if i < len(BUCKETS):
             self.buckets[gen][i] += 1
 
     def snapshot(self) -> dict:
-        return {"count": list(self.count), "seconds": list(self.seconds), "longest": list(self.longest)}
+        return {"count": list(self.count), "seconds": list(self.seconds)}
 
     def collect(self):
         """prometheus_client's custom-collector interface: `loraplex_gc_pause_seconds{generation}`."""
