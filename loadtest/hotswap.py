@@ -40,6 +40,7 @@ from pathlib import Path
 
 import httpx
 
+from common.peft_format import ADAPTER_FILES as FILES
 from common.procs import free_port, spawn, stop_group
 from loadtest.docs import markers, replace_section
 from loadtest.workload import TenantSpec, Workload, read_samples, summarize, to_env
@@ -47,7 +48,6 @@ from loadtest.workload import TenantSpec, Workload, read_samples, summarize, to_
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 MIB = 2**20
-FILES = ("adapter_config.json", "adapter_model.safetensors")
 CONTRACT_KEYS = ("mode", "tenants", "fits", "req_per_s", "tok_per_s", "ttft_p50_ms", "ttft_p99_ms", "latency_p99_ms",
                  "engine_rss_mb", "cold_start_s", "storage_mb_per_tenant")
 
@@ -276,7 +276,7 @@ def start_gateway(s3_endpoint: str, base: Path, engine_url: str, work: Path, max
     from serving.app import create_app
     from serving.embedded import serve_in_thread
     from serving.settings import ServingSettings
-    from serving.state import Gateway as GatewayState
+    from serving.gateway import Gateway as GatewayState
 
     bucket = "hotswap-" + secrets.token_hex(4)
     reg = RegistrySettings(s3_endpoint=s3_endpoint, s3_bucket=bucket, cache_dir=work / "cache" / bucket, base_model=base)

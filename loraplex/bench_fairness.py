@@ -31,13 +31,13 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
+from common.peft_format import ADAPTER_FILES as FILES
 from loadtest.traffic import TenantLoad, drive, percentile
 
 # The traffic process re-imports this module (spawn): the heavy imports (torch via training, the
 # gateway, vLLM helpers) are made inside the functions that need them.
 
 console = Console()
-FILES = ("adapter_config.json", "adapter_model.safetensors")
 # mode -> admission settings
 MODES = {"fifo": {"fair_admission": False, "fair_share_cap": 0.0, "fair_slowdown_tolerance": 0.0},
          "fair-nocap": {"fair_admission": True, "fair_share_cap": 0.0, "fair_slowdown_tolerance": 0.0},
@@ -100,7 +100,7 @@ def _gateway(engine, s3: str, base: Path, tmp: Path, admission: dict, inflight: 
     from registry.store import ObjectStore
     from serving.app import create_app
     from serving.embedded import serve_in_thread
-    from serving.state import Gateway
+    from serving.gateway import Gateway
 
     reg = RegistrySettings(s3_endpoint=s3, s3_bucket="bench-" + secrets.token_hex(4), cache_dir=tmp / "cache",
                            base_model=base)

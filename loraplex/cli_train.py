@@ -189,12 +189,13 @@ def merge_command(
 
 def _adapter_lineage(adapter_dir: Path) -> dict:
     """What a merged model was merged from: the adapter's rank, targets and weights digest."""
+    from common.peft_format import CONFIG_FILE, WEIGHTS_FILE
     from training.artifacts import file_sha256
 
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config = json.loads((adapter_dir / CONFIG_FILE).read_text())
     return {"name": adapter_dir.parent.name if adapter_dir.name == "adapter" else adapter_dir.name,
             "r": config.get("r"), "lora_alpha": config.get("lora_alpha"), "target_modules": config.get("target_modules"),
-            "weights_sha256": file_sha256(adapter_dir / "adapter_model.safetensors")}
+            "weights_sha256": file_sha256(adapter_dir / WEIGHTS_FILE)}
 
 
 @train_app.command("health")
@@ -204,8 +205,8 @@ def health_command(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Singular-value spectrum of each LoRA update: effective rank and near-zero share."""
+    from common.adapter_health import adapter_health
     from training.adapters import resolve_adapter_dir
-    from training.health import adapter_health
     from training.views import health_table
 
     with _errors(as_json):

@@ -1,7 +1,7 @@
 """The registry: tenants, API keys, immutable adapter and model versions and aliases on S3.
 
 Synchronous (boto3); the async gateway calls it from threads. Imports nothing of loraplex but `common`,
-and, lazily, `training.health` (adapter health at upload) and transformers (the no-op probe).
+and, lazily, torch (adapter health at upload) and transformers (the no-op probe).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Adapter health computed at upload and stored in the manifest (see training/health.py for the measures).
+"""Adapter health computed at upload and stored in the manifest (common/adapter_health.py has the measures).
 
 Cheap: the singular values of each update scale·B·A come from an r×r matrix, so even a 7B adapter with
 hundreds of modules takes well under a second. The per-module rows are kept compact (three numbers each).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 
-from registry.validation import CONFIG, WEIGHTS
+from common.peft_format import CONFIG_FILE, WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,9 @@ def upload_health(files: dict[str, bytes]) -> dict | None:
     try:
         from safetensors.torch import load as load_tensors
 
-        from training.health import tensors_health
+        from common.adapter_health import tensors_health  # torch: loaded on the first upload, not at import
 
-        health = tensors_health(json.loads(files[CONFIG]), load_tensors(files[WEIGHTS]))
+        health = tensors_health(json.loads(files[CONFIG_FILE]), load_tensors(files[WEIGHTS_FILE]))
     except Exception:  # health is information, never a reason to refuse an adapter the gate accepted
         log.exception("adapter health could not be computed")
         return None

@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 from pydantic import BaseModel, Field
 
 VERSION_RE = re.compile(r"^[0-9a-f]{16}$")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 class FileEntry(BaseModel):

@@ -3,7 +3,8 @@
 The static gate refuses an adapter whose every lora_B is exactly zero. An adapter can still be a silent
 no-op with non-zero weights: lora_B scaled to 1e-9, or updates that cancel. This probe runs the base
 model on a few fixed token sequences twice, without and with the adapter's update W + s·B·A applied to
-each target linear (s = alpha/r, or alpha/sqrt(r) with rsLoRA), and refuses the adapter when the logits
+each target linear (s = alpha/r, or alpha/sqrt(r) with rsLoRA, per module as rank_pattern and alpha_pattern
+say: `AdapterConfig.scale_for`), and refuses the adapter when the logits
 move by less than `min_change` relative to their norm.
 
 The update is applied by forward hooks computed straight from the uploaded safetensors, so nothing of
@@ -13,7 +14,6 @@ no_grad) and shared; a lock serialises probes because the hooks sit on that shar
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -22,10 +22,11 @@ from functools import lru_cache
 from pathlib import Path
 
 from common.errors import InvalidAdapter
+from common.peft_format import WEIGHTS_FILE, AdapterConfig, lora_key
 from registry.base_spec import BaseModelSpec, _weight_files
 from registry.safetensors_header import DTYPE_SIZES, read_header
 from registry.settings import RegistrySettings
-from registry.validation import CONFIG, WEIGHTS, ValidatedAdapter
+from registry.validation import ValidatedAdapter
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,6 @@ def _load(base_dir: str) -> _LoadedBase:
 @lru_cache(maxsize=2)
 def _load_once(base_dir: str) -> _LoadedBase:
     return _LoadedBase(base_dir)
-
-
-def _lora_scale(config: dict, rank: int) -> float:
-    alpha = float(config.get("lora_alpha", 8))
-    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
 
 
 class NoOpProbe:
@@ -153,8 +149,7 @@ class NoOpProbe:
             self.skip_reason = f"the base could not be loaded for probing ({type(exc).__name__}: {exc})"
             log.warning("no-op probe skipped for every upload: %s", self.skip_reason)
             return
-        adapted = adapted_logits(loaded, json.loads(files[CONFIG]), load_tensors(files[WEIGHTS]),
-                                 [m.name for m in adapter.modules.values()], adapter.rank)
+        adapted = adapted_logits(loaded, adapter.lora, load_tensors(files[WEIGHTS_FILE]), list(adapter.modules))
         change = float((adapted - loaded.base_logits).norm() / loaded.base_logits.norm().clamp_min(1e-30))
         flips = float((adapted.argmax(-1) != loaded.base_logits.argmax(-1)).float().mean())
         self.last = {"relative_change": change, "top1_changed": flips, "seconds": time.monotonic() - started}
@@ -168,27 +163,24 @@ class NoOpProbe:
                                             "and lora_B is not near zero) before publishing")
 
 
-def adapted_logits(loaded: _LoadedBase, config: dict, tensors: dict, modules: list[str], rank: int):
+def adapted_logits(loaded: _LoadedBase, config: AdapterConfig, tensors: dict, modules: list[str]):
     """The base's logits on the probe inputs with W + s·B·A in every adapted module (base weights untouched).
 
     Args:
         loaded: the loaded base (`_load(dir)`).
-        config: the adapter's config (lora_alpha, use_rslora).
+        config: the adapter's parsed config (gives each module's scale s).
         tensors: the adapter's tensors by PEFT key (`base_model.model.<module>.lora_A.weight`, ...).
         modules: the adapted module names (as in the base checkpoint).
-        rank: the LoRA rank r.
     """
     import torch
 
-    scale = _lora_scale(config, rank)
-    prefix = "base_model.model."
     with loaded.lock, torch.no_grad():
         hooks = []
         try:
             for name in modules:
-                a = tensors[f"{prefix}{name}.lora_A.weight"].float()
-                b = tensors[f"{prefix}{name}.lora_B.weight"].float()
-                hooks.append(loaded.model.get_submodule(name).register_forward_hook(_delta_hook(a, b, scale)))
+                a, b = tensors[lora_key(name, "A")].float(), tensors[lora_key(name, "B")].float()
+                hook = _delta_hook(a, b, config.scale_for(name))
+                hooks.append(loaded.model.get_submodule(name).register_forward_hook(hook))
             return loaded.model(input_ids=loaded.inputs).logits.float()
         finally:
             for hook in hooks:

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save, save_file
 
+from common.peft_format import CONFIG_FILE, KEY_PREFIX, WEIGHTS_FILE
+
 HIDDEN, INTERMEDIATE, LAYERS, VOCAB, HEADS, KV_HEADS = 64, 128, 2, 128, 4, 2
 
 
@@ -49,7 +51,7 @@ def write_tiny_base(path: str | Path, *, layers: int = LAYERS, seed: int = 0) ->
 
 def lora_tensors(*, rank: int = 4, targets: tuple[str, ...] = ("q_proj", "v_proj"), layers: int = LAYERS,
                  dtype: torch.dtype = torch.float32, seed: int = 1,
-                 prefix: str = "base_model.model.") -> dict[str, torch.Tensor]:
+                 prefix: str = KEY_PREFIX) -> dict[str, torch.Tensor]:
     """PEFT-style LoRA weights for the tiny base: `{prefix}{module}.lora_A.weight` [r, in] and lora_B [out, r]."""
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
@@ -76,4 +78,4 @@ def adapter_files(*, rank: int = 4, targets: tuple[str, ...] = ("q_proj", "v_pro
     """The two files of an upload: `adapter_config.json` and `adapter_model.safetensors`."""
     tensors = tensors if tensors is not None else lora_tensors(rank=rank, targets=targets, seed=seed, dtype=dtype)
     config = config if config is not None else lora_config(rank=rank, targets=targets)
-    return {"adapter_config.json": json.dumps(config).encode(), "adapter_model.safetensors": save(tensors)}
+    return {CONFIG_FILE: json.dumps(config).encode(), WEIGHTS_FILE: save(tensors)}

@@ -8,21 +8,21 @@ Later checks that need the model itself (a behavioural no-op probe) plug in as `
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Callable
 
 from common.errors import InvalidAdapter
+from common.peft_format import (ADAPTER_FILES, CONFIG_FILE, KEY_SHAPE, WEIGHTS_FILE, AdapterConfig, PatternError,
+                                lora_key, parse_key)
 from registry.base_spec import BaseModelSpec
-from registry.manifest import ADAPTER_FILES
 from registry.safetensors_header import HeaderError, SafetensorsHeader, TensorInfo, parse_header
 from registry.settings import RegistrySettings
 from registry.tensor_values import FLOAT_DTYPES, count_non_finite, is_all_zero
 
-CONFIG, WEIGHTS = ADAPTER_FILES
+CONFIG, WEIGHTS = CONFIG_FILE, WEIGHTS_FILE
 MAX_CONFIG_BYTES = 64 * 1024
+MAX_PATTERN_CHARS = 256
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-KEY_RE = re.compile(r"^base_model\.model\.(?P<module>[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*)\.lora_(?P<ab>[AB])\.weight$")
 SAVE_FIX = "re-save with PEFT's `model.save_pretrained(dir)` (safetensors) and upload that directory's two files"
 
 
@@ -45,6 +45,7 @@ class ValidatedAdapter:
     target_modules: list[str]
     header: SafetensorsHeader
     modules: dict[str, LoraModule] = field(default_factory=dict)
+    lora: AdapterConfig = field(default_factory=AdapterConfig)  # per-module rank and scale (rank/alpha patterns)
 
 
 Probe = Callable[[dict[str, bytes], ValidatedAdapter], None]
@@ -77,16 +78,17 @@ class AdapterValidator:
         """Return what was learned about `files`, or raise InvalidAdapter naming the first rule broken."""
         self._check_files(files)
         config, rank, alpha, targets = self._check_config(files[CONFIG])
+        lora = AdapterConfig.from_dict(config)
         try:
             header = parse_header(files[WEIGHTS])
         except HeaderError as exc:
             raise InvalidAdapter(exc.rule, f"{WEIGHTS}: {exc}") from None
         modules = _lora_modules(header, targets)
         for module in modules.values():
-            self._check_shapes(module, rank)
+            self._check_shapes(module, _module_rank(lora, module.name))
         _check_values(files[WEIGHTS], header, modules)
         adapter = ValidatedAdapter(config=config, rank=rank, alpha=alpha, target_modules=targets,
-                                   header=header, modules=modules)
+                                   header=header, modules=modules, lora=lora)
         for probe in self.probes:
             probe(files, adapter)
         return adapter
@@ -115,6 +117,7 @@ class AdapterValidator:
                                               "(peft_type \"LORA\") are served: train with peft.LoraConfig")
         rank = self._check_rank(config)
         _check_unsupported(config)
+        self._check_patterns(config)
         alpha = config.get("lora_alpha", 8)
         if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < 1e6:
             raise InvalidAdapter("alpha", f"lora_alpha {alpha!r} must be a positive number: set lora_alpha, "
@@ -129,6 +132,25 @@ class AdapterValidator:
             raise InvalidAdapter("rank", f"rank {rank} exceeds the served maximum {self.max_rank}: retrain with "
                                          f"r<={self.max_rank} or start the engine with --max-lora-rank {rank}")
         return rank
+
+    def _check_patterns(self, config: dict) -> None:
+        # PEFT's per-module overrides of r and lora_alpha; the engine serves them (vLLM's PEFTHelper).
+        for name, valid, what in (("rank_pattern", _is_rank, "a positive integer rank"),
+                                  ("alpha_pattern", _is_alpha, "a positive number")):
+            pattern = config.get(name) or {}
+            if not isinstance(pattern, dict):
+                raise InvalidAdapter("rank-pattern", f"{name} is {pattern!r}; it must be an object mapping module "
+                                                     "name patterns to values: save it with peft.LoraConfig")
+            for key, value in pattern.items():
+                if not key or len(key) > MAX_PATTERN_CHARS or not valid(value):
+                    raise InvalidAdapter("rank-pattern", f"{name} entry {key[:80]!r}: {value!r} needs a module "
+                                                         f"name pattern of 1-{MAX_PATTERN_CHARS} characters and "
+                                                         f"{what}: fix it in LoraConfig({name}=...)")
+        largest = AdapterConfig.from_dict(config).max_rank
+        if largest > self.max_rank:
+            raise InvalidAdapter("rank", f"rank_pattern gives rank {largest}, over the served maximum "
+                                         f"{self.max_rank}: retrain with ranks <={self.max_rank} or start the "
+                                         f"engine with --max-lora-rank {largest}")
 
     def _check_targets(self, targets: object) -> list[str]:
         if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
@@ -177,27 +199,42 @@ def _check_unsupported(config: dict) -> None:
     if config.get("bias", "none") != "none":
         raise InvalidAdapter("bias", f"bias={config.get('bias')!r} trains base biases, which is not served: "
                                      "retrain with bias=\"none\"")
-    if config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise InvalidAdapter("rank-pattern", "per-module rank_pattern/alpha_pattern is not served: retrain "
-                                             "with one r and lora_alpha for every module")
+
+
+def _is_rank(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_alpha(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e6
+
+
+def _module_rank(lora: AdapterConfig, module: str) -> int:
+    """`module`'s rank under rank_pattern; a pattern that is no valid expression, or too slow, is refused."""
+    try:
+        lora.scale_for(module)  # matches alpha_pattern too, so the probe and the engine can
+        return lora.rank_for(module)
+    except PatternError as exc:
+        raise InvalidAdapter("rank-pattern", f"{exc}: use module names such as \"q_proj\" or "
+                                             "\"layers.0.self_attn.q_proj\" as pattern keys") from None
 
 
 def _lora_modules(header: SafetensorsHeader, targets: list[str]) -> dict[str, LoraModule]:
     """Group the tensors into (lora_A, lora_B) pairs per module, refusing any other key."""
     halves: dict[str, dict[str, TensorInfo]] = {}
     for key, info in header.tensors.items():
-        match = KEY_RE.fullmatch(key)
-        if match is None:
+        parsed = parse_key(key)
+        if parsed is None:
             raise InvalidAdapter("tensor-keys", f"tensor {key!r} is not a LoRA weight; keys must look like "
-                                                f"base_model.model.<module>.lora_A.weight / lora_B.weight: {SAVE_FIX}")
+                                                f"{KEY_SHAPE}: {SAVE_FIX}")
         if info.dtype not in FLOAT_DTYPES:
             raise InvalidAdapter("dtype", f"tensor {key!r} is {info.dtype}; only F16, BF16 and F32 are served: "
                                           "cast the adapter with model.to(torch.bfloat16) before saving")
-        module = match["module"]
+        module = parsed.module
         if not any(module == t or module.endswith("." + t) for t in targets):
             raise InvalidAdapter("tensor-keys", f"tensor {key!r} adapts {module!r}, which is not in target_modules "
                                                 f"{targets}: {SAVE_FIX}")
-        halves.setdefault(module, {})[match["ab"]] = info
+        halves.setdefault(module, {})[parsed.half] = info
     if not halves:
         raise InvalidAdapter("tensor-keys", f"{WEIGHTS} holds no LoRA tensors: {SAVE_FIX}")
     unpaired = sorted(m for m, h in halves.items() if set(h) != {"A", "B"})
@@ -208,7 +245,7 @@ def _lora_modules(header: SafetensorsHeader, targets: list[str]) -> dict[str, Lo
 
 def _unknown_module_message(module: str, base: BaseModelSpec) -> str:
     near = [name for name in base.modules if name.endswith("." + module) or module.endswith("." + name)]
-    hint = f" (did you mean {near[0]!r}, i.e. key base_model.model.{near[0]}.lora_A.weight?)" if near else ""
+    hint = f" (did you mean {near[0]!r}, i.e. key {lora_key(near[0], 'A')}?)" if near else ""
     return (f"tensor keys name module {module!r}, which the base model does not have{hint}: the key prefix is "
             f"wrong or the adapter was trained on another base; {SAVE_FIX}")
 

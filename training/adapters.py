@@ -1,4 +1,4 @@
-"""Adapter directories: write exactly the two PEFT files, and find them in a run directory."""
+"""Adapter directories: write exactly the two PEFT files (atomically), and find them in a run directory."""
 
 from __future__ import annotations
 
@@ -8,21 +8,15 @@ import tempfile
 from pathlib import Path
 
 from common.errors import InvalidAdapter
+from common.peft_format import ADAPTER_FILES, CONFIG_FILE, WEIGHTS_FILE, is_adapter_dir
 from training.artifacts import staged_dir
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
-
-def is_adapter_dir(path: Path) -> bool:
-    """True when `path` holds both adapter files."""
-    return all((Path(path) / name).is_file() for name in ADAPTER_FILES)
 
 
 def resolve_adapter_dir(path: Path) -> Path:
     """`path` itself if it is an adapter directory, else its `adapter/` (a `train lora` output directory).
 
     Raises:
-        InvalidAdapter: neither holds adapter_config.json and adapter_model.safetensors.
+        InvalidAdapter: neither holds the two adapter files.
     """
     path = Path(path)
     for candidate in (path, path / "adapter"):
@@ -52,7 +46,7 @@ def save_peft_adapter(model, out_dir: Path, base_name: str, adapter_name: str = 
         out_dir: destination (replaced atomically if it exists).
         base_name: written as base_model_name_or_path instead of this machine's path.
         adapter_name: which of the model's adapters to save.
-        config_updates: keys to overwrite in adapter_config.json (e.g. a composed adapter's scaling).
+        config_updates: keys to overwrite in the adapter's config (e.g. a composed adapter's scaling).
 
     Returns:
         Size in bytes of each file.
@@ -64,12 +58,12 @@ def save_peft_adapter(model, out_dir: Path, base_name: str, adapter_name: str = 
                               save_embedding_layers=False)
         # PEFT puts a non-default adapter into a subfolder named after it, and adds a README.md.
         src = Path(tmp) if is_adapter_dir(Path(tmp)) else Path(tmp) / adapter_name
-        config = json.loads((src / ADAPTER_FILES[0]).read_text())
+        config = json.loads((src / CONFIG_FILE).read_text())
         config.update(base_model_name_or_path=base_name, **(config_updates or {}))
         if isinstance(config.get("target_modules"), list):
             config["target_modules"] = compact_targets(model, config["target_modules"])
         with staged_dir(out_dir, out_dir.parent / f".{out_dir.name}.staging") as stage:
-            (stage / ADAPTER_FILES[0]).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-            shutil.copyfile(src / ADAPTER_FILES[1], stage / ADAPTER_FILES[1])
+            (stage / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            shutil.copyfile(src / WEIGHTS_FILE, stage / WEIGHTS_FILE)
     shutil.rmtree(out_dir.parent / f".{out_dir.name}.staging", ignore_errors=True)
     return {name: (out_dir / name).stat().st_size for name in ADAPTER_FILES}

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
+from common.adapter_health import adapter_health
+from common.peft_format import CONFIG_FILE
 from training.adapters import resolve_adapter_dir, save_peft_adapter
 from training.errors import IncompatibleAdapters
-from training.health import adapter_health
 
 EQUAL_RANK_METHODS = ("linear", "ties")
 METHODS = ("linear", "ties", "cat", "svd", "ties_svd")
@@ -30,7 +31,7 @@ DENSITY_METHODS = ("ties", "ties_svd")
 
 
 def _ranks(adapter_dirs: list[Path]) -> list[int]:
-    return [int(json.loads((d / "adapter_config.json").read_text())["r"]) for d in adapter_dirs]
+    return [int(json.loads((d / CONFIG_FILE).read_text())["r"]) for d in adapter_dirs]
 
 
 def check_composable(adapter_dirs: list[Path], weights: list[float], method: str, density: float | None) -> None:

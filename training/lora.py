@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
+from common.peft_format import is_adapter_dir
+from training.adapters import save_peft_adapter
+
+# is_adapter_dir: re-exported for training.demo, which checks its built adapters with it.
+__all__ = ["BASE_MODEL_NAME", "TARGET_MODULES", "is_adapter_dir", "lora_config", "save_adapter", "wrap"]
+
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-# Written into adapter_config.json instead of the path of the machine that trained the adapter.
+# Written into the adapter's config instead of the path of the machine that trained the adapter.
 BASE_MODEL_NAME = "loraplex-demo-base"
 
 
@@ -41,24 +45,10 @@ def wrap(base: PreTrainedModel, rank: int = 8) -> PeftModel:
 
 
 def save_adapter(model: PeftModel, out_dir: Path) -> None:
-    """Save the adapter so that `out_dir` holds exactly ADAPTER_FILES.
+    """Save the adapter so that `out_dir` holds exactly the two adapter files (replaced atomically).
 
     Args:
         model: the trained PEFT model.
         out_dir: destination directory (created if missing).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-    config_path = out_dir / "adapter_config.json"
-    config = json.loads(config_path.read_text())
-    config["base_model_name_or_path"] = BASE_MODEL_NAME
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    # PEFT also writes a model card (README.md); an adapter upload is just the two files.
-    for extra in out_dir.iterdir():
-        if extra.name not in ADAPTER_FILES:
-            extra.unlink()
-
-
-def is_adapter_dir(path: Path) -> bool:
-    """True when `path` is a directory holding both adapter files."""
-    return all((path / name).is_file() for name in ADAPTER_FILES)
+    save_peft_adapter(model, out_dir, base_name=BASE_MODEL_NAME)

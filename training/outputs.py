@@ -10,10 +10,10 @@ import peft
 import torch
 import transformers
 
+from common.adapter_health import adapter_health
 from training.adapters import save_peft_adapter
 from training.artifacts import file_sha256, staged_dir
 from training.config import TrainJob
-from training.health import adapter_health
 from training.models import LORA_METHODS
 
 

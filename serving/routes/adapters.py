@@ -12,12 +12,11 @@ from starlette.formparsers import MultiPartException
 
 from common.errors import InvalidAdapter, InvalidName, InvalidRequest
 from common.names import check_name
+from common.peft_format import ADAPTER_FILES
 from serving import metrics
 from serving.deps import GatewayDep, TenantDep
 
 router = APIRouter(prefix="/v1/adapters")
-
-ALLOWED_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def public_version(m) -> dict:
@@ -41,7 +40,7 @@ async def read_upload(request: Request, limit: int) -> tuple[dict[str, bytes], d
     try:
         form = await request.form(max_files=8, max_fields=8)
     except (MultiPartException, AssertionError) as e:
-        raise InvalidRequest(f"expected a multipart/form-data upload of {' and '.join(ALLOWED_FILES)}: {e}") from e
+        raise InvalidRequest(f"expected a multipart/form-data upload of {' and '.join(ADAPTER_FILES)}: {e}") from e
     files: dict[str, bytes] = {}
     metadata = None
     for field, value in form.multi_items():

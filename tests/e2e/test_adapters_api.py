@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import time
 
+from common.peft_format import ADAPTER_FILES as FILES
 from tests.e2e.helpers import complete, upload
 from training.demo import DEMO_WORDS, demo_prompt
 from training.tasks import answer
 
-FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def _new_tenant(stack, name: str) -> str:

@@ -11,11 +11,11 @@ import pytest
 from safetensors.torch import load, save
 from typer.testing import CliRunner
 
+from common.peft_format import ADAPTER_FILES as FILES
 from tests.e2e.helpers import complete, upload
 from training.demo import demo_prompt
 from training.tasks import dataset
 
-FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def _new_tenant(stack, name: str) -> str:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from common.peft_format import ADAPTER_FILES
 from registry.base_spec import BaseModelSpec
 from registry.validation import AdapterValidator
-from training.adapters import ADAPTER_FILES
 from training.compose import compose
 from training.config import LoraSettings, TrainJob, TrainSettings
 from training.errors import IncompatibleAdapters

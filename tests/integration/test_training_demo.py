@@ -11,8 +11,9 @@ import json
 import pytest
 from rich.console import Console
 
+from common.peft_format import ADAPTER_FILES
 from training.demo import BASE_NAME, DEMO_TENANTS, DEMO_WORDS, build_demo, demo_prompt
-from training.lora import ADAPTER_FILES, BASE_MODEL_NAME
+from training.lora import BASE_MODEL_NAME
 from training.reference import merged_greedy
 from training.tasks import completion
 

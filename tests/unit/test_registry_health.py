@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from common.peft_format import ADAPTER_FILES, WEIGHTS_FILE
 from registry.health import upload_health
 from registry.testing import adapter_files, lora_tensors
-from training.health import adapter_health
+from common.adapter_health import adapter_health
 
 
 def test_upload_health_equals_the_training_report(demo):
     directory = demo.adapter_dirs["reverse"]
-    files = {f: (directory / f).read_bytes() for f in ("adapter_config.json", "adapter_model.safetensors")}
+    files = {f: (directory / f).read_bytes() for f in ADAPTER_FILES}
     stored, trained = upload_health(files), adapter_health(directory)
     assert stored["rank"] == trained["rank"] == 8 and stored["modules"] == trained["modules"] == 14
     for key in ("effective_rank", "energy_rank", "near_zero_share", "utilization", "zero_modules", "notes"):
@@ -31,5 +32,5 @@ def test_a_rank_one_update_in_a_rank_eight_adapter_is_reported():
 
 def test_unreadable_weights_give_no_health_instead_of_an_error():
     files = adapter_files(rank=4)
-    assert upload_health({**files, "adapter_model.safetensors": b"\0" * 16}) is None
+    assert upload_health({**files, WEIGHTS_FILE: b"\0" * 16}) is None
     assert upload_health(files)["rank"] == 4

@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load, save
 
 from common.errors import InvalidAdapter
+from common.peft_format import ADAPTER_FILES as FILES
+from common.peft_format import AdapterConfig, lora_pairs
 from registry.base_spec import BaseModelSpec
 from registry.probe import NoOpProbe, _load, adapted_logits
 from registry.validation import AdapterValidator
-
-FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +73,59 @@ def test_the_applied_update_matches_peft(base, demo, rslora, tmp_path):
     (tmp_path / FILES[1]).write_bytes((source / FILES[1]).read_bytes())
     loaded = _load(str(base.path.resolve()))
     tensors = load((tmp_path / FILES[1]).read_bytes())
-    modules = sorted({k.removeprefix("base_model.model.").split(".lora_")[0] for k in tensors})
-    ours = adapted_logits(loaded, config, tensors, modules, config["r"])
+    ours = adapted_logits(loaded, AdapterConfig.from_dict(config), tensors, list(lora_pairs(tensors)))
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base.path), dtype=torch.float32),
                                       str(tmp_path)).eval()
     with torch.no_grad():
         theirs = model(input_ids=loaded.inputs).logits
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(ours, loaded.base_logits, atol=1e-2)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A random tiny Llama saved by transformers: a base for the probe that needs no demo build."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=96, max_position_embeddings=64)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_the_probe_equals_peft_with_rank_and_alpha_patterns(tiny_llama, rslora, tmp_path):
+    """An adapter with per-module ranks and alphas passes the gate, and the probe applies what PEFT applies."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    def fresh():
+        return AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
+
+    torch.manual_seed(1)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], use_rslora=rslora,
+                      rank_pattern={"layers.0.self_attn.q_proj": 2, "down_proj": 8},
+                      alpha_pattern={"v_proj": 3, r"layers\.1\.mlp\.down_proj": 32},
+                      init_lora_weights=False)  # random lora_B: a real update, not PEFT's zero start
+    get_peft_model(fresh(), lora).save_pretrained(str(tmp_path))
+    files = adapter_bytes(tmp_path)
+    probe = NoOpProbe(BaseModelSpec.from_dir(tiny_llama))
+    adapter = AdapterValidator(max_rank=16, base=probe.base, probes=[probe]).validate(files)
+    assert adapter.lora.rank_for("model.layers.0.self_attn.q_proj") == 2 and adapter.lora.max_rank == 8
+
+    loaded = _load(probe.base_dir)
+    ours = adapted_logits(loaded, adapter.lora, load(files[FILES[1]]), list(adapter.modules))
+    peft_model = PeftModel.from_pretrained(fresh(), str(tmp_path)).eval()
+    scales = {name.removeprefix("base_model.model."): module.scaling["default"]
+              for name, module in peft_model.named_modules() if isinstance(getattr(module, "scaling", None), dict)}
+    assert scales == {m: adapter.lora.scale_for(m) for m in adapter.modules}  # each module's scale is PEFT's
+    assert len(set(scales.values())) >= 3
+    with torch.no_grad():
+        theirs = peft_model(input_ids=loaded.inputs).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert probe.last["relative_change"] > 1e-3
 
 
 def test_a_base_too_large_for_the_host_is_skipped_with_a_warning(base, demo, caplog):

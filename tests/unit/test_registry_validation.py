@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from common.errors import InvalidAdapter
+from common.peft_format import CONFIG_FILE, WEIGHTS_FILE
 from registry.base_spec import BaseModelSpec
 from registry.testing import adapter_files, lora_config, lora_tensors, write_tiny_base
 from registry.validation import AdapterValidator
 
 pytestmark = pytest.mark.unit
 
-WEIGHTS = "adapter_model.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_pickle_file_refused(validator):
 
 def test_pickle_instead_of_safetensors_refused(validator):
     files = adapter_files()
-    files["adapter_model.pt"] = files.pop(WEIGHTS)
+    files["adapter_model.pt"] = files.pop(WEIGHTS_FILE)
     refused(validator, files, "files")
 
 
@@ -66,7 +66,7 @@ def test_extra_file_refused(validator):
 
 def test_missing_file_refused(validator):
     files = adapter_files()
-    del files["adapter_config.json"]
+    del files[CONFIG_FILE]
     assert "add adapter_config.json" in refused(validator, files, "files")
 
 
@@ -76,7 +76,7 @@ def test_size_cap(base):
 
 
 def test_config_not_json(validator):
-    refused(validator, {**adapter_files(), "adapter_config.json": b"{not json"}, "config-json")
+    refused(validator, {**adapter_files(), CONFIG_FILE: b"{not json"}, "config-json")
 
 
 def test_not_lora(validator):
@@ -100,8 +100,46 @@ def test_bias_refused(validator):
     refused(validator, adapter_files(config=lora_config(bias="lora_only")), "bias")
 
 
-def test_rank_pattern_refused(validator):
-    refused(validator, adapter_files(config=lora_config(rank_pattern={"q_proj": 8})), "rank-pattern")
+def mixed_rank_files(**overrides) -> dict[str, bytes]:
+    """q_proj at rank 4 and v_proj at rank 8 (rank_pattern), with a per-module alpha."""
+    tensors = lora_tensors(rank=4, targets=("q_proj",)) | lora_tensors(rank=8, targets=("v_proj",), seed=2)
+    config = lora_config(rank=4, targets=("q_proj", "v_proj"), rank_pattern={"v_proj": 8},
+                         alpha_pattern={"layers.1.self_attn.v_proj": 2})
+    return adapter_files(tensors=tensors, config=config | overrides)
+
+
+def test_rank_and_alpha_patterns_pass(validator):
+    adapter = validator.validate(mixed_rank_files())
+    assert adapter.rank == 4 and adapter.lora.max_rank == 8
+    assert adapter.lora.rank_for("model.layers.0.self_attn.v_proj") == 8
+    assert adapter.lora.scale_for("model.layers.0.self_attn.v_proj") == 1.0  # lora_alpha 8 / 8
+    assert adapter.lora.scale_for("model.layers.1.self_attn.v_proj") == 0.25  # alpha_pattern 2 / 8
+    assert adapter.lora.scale_for("model.layers.1.self_attn.q_proj") == 2.0
+
+
+def test_tensors_must_have_the_pattern_rank(validator):
+    message = refused(validator, mixed_rank_files(rank_pattern={}), "shape")
+    assert "v_proj" in message and "rank 4" in message
+
+
+def test_pattern_rank_over_the_maximum_refused(validator):
+    assert "--max-lora-rank 32" in refused(validator, mixed_rank_files(rank_pattern={"v_proj": 32}), "rank")
+
+
+@pytest.mark.parametrize("overrides", [
+    {"rank_pattern": {"v_proj": 0}},
+    {"rank_pattern": {"v_proj": 8.0}},
+    {"rank_pattern": {"v_proj": True}},
+    {"alpha_pattern": {"v_proj": "big"}},
+    {"alpha_pattern": {"v_proj": -1}},
+    {"rank_pattern": ["v_proj", 8]},
+    {"alpha_pattern": {"": 2}},
+    {"alpha_pattern": {"v" * 300: 2}},
+    {"rank_pattern": {"(v_proj": 8}},  # not a regular expression
+    {"alpha_pattern": {r"((.|..)+_pro)": 2}},  # backtracks for seconds on every module name
+])
+def test_malformed_or_hostile_patterns_refused(validator, overrides):
+    refused(validator, mixed_rank_files(**overrides), "rank-pattern")
 
 
 def test_bad_alpha(validator):
@@ -186,51 +224,51 @@ def test_wrong_dtype_refused(validator):
 
 def test_truncated_file_refused(validator):
     files = adapter_files()
-    files[WEIGHTS] = files[WEIGHTS][:-10]
+    files[WEIGHTS_FILE] = files[WEIGHTS_FILE][:-10]
     refused(validator, files, "safetensors-header")
 
 
 def test_header_longer_than_file_refused(validator):
-    files = {**adapter_files(), WEIGHTS: raw_safetensors(b"{}", length=500)}
+    files = {**adapter_files(), WEIGHTS_FILE: raw_safetensors(b"{}", length=500)}
     assert "truncated" in refused(validator, files, "safetensors-header")
 
 
 def test_oversized_header_refused(validator):
-    files = {**adapter_files(), WEIGHTS: raw_safetensors(b" " * 16, length=2**40)}
+    files = {**adapter_files(), WEIGHTS_FILE: raw_safetensors(b" " * 16, length=2**40)}
     assert "cap" in refused(validator, files, "safetensors-header")
 
 
 def test_header_too_short_refused(validator):
-    refused(validator, {**adapter_files(), WEIGHTS: b"\x01\x02"}, "safetensors-header")
+    refused(validator, {**adapter_files(), WEIGHTS_FILE: b"\x01\x02"}, "safetensors-header")
 
 
 def test_header_not_json_refused(validator):
-    refused(validator, {**adapter_files(), WEIGHTS: raw_safetensors(b"\xff{]")}, "safetensors-header")
+    refused(validator, {**adapter_files(), WEIGHTS_FILE: raw_safetensors(b"\xff{]")}, "safetensors-header")
 
 
 def test_offsets_outside_the_file_refused(validator):
     header = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight":
               {"dtype": "F32", "shape": [4, 64], "data_offsets": [0, 1024]}}
-    refused(validator, {**adapter_files(), WEIGHTS: raw_safetensors(header, b"\0" * 16)}, "safetensors-header")
+    refused(validator, {**adapter_files(), WEIGHTS_FILE: raw_safetensors(header, b"\0" * 16)}, "safetensors-header")
 
 
 def test_overlapping_tensors_refused(validator):
     entry = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
     header = {"base_model.model.a.lora_A.weight": entry, "base_model.model.a.lora_B.weight": entry}
-    refused(validator, {**adapter_files(), WEIGHTS: raw_safetensors(header, b"\0" * 8)}, "safetensors-header")
+    refused(validator, {**adapter_files(), WEIGHTS_FILE: raw_safetensors(header, b"\0" * 8)}, "safetensors-header")
 
 
 def test_duplicate_tensor_names_refused(validator):
     raw = (b'{"k": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},'
            b' "k": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}')
-    refused(validator, {**adapter_files(), WEIGHTS: raw_safetensors(raw, b"\0" * 8)}, "safetensors-header")
+    refused(validator, {**adapter_files(), WEIGHTS_FILE: raw_safetensors(raw, b"\0" * 8)}, "safetensors-header")
 
 
 def test_too_many_tensors_refused(base):
     header = {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(17000)}
     raw = json.dumps(header, separators=(",", ":")).encode()  # under the 1 MiB header cap
     big = AdapterValidator(max_bytes=4 * 1024**2, base=base)
-    refused(big, {**adapter_files(), WEIGHTS: raw_safetensors(raw)}, "tensor-count")
+    refused(big, {**adapter_files(), WEIGHTS_FILE: raw_safetensors(raw)}, "tensor-count")
 
 
 def test_without_a_base_only_base_rules_are_skipped():

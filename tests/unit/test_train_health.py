@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from training.health import adapter_health, spectrum_stats, update_spectrum
+from common.adapter_health import adapter_health, spectrum_stats, update_spectrum
+from common.peft_format import CONFIG_FILE, WEIGHTS_FILE
 
 pytestmark = pytest.mark.unit
 
@@ -21,10 +22,10 @@ def _write_adapter(path, a_b: dict, r: int = 8, alpha: float = 16, rslora: bool 
     for module, (a, b) in a_b.items():
         tensors[f"base_model.model.{module}.lora_A.weight"] = a.contiguous()
         tensors[f"base_model.model.{module}.lora_B.weight"] = b.contiguous()
-    save_file(tensors, str(path / "adapter_model.safetensors"))
+    save_file(tensors, str(path / WEIGHTS_FILE))
     config = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "use_rslora": rslora,
               "target_modules": ["q_proj", "down_proj"]}
-    (path / "adapter_config.json").write_text(json.dumps(config))
+    (path / CONFIG_FILE).write_text(json.dumps(config))
     return path
 
 

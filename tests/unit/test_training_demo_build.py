@@ -8,8 +8,8 @@ import pytest
 from rich.console import Console
 
 import training.demo as demo
+from common.peft_format import ADAPTER_FILES
 from training.artifacts import staged_dir
-from training.lora import ADAPTER_FILES
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,11 @@ Per module we report
   a smooth count that is 1 for a rank-1 update and r for r equal singular values;
 - `near_zero_share`: the share of the r singular values below `near_zero_rel` times the largest.
 
+Pure math on the adapter's own tensors (no model needed), so both `loraplex train health` and the
+registry at upload (registry/health.py) compute it here.
+
 Example:
-    >>> from training.health import adapter_health
+    >>> from common.adapter_health import adapter_health
     >>> adapter_health("out/adapter")["energy_rank"]["median"]  # doctest: +SKIP
     3.0
 """
@@ -26,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+from common.peft_format import CONFIG_FILE, WEIGHTS_FILE, AdapterConfig, lora_pairs
 
 
 def update_spectrum(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
@@ -65,24 +68,6 @@ def spectrum_stats(s: torch.Tensor, energy: float = 0.99, near_zero_rel: float =
     }
 
 
-def _module_pairs(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        for half in ("lora_A", "lora_B"):
-            marker = f".{half}."
-            if marker in key:
-                module = key.split(marker)[0].removeprefix("base_model.model.")
-                pairs.setdefault(module, {})[half] = value
-    return {m: p for m, p in pairs.items() if set(p) == {"lora_A", "lora_B"}}
-
-
-def _scale(config: dict, module: str, rank: int) -> float:
-    # Per-module alpha (alpha_pattern) wins over lora_alpha, as in PEFT.
-    alpha = next((v for k, v in (config.get("alpha_pattern") or {}).items() if module.endswith(k)),
-                 config.get("lora_alpha", 8))
-    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-
-
 def _summary(values: list[float]) -> dict:
     return {"mean": round(statistics.fmean(values), 3), "median": round(statistics.median(values), 3),
             "min": round(min(values), 3), "max": round(max(values), 3)}
@@ -116,8 +101,8 @@ def adapter_health(adapter_dir: str | Path, energy: float = 0.99, near_zero_rel:
         "near_zero_share", "utilization", "zero_modules", "notes": [...], "per_module": {...}}`.
     """
     adapter_dir = Path(adapter_dir)
-    config = json.loads((adapter_dir / CONFIG).read_text())
-    return tensors_health(config, load_file(str(adapter_dir / WEIGHTS)), energy, near_zero_rel)
+    config = json.loads((adapter_dir / CONFIG_FILE).read_text())
+    return tensors_health(config, load_file(str(adapter_dir / WEIGHTS_FILE)), energy, near_zero_rel)
 
 
 def tensors_health(config: dict, tensors: dict[str, torch.Tensor], energy: float = 0.99,
@@ -126,10 +111,11 @@ def tensors_health(config: dict, tensors: dict[str, torch.Tensor], energy: float
 
     The registry calls this at upload with the tensors of `safetensors.torch.load(bytes)`.
     """
+    scales = AdapterConfig.from_dict(config)
     per_module = {}
-    for module, pair in sorted(_module_pairs(tensors).items()):
-        a, b = pair["lora_A"].float(), pair["lora_B"].float()
-        s = update_spectrum(a, b, _scale(config, module, a.shape[0]))
+    for module, keys in lora_pairs(tensors).items():
+        a, b = tensors[keys["A"]].float(), tensors[keys["B"]].float()
+        s = update_spectrum(a, b, scales.scale_for(module))
         per_module[module] = {"rank": a.shape[0], **spectrum_stats(s, energy, near_zero_rel)}
     if not per_module:
         return {"rank": config.get("r"), "modules": 0, "notes": ["no LoRA tensors found"], "per_module": {}}
