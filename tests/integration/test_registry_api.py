@@ -12,6 +12,7 @@ import pytest
 from safetensors.torch import load, save
 from typer.testing import CliRunner
 
+from common.peft_format import ADAPTER_FILES as FILES
 from common.procs import free_port
 from loraplex.client import GatewayClient
 from serving.settings import ServingSettings
@@ -19,7 +20,6 @@ from tests.e2e.helpers import start_gateway
 
 pytestmark = pytest.mark.integration
 
-FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 @pytest.fixture(scope="module")
