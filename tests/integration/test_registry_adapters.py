@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from common.errors import AliasConflict, InvalidAdapter, InvalidName, ModelNotFound, VersionInUse
+from common.peft_format import CONFIG_FILE, WEIGHTS_FILE
 from registry import layout
 from registry.adapters import AdapterRegistry
 from registry.testing import adapter_files
@@ -28,7 +29,7 @@ def test_publish_and_resolve(adapters):
     for ref in ("chat", f"chat@{manifest.version}"):
         assert adapters.resolve("acme", ref) == manifest
     files = adapter_files(rank=8)
-    assert adapters.open_file(manifest, "adapter_model.safetensors") == files["adapter_model.safetensors"]
+    assert adapters.open_file(manifest, WEIGHTS_FILE) == files[WEIGHTS_FILE]
 
 
 def test_same_bytes_same_version(adapters):
@@ -48,7 +49,7 @@ def test_concurrent_publish_of_the_same_bytes(adapters, store):
     version = manifests[0].version
     assert store.list(layout.versions_prefix("acme", "chat")) == sorted(
         layout.file_key("acme", "chat", version, f)
-        for f in ("adapter_config.json", "adapter_model.safetensors", "manifest.json"))
+        for f in (CONFIG_FILE, WEIGHTS_FILE, "manifest.json"))
 
 
 def test_newest_version_or_prod_alias(adapters):
@@ -134,9 +135,9 @@ def test_a_damaged_invisible_file_is_repaired_on_retry(adapters, store):
     files = adapter_files(seed=8)
     manifest = adapters.publish("acme", "chat", files, uploader="a")
     store.delete(layout.manifest_key("acme", "chat", manifest.version))
-    store.put(layout.file_key("acme", "chat", manifest.version, "adapter_model.safetensors"), b"junk")
+    store.put(layout.file_key("acme", "chat", manifest.version, WEIGHTS_FILE), b"junk")
     adapters.publish("acme", "chat", files, uploader="a")
-    assert adapters.open_file(manifest, "adapter_model.safetensors") == files["adapter_model.safetensors"]
+    assert adapters.open_file(manifest, WEIGHTS_FILE) == files[WEIGHTS_FILE]
 
 
 def test_tenants_are_isolated(adapters):

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from common.errors import IntegrityError, ModelNotFound
+from common.peft_format import CONFIG_FILE, WEIGHTS_FILE
 from registry import layout
 from registry.adapters import AdapterRegistry
 from registry.cache import AdapterCache
@@ -40,7 +41,7 @@ def test_concurrent_cold_requests_download_once(adapters, registry_settings):
     cache = AdapterCache(registry_settings, fetch)
     with ThreadPoolExecutor(16) as pool:
         paths = set(pool.map(lambda _: cache.ensure_local(adapters.resolve("acme", "chat")), range(16)))
-    assert len(paths) == 1 and sorted(calls) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert len(paths) == 1 and sorted(calls) == [CONFIG_FILE, WEIGHTS_FILE]
     path = paths.pop()
     for filename, entry in manifest.files.items():
         assert hashlib.sha256((path / filename).read_bytes()).hexdigest() == entry.sha256
@@ -48,7 +49,7 @@ def test_concurrent_cold_requests_download_once(adapters, registry_settings):
 
 def test_tampered_object_in_storage_is_never_cached(adapters, store, registry_settings):
     manifest = adapters.publish("acme", "chat", adapter_files(), uploader="a")
-    key = layout.file_key("acme", "chat", manifest.version, "adapter_model.safetensors")
+    key = layout.file_key("acme", "chat", manifest.version, WEIGHTS_FILE)
     store.put(key, b"tampered")
     cache = AdapterCache(registry_settings, adapters.open_file)
     with pytest.raises(IntegrityError):

@@ -11,7 +11,7 @@ import json
 import pytest
 from rich.console import Console
 
-from common.peft_format import ADAPTER_FILES
+from common.peft_format import ADAPTER_FILES, CONFIG_FILE
 from training.demo import BASE_NAME, DEMO_TENANTS, DEMO_WORDS, build_demo, demo_prompt
 from training.lora import BASE_MODEL_NAME
 from training.reference import merged_greedy
@@ -54,7 +54,7 @@ def test_artifacts_are_servable(demo):
     for tenant in DEMO_TENANTS:
         path = demo.adapter_dirs[tenant["adapter"]]
         assert sorted(p.name for p in path.iterdir()) == sorted(ADAPTER_FILES)
-        adapter = json.loads((path / "adapter_config.json").read_text())
+        adapter = json.loads((path / CONFIG_FILE).read_text())
         assert adapter["base_model_name_or_path"] == BASE_MODEL_NAME and adapter["r"] <= 16
     for name, stamp in demo.stamps.items():
         assert stamp["held_out_accuracy"] >= 0.95 and stamp["demo_accuracy"] == 1.0, (name, stamp)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import IntegrityError
+from common.peft_format import CONFIG_FILE, WEIGHTS_FILE
 from registry.cache import AdapterCache
 from registry.manifest import Manifest, content_digest, file_entries, utc_now, version_of
 from registry.settings import RegistrySettings
@@ -21,8 +22,8 @@ pytestmark = pytest.mark.unit
 
 
 def make_version(name: str, size: int = 1000, seed: int = 0) -> tuple[Manifest, dict[str, bytes]]:
-    files = {"adapter_config.json": f'{{"seed": {seed}}}'.encode(),
-             "adapter_model.safetensors": bytes([seed % 256]) * size}
+    files = {CONFIG_FILE: f'{{"seed": {seed}}}'.encode(),
+             WEIGHTS_FILE: bytes([seed % 256]) * size}
     entries = file_entries(files)
     digest = content_digest(entries)
     manifest = Manifest(tenant="acme", name=name, version=version_of(digest), sha256=digest, files=entries,
@@ -79,7 +80,7 @@ def test_concurrent_cold_requests_download_once(tmp_path):
 def test_sha_mismatch_publishes_nothing(tmp_path):
     storage = Storage()
     manifest, files = make_version("a")
-    storage.add(manifest, {**files, "adapter_model.safetensors": b"\x01" * 1000})  # same size, other bytes
+    storage.add(manifest, {**files, WEIGHTS_FILE: b"\x01" * 1000})  # same size, other bytes
     cache = make_cache(tmp_path, storage)
     with pytest.raises(IntegrityError, match="SHA-256"):
         cache.ensure_local(manifest)
@@ -94,9 +95,9 @@ def test_truncated_cached_file_is_fetched_again(tmp_path):
     storage.add(manifest, files)
     cache = make_cache(tmp_path, storage)
     path = cache.ensure_local(manifest)
-    (path / "adapter_model.safetensors").write_bytes(b"short")
+    (path / WEIGHTS_FILE).write_bytes(b"short")
     assert cache.ensure_local(manifest) == path
-    assert (path / "adapter_model.safetensors").read_bytes() == files["adapter_model.safetensors"]
+    assert (path / WEIGHTS_FILE).read_bytes() == files[WEIGHTS_FILE]
     assert storage.calls == 4 and cache.stats["refetches"] == 1
 
 
@@ -106,11 +107,11 @@ def test_same_size_corruption_found_by_verify(tmp_path):
     storage.add(manifest, files)
     cache = make_cache(tmp_path, storage)
     path = cache.ensure_local(manifest)
-    (path / "adapter_model.safetensors").write_bytes(b"\xff" * 1000)
+    (path / WEIGHTS_FILE).write_bytes(b"\xff" * 1000)
     cache.ensure_local(manifest)  # the cheap size check cannot see it...
     assert storage.calls == 2
     cache.ensure_local(manifest, verify=True)  # ...the re-hash does
-    assert (path / "adapter_model.safetensors").read_bytes() == files["adapter_model.safetensors"]
+    assert (path / WEIGHTS_FILE).read_bytes() == files[WEIGHTS_FILE]
     assert storage.calls == 4
 
 
@@ -132,7 +133,7 @@ def test_an_entry_larger_than_the_budget_is_still_returned(tmp_path):
     manifest, files = make_version("big", size=5000)
     storage.add(manifest, files)
     path = make_cache(tmp_path, storage, max_bytes=100).ensure_local(manifest)
-    assert (path / "adapter_model.safetensors").stat().st_size == 5000
+    assert (path / WEIGHTS_FILE).stat().st_size == 5000
 
 
 def test_a_restarted_cache_finds_its_entries(tmp_path):

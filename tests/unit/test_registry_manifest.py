@@ -6,20 +6,21 @@ import re
 
 import pytest
 
+from common.peft_format import CONFIG_FILE, WEIGHTS_FILE
 from registry.manifest import content_digest, file_entries, is_version, utc_now, version_of
 
 pytestmark = pytest.mark.unit
 
 
 def test_same_bytes_same_version_in_any_order():
-    a = {"adapter_config.json": b"{}", "adapter_model.safetensors": b"weights"}
+    a = {CONFIG_FILE: b"{}", WEIGHTS_FILE: b"weights"}
     b = dict(reversed(list(a.items())))
     assert version_of(content_digest(file_entries(a))) == version_of(content_digest(file_entries(b)))
 
 
 def test_one_changed_byte_changes_the_version():
-    a = {"adapter_config.json": b"{}", "adapter_model.safetensors": b"weights"}
-    b = {**a, "adapter_model.safetensors": b"weightz"}
+    a = {CONFIG_FILE: b"{}", WEIGHTS_FILE: b"weights"}
+    b = {**a, WEIGHTS_FILE: b"weightz"}
     assert content_digest(file_entries(a)) != content_digest(file_entries(b))
 
 

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 import training.demo as demo
-from common.peft_format import ADAPTER_FILES
+from common.peft_format import ADAPTER_FILES, CONFIG_FILE, WEIGHTS_FILE
 from training.artifacts import staged_dir
 
 pytestmark = pytest.mark.unit
@@ -72,7 +72,7 @@ def test_builds_everything_then_reuses(tmp_path, fake):
 def test_missing_stamp_or_file_rebuilds_only_that_adapter(tmp_path, fake):
     build(tmp_path)
     (tmp_path / "adapters" / "demo" / "reverse.build.json").unlink()
-    (tmp_path / "adapters" / "demo" / "caesar" / "adapter_model.safetensors").unlink()
+    (tmp_path / "adapters" / "demo" / "caesar" / WEIGHTS_FILE).unlink()
     again = build(tmp_path)
     assert again.built == ["reverse", "caesar"]
 
@@ -82,7 +82,7 @@ def test_new_base_rebuilds_adapters(tmp_path, fake):
     (tmp_path / "models" / "demo-base" / "build.json").unlink()
     again = build(tmp_path)
     assert again.built == [demo.BASE_NAME] + [t["adapter"] for t in demo.DEMO_TENANTS]
-    adapter = again.adapter_dirs["shout"] / "adapter_config.json"
+    adapter = again.adapter_dirs["shout"] / CONFIG_FILE
     assert adapter.read_text().endswith("v2")  # trained on the new base
 
 
