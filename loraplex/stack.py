@@ -18,10 +18,9 @@ import httpx
 from rich.console import Console
 
 from common.procs import free_port, pid_alive, port_open, spawn, stop_group
+from loadtest.harness import start_s3
 from loraplex.settings import StackSettings
 from registry.seaweed import GRPC_OFFSET, SeaweedServer
-from registry.settings import RegistrySettings
-from registry.store import ObjectStore
 
 console = Console(stderr=True)
 SERVICES = ("gateway", "engine", "seaweed")
@@ -103,12 +102,9 @@ def _start_seaweed(cfg: StackSettings, aws: dict) -> SeaweedServer:
               if p + GRPC_OFFSET <= 65535 and not port_open(p) and not port_open(p + GRPC_OFFSET)}
     cfg.log_dir.mkdir(parents=True, exist_ok=True)
     console.print("starting SeaweedFS …")
-    weed = SeaweedServer().start(cfg.var_dir / "s3", access_key=aws["AWS_ACCESS_KEY_ID"],
-                                 secret_key=aws["AWS_SECRET_ACCESS_KEY"], log_path=cfg.log_dir / "seaweed.log",
-                                 **wanted)
-    _record(cfg, "seaweed", weed.pid)
-    weed.wait_ready(60)
-    ObjectStore(RegistrySettings(s3_endpoint=weed.endpoint, s3_bucket=cfg.s3_bucket)).ensure_bucket()
+    weed = start_s3(cfg.var_dir / "s3", access_key=aws["AWS_ACCESS_KEY_ID"], secret_key=aws["AWS_SECRET_ACCESS_KEY"],
+                    log_path=cfg.log_dir / "seaweed.log", buckets=(cfg.s3_bucket,),
+                    on_started=lambda server: _record(cfg, "seaweed", server.pid), **wanted)
     ports_file.write_text(json.dumps(weed.ports))
     return weed
 

@@ -7,12 +7,12 @@ stack is running on the same host.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from loadtest.harness import running_s3
 from registry.seaweed import SeaweedServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,26 +39,9 @@ def demo(artifacts_var):
     return build_demo(artifacts_var)
 
 
-AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
-
-
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    """One real SeaweedFS for the whole session: a SeaweedFS (`weed mini`) on free loopback ports, with generated credentials in os.environ."""
-    saved = {name: os.environ.get(name) for name in AWS_ENV}
-    access_key, secret_key = f"lpxtest{secrets.token_hex(6)}", secrets.token_urlsafe(24)
-    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        os.environ.pop(name, None)
-    os.environ.update(AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
-    server = SeaweedServer()
-    try:
-        server.start(tmp_path_factory.mktemp("seaweed"), access_key=access_key, secret_key=secret_key)
-        server.wait_ready(timeout=60)
+    """One real SeaweedFS (`weed mini`) for the whole session on free loopback ports, with generated
+    credentials in os.environ."""
+    with running_s3(tmp_path_factory.mktemp("seaweed"), key_prefix="lpxtest") as server:
         yield server
-    finally:
-        server.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value

@@ -7,7 +7,7 @@ import pytest
 from common.procs import free_port, stop_group
 from serving.engine import start_engine, wait_engine_ready
 from serving.settings import ServingSettings
-from tests.e2e.helpers import start_gateway, upload
+from tests.e2e.helpers import start_gateway
 from training.demo import DEMO_TENANTS
 
 
@@ -31,14 +31,9 @@ def engine(demo, tmp_path_factory):
 @pytest.fixture(scope="session")
 def stack(engine, seaweed, demo, tmp_path_factory):
     """The gateway on a free port in front of the session engine and S3, with the demo tenants published."""
-    st, server = start_gateway(engine, seaweed.endpoint, demo.base_dir, tmp_path_factory.mktemp("cache"))
-    with st.client(st.admin_key) as admin:
-        for spec in DEMO_TENANTS:
-            key = admin.post("/admin/tenants", json={"name": spec["tenant"], "quotas": {}}).json()["api_key"]
-            version = upload(st, key, spec["adapter"], demo.adapter_dirs[spec["adapter"]])
-            st.tenants[spec["tenant"]] = {"key": key, "adapter": spec["adapter"], "task": spec["task"],
-                                          "version": version["version"]}
+    st = start_gateway(engine, seaweed.endpoint, demo.base_dir, tmp_path_factory.mktemp("cache"))
+    st.add_tenants(DEMO_TENANTS, demo.adapter_dirs)
     yield st
-    server.should_exit = True
+    st.close()
 
 

@@ -1,57 +1,35 @@
-"""Plain helpers of the end-to-end tests (HTTP calls with the checks every test wants)."""
+"""Plain helpers of the end-to-end tests (HTTP calls with the checks every test wants).
+
+The stack itself is assembled by loadtest/harness.py, as the benchmarks and the launcher do.
+"""
 
 from __future__ import annotations
 
-import secrets
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-from pydantic import SecretStr
-
-from common.procs import free_port
-from registry.settings import RegistrySettings
-from registry.store import ObjectStore
-from serving.app import create_app
-from serving.embedded import serve_in_thread
+from loadtest.harness import RunningGateway
+from loadtest.harness import start_gateway as _start_gateway
 from serving.settings import ServingSettings
-from serving.state import Gateway
+
+Stack = RunningGateway  # what the tests call a gateway they talk to
 
 
-@dataclass
-class Stack:
-    url: str
-    admin_key: str
-    gateway: Gateway
-    tenants: dict  # tenant -> {"key", "adapter", "task", "version"}
-
-    def client(self, key: str, **kw) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=120, **kw)
-
-
-
-def start_gateway(engine: ServingSettings, s3_endpoint: str, base_dir: Path, cache_dir: Path):
-    """A gateway over real HTTP (uvicorn in a thread) on a fresh bucket; returns (Stack, server)."""
-    reg = RegistrySettings(s3_endpoint=s3_endpoint, s3_bucket="e2e-" + secrets.token_hex(4),
-                           cache_dir=cache_dir, base_model=base_dir)
-    ObjectStore(reg).ensure_bucket()
-    admin_key, port = "admin-" + secrets.token_hex(8), free_port()
-    settings = engine.model_copy(update={"admin_key": SecretStr(admin_key), "gateway_port": port})
-    gw = Gateway.from_settings(settings, reg)
-    server = serve_in_thread(create_app(gw), port)
-    return Stack(f"http://127.0.0.1:{port}", admin_key, gw, {}), server
+def start_gateway(engine: ServingSettings, s3_endpoint: str, base_dir: Path, cache_dir: Path) -> Stack:
+    """A gateway over real HTTP (uvicorn in a thread) on a fresh `e2e-` bucket; `close()` stops it."""
+    return _start_gateway(engine, s3_endpoint, base_dir, cache_dir, bucket_prefix="e2e")
 
 
 def running_gateway(engine: ServingSettings, seaweed, demo, tmp_path_factory, name: str, **settings):
     """The body of a module fixture (`yield from`): a gateway with `settings` over the session's engine and
     SeaweedFS, stopped when the module is done."""
-    st, server = start_gateway(engine.model_copy(update=settings), seaweed.endpoint, demo.base_dir,
-                               tmp_path_factory.mktemp(name))
+    st = start_gateway(engine.model_copy(update=settings), seaweed.endpoint, demo.base_dir,
+                       tmp_path_factory.mktemp(name))
     yield st
-    server.should_exit = True
+    st.close()
 
 
 def upload(st: Stack, key: str, name: str, directory: Path, expect: int = 201) -> dict:
+    """Upload the adapter in `directory` and check the status (uploads that must fail included)."""
     files = [("files", (f, (directory / f).read_bytes())) for f in ("adapter_config.json", "adapter_model.safetensors")]
     with st.client(key) as c:
         r = c.post(f"/v1/adapters/{name}/versions", files=files)

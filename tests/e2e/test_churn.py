@@ -85,7 +85,7 @@ def test_alias_move_mid_flight_old_requests_finish_on_old_version(engine, seawee
 
     The gateway keeps a single adapter registered, so loading the new version must not evict the old one
     while its request is still running."""
-    st, server = start_gateway(engine.model_copy(update={"max_cpu_loras": 1}), seaweed.endpoint, demo.base_dir,
+    st = start_gateway(engine.model_copy(update={"max_cpu_loras": 1}), seaweed.endpoint, demo.base_dir,
                                tmp_path / "cache")
     try:
         tenant, key = new_tenant(st, prefix="alias")
@@ -127,4 +127,4 @@ def test_alias_move_mid_flight_old_requests_finish_on_old_version(engine, seawee
         else:
             pytest.fail("the stream always ended before the new version loaded: the overlap was never tested")
     finally:
-        server.should_exit = True
+        st.close()

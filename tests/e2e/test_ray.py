@@ -17,8 +17,7 @@ import httpx
 import pytest
 
 from common.procs import free_port, pid_alive
-from registry.settings import RegistrySettings
-from registry.store import ObjectStore
+from loadtest.harness import ensure_bucket
 from tests.e2e.helpers import Stack, upload
 from tests.e2e.test_metrics import scrape
 from training.demo import DEMO_TENANTS, DEMO_WORDS, demo_prompt
@@ -42,7 +41,7 @@ MAX_TOKENS = 12
 def ray_stack(demo, seaweed, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray")
     bucket = "ray-" + secrets.token_hex(4)
-    ObjectStore(RegistrySettings(s3_endpoint=seaweed.endpoint, s3_bucket=bucket)).ensure_bucket()
+    ensure_bucket(seaweed.endpoint, bucket)
     admin_key, port = "admin-" + secrets.token_hex(8), free_port()
     env = {"LORAPLEX_S3_ENDPOINT": seaweed.endpoint, "LORAPLEX_S3_BUCKET": bucket,
            "LORAPLEX_BASE_MODEL": str(demo.base_dir), "LORAPLEX_ADMIN_KEY": admin_key,
@@ -60,7 +59,7 @@ def ray_stack(demo, seaweed, tmp_path_factory):
             tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs)
             _shutdown()
             pytest.fail(f"the Ray Serve deployment did not come up:\n{tails}")
-        st = Stack(url, admin_key, None, {})
+        st = Stack(url, admin_key)
         try:
             with st.client(admin_key) as admin:
                 for spec in DEMO_TENANTS:

@@ -37,7 +37,7 @@ def merged_engine(demo, engine, tmp_path_factory):
 
 def test_dedicated_tenant_is_routed_to_its_own_engine(engine, merged_engine, seaweed, demo, tmp_path):
     shared = engine.model_copy(update={"dedicated_engines": {"solo": {"model": "rev-merged", "url": merged_engine}}})
-    st, server = start_gateway(shared, seaweed.endpoint, demo.base_dir, tmp_path / "cache")
+    st = start_gateway(shared, seaweed.endpoint, demo.base_dir, tmp_path / "cache")
     try:
         with st.client(st.admin_key) as admin:
             solo = admin.post("/admin/tenants", json={"name": "solo"}).json()["api_key"]
@@ -53,4 +53,4 @@ def test_dedicated_tenant_is_routed_to_its_own_engine(engine, merged_engine, sea
         with st.client(solo) as c:
             assert "rev-merged" in {m["id"] for m in c.get("/v1/models").json()["data"]}
     finally:
-        server.should_exit = True
+        st.close()

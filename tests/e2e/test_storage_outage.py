@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from registry.seaweed import SeaweedServer
+from loadtest.harness import start_s3
 from tests.e2e.helpers import complete, start_gateway, upload
 from training.demo import DEMO_WORDS, demo_prompt
 from training.tasks import answer
@@ -16,10 +16,9 @@ from training.tasks import answer
 
 def test_known_adapters_survive_an_s3_outage(engine, demo, tmp_path, seaweed):
     # a private SeaweedFS (same credentials as the session's), so stopping it harms no other test
-    own = SeaweedServer().start(tmp_path / "s3", access_key=os.environ["AWS_ACCESS_KEY_ID"],
-                                secret_key=os.environ["AWS_SECRET_ACCESS_KEY"])
-    own.wait_ready(60)
-    st, server = start_gateway(engine, own.endpoint, demo.base_dir, tmp_path / "cache")
+    own = start_s3(tmp_path / "s3", access_key=os.environ["AWS_ACCESS_KEY_ID"],
+                   secret_key=os.environ["AWS_SECRET_ACCESS_KEY"])
+    st = start_gateway(engine, own.endpoint, demo.base_dir, tmp_path / "cache")
     try:
         with st.client(st.admin_key) as admin:
             key = admin.post("/admin/tenants", json={"name": "outage"}).json()["api_key"]
@@ -41,5 +40,5 @@ def test_known_adapters_survive_an_s3_outage(engine, demo, tmp_path, seaweed):
         assert httpx.get(f"{st.url}/ready", timeout=30).status_code == 503
         assert httpx.get(f"{st.url}/health").status_code == 200
     finally:
-        server.should_exit = True
+        st.close()
         own.stop()
