@@ -13,8 +13,7 @@ from typing import Callable, Optional
 
 import httpx
 
-# The two files of a PEFT adapter upload (to be read from common/peft_format.py once it lands).
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+from common.peft_format import ADAPTER_FILES
 ADAPTERS_API, MODELS_API = "/v1/adapters", "/v1/artifacts/models"
 Progress = Optional[Callable[[int], None]]  # called with the bytes just sent
 
