@@ -48,6 +48,8 @@ LABELS = AdapterLabels()
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+# admission waits: fine at the low end (a free slot is granted at once), up to a flooded queue's minute
+_WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 
 REQUESTS = Counter("loraplex_requests_total",
                    "Inference requests admitted to the engine, by tenant, adapter and outcome "
@@ -81,6 +83,10 @@ REJECTED = Counter("loraplex_rejected_total",
                    ["tenant", "adapter", "status", "reason"])
 INFLIGHT = Gauge("loraplex_inflight_requests", "Requests forwarded to the engine now.")
 QUEUED = Gauge("loraplex_queued_requests", "Requests waiting for admission now.")
+ADMISSION_WAIT = Histogram("loraplex_admission_wait_seconds",
+                           "Time a request waited for an engine slot, from asking admission to being granted one "
+                           "(0 when one was free; refused and abandoned requests are not counted).",
+                           ["tenant", "adapter"], buckets=_WAIT_BUCKETS)
 ENGINE_SLOWDOWN = Gauge("loraplex_engine_slowdown",
                         "Engine seconds per output token now, as a multiple of its light-load value (fair admission).")
 HEAVY_CEILING = Gauge("loraplex_fair_heavy_ceiling",

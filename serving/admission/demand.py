@@ -1,0 +1,75 @@
+"""Tenant demand over the heavy window: what each tenant asked for and was granted, to tell a heavy tenant."""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+
+
+class Demand:
+    """Estimated tokens each tenant asked for, and was granted, within the last `window_s` seconds.
+
+    Totals are kept, not summed: `heavy` runs on the dispatch path for each waiting tenant. Callers pass
+    the time (the fair queue judges a whole dispatch by one clock reading). Not thread-safe.
+    """
+
+    HEAVY_RATIO = 2.0  # demand over the window, as a multiple of the other tenants' mean, that makes one heavy
+
+    def __init__(self, window_s: float):
+        self.window_s = window_s
+        self._asked: dict[str, deque] = defaultdict(deque)  # tenant -> (time, est_tokens) within the window
+        self._asked_total: dict[str, float] = defaultdict(float)
+        self._asked_sum = 0.0  # over all tenants
+        self._granted: dict[str, deque] = defaultdict(deque)  # tenant -> (time, est_tokens) granted within it
+        self._granted_total: dict[str, float] = defaultdict(float)
+
+    def ask(self, tenant: str, now: float, est_tokens: int) -> None:
+        self._asked[tenant].append((now, est_tokens))
+        self._asked_total[tenant] += est_tokens
+        self._asked_sum += est_tokens
+
+    def grant(self, tenant: str, now: float, est_tokens: int) -> None:
+        self._granted[tenant].append((now, est_tokens))
+        self._granted_total[tenant] += est_tokens
+
+    def trim(self, now: float) -> list[str]:
+        """Forget what fell out of the window; returns the tenants granted nothing within it any more."""
+        cutoff = now - self.window_s
+        for t in list(self._asked):
+            asked = self._asked[t]
+            while asked and asked[0][0] < cutoff:
+                amount = asked.popleft()[1]
+                self._asked_total[t] -= amount
+                self._asked_sum -= amount
+            if not asked:
+                del self._asked[t], self._asked_total[t]
+        gone = []
+        for t in list(self._granted):
+            granted = self._granted[t]
+            while granted and granted[0][0] < cutoff:
+                self._granted_total[t] -= granted.popleft()[1]
+            if not granted:
+                del self._granted[t], self._granted_total[t]
+                gone.append(t)
+        if not self._asked:
+            self._asked_sum = 0.0  # no float drift carried into the next busy period
+        return gone
+
+    def granted(self, tenant: str) -> float:
+        return self._granted_total.get(tenant, 0.0)
+
+    def mean_ask(self, tenant: str) -> float:
+        """The mean size of `tenant`'s requests within the window (0.0: none)."""
+        asked = self._asked.get(tenant)
+        return self._asked_total[tenant] / len(asked) if asked else 0.0
+
+    def others_mean(self, tenant: str) -> float | None:
+        """Mean demand of the other tenants of the window (None: there are none)."""
+        others = len(self._asked) - (tenant in self._asked)
+        if others < 1:
+            return None
+        return (self._asked_sum - self._asked_total.get(tenant, 0.0)) / others
+
+    def heavy(self, tenant: str) -> bool:
+        """Does `tenant` ask for at least HEAVY_RATIO x the mean of what the other tenants ask for?"""
+        mine, mean = self._asked_total.get(tenant, 0.0), self.others_mean(tenant)
+        return mean is not None and mine > 0 and mine >= self.HEAVY_RATIO * mean
