@@ -95,7 +95,7 @@ class RunningGateway:
 
     url: str
     admin_key: str
-    gateway: Any = None  # serving.state.Gateway
+    gateway: Any = None  # serving.gateway.Gateway
     server: Any = None  # the uvicorn server of serving.embedded.serve_in_thread
     tenants: dict = field(default_factory=dict)
 
@@ -149,7 +149,7 @@ def start_gateway(engine, s3_endpoint: str, base_dir: Path, cache_dir: Path, *,
 
     from serving.app import create_app
     from serving.embedded import serve_in_thread
-    from serving.state import Gateway
+    from serving.gateway import Gateway
 
     reg = RegistrySettings(s3_endpoint=s3_endpoint, s3_bucket=f"{bucket_prefix}-{secrets.token_hex(4)}",
                            cache_dir=cache_dir, base_model=base_dir)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from loadtest.engine_bench import ModelShape
+from loadtest.engine_bench.config import ModelShape
 
 
 def _cpu_us(fn: Callable[[], None], steps: int, repeats: int = 5) -> float:

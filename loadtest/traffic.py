@@ -93,10 +93,3 @@ async def drive(url: str, loads: list[TenantLoad], duration_s: float, seed: int 
 
         await asyncio.gather(*(arrivals(load) for load in loads if load.rate > 0))
         return list(await asyncio.wait_for(asyncio.gather(*tasks), timeout=duration_s * 10 + 120))
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]

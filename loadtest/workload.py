@@ -1,6 +1,6 @@
 """The load-test workload, without locust: who the tenants are, how popular, what they send, what it measured.
 
-Shared by `loadtest/locustfile.py` (which runs it) and `loadtest/hotswap.py` (which reads its samples),
+Shared by `loadtest/locustfile.py` (which runs it) and `loadtest/hotswap/` (which reads its samples),
 so both agree on one definition of every number. Settings come from environment variables, because
 locust runs the locustfile in its own process:
 
@@ -25,7 +25,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtest.traffic import percentile  # the fairness benchmark's: one definition of a percentile
+from loadtest.report import ms, percentile
 
 
 class WorkloadError(ValueError):
@@ -187,7 +187,6 @@ def summarize(samples: list[dict]) -> dict:
     start = min(s["sent"] for s in samples)
     end = max(s["sent"] + s["latency"] for s in ok)
     span = max(end - start, 1e-6)
-    ms = lambda v: None if v is None else round(v * 1000, 1)  # noqa: E731
     ttfts = [s["ttft"] for s in ok if s.get("ttft") is not None]
     lat = [s["latency"] for s in ok]
     out.update(req_per_s=round(len(ok) / span, 3), tok_per_s=round(sum(s["tokens"] for s in ok) / span, 1),

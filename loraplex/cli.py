@@ -96,44 +96,6 @@ def demo() -> None:
     run_demo()
 
 
-@bench_app.command("fairness")
-def bench_fairness(out: Path = typer.Option(Path("var/bench"), "--out"),
-                   duration: float = typer.Option(30.0, help="seconds of traffic per phase"),
-                   flood_factor: float = typer.Option(10.0, help="the flooding tenant's rate / its share"),
-                   inflight: int = typer.Option(4, help="the gateway's max in-flight requests"),
-                   modes: str = typer.Option("fifo,fair-nocap,fair-noguard,fair", help="admission modes to "
-                                             "compare: fifo, fair-nocap (VTC + headroom), fair-noguard (+ share "
-                                             "cap), fair (+ slowdown guard, the default), fair@X (guard "
-                                             "tolerance X)"),
-                   share_cap: float = typer.Option(1.0, help="the capped modes' LORAPLEX_FAIR_SHARE_CAP"),
-                   slices: int = typer.Option(3, help="each condition's traffic is cut into this many "
-                                              "round-robin slices"),
-                   share_rps: float = typer.Option(0.0, min=0.0, help="each tenant's share in requests/s (0: half "
-                                                   "the calibrated capacity over the tenants); pins the "
-                                                   "operating point, which the calibration on a shared "
-                                                   "host does not"),
-                   max_queue: int = typer.Option(4096, min=0, help="the gateway's LORAPLEX_MAX_QUEUE (the "
-                                                 "production default is 512: a flooder's backlog beyond it is "
-                                                 "refused instead of held open)"),
-                   gc_freeze: bool = typer.Option(True, help="the gateway's LORAPLEX_GC_FREEZE (off: to see "
-                                                  "what full garbage collections cost the others)"),
-                   flooder_nice: int = typer.Option(19, min=0, max=19, help="CPU priority (nice) of the flooding "
-                                                    "tenant's client process: its load generator stands in for "
-                                                    "another machine, but shares the server's cores here")) -> None:
-    """One tenant floods at 10x its share: the other tenants' p99 by admission mode (FIFO vs fair/VTC)."""
-    from loraplex.bench_fairness import mode_settings, run_fairness
-
-    chosen = tuple(m.strip() for m in modes.split(",") if m.strip())
-    try:
-        for m in chosen or ("",):
-            mode_settings(m)
-    except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--modes") from None
-    run_fairness(out, duration_s=duration, flood_factor=flood_factor, inflight=inflight, modes=chosen,
-                 share_cap=share_cap, slices=slices, share_rps=share_rps or None, max_queue=max_queue,
-                 gc_freeze=gc_freeze, flooder_nice=flooder_nice)
-
-
 @tenant_app.command("create")
 def tenant_create(name: str, quotas: str = typer.Option("{}", help="JSON object of quotas")) -> None:
     out = _api(lambda: GatewayClient.from_env(admin=True).call(

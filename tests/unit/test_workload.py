@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from loadtest.workload import (Workload, WorkloadError, from_env, make_prompt, parse_tenants, percentile, summarize,
+from loadtest.workload import (Workload, WorkloadError, from_env, make_prompt, parse_tenants, summarize,
                                to_env, zipf_weights)
 
 
@@ -71,9 +71,3 @@ def test_summarize_charges_catching_up_and_counts_only_served():
     assert s["req_per_s"] == pytest.approx(2 / 4.0) and s["tok_per_s"] == pytest.approx(20 / 4.0)
     assert s["ttft_p50_ms"] == 100.0 and s["ttft_p99_ms"] == 300.0 and s["latency_p99_ms"] == 3000.0
     assert summarize([])["req_per_s"] == 0.0 and summarize([])["ttft_p99_ms"] is None
-
-
-def test_percentile_nearest_rank():
-    assert percentile([], 50) is None
-    assert percentile([3, 1, 2], 50) == 2
-    assert percentile(list(range(101)), 99) == 99

@@ -1,0 +1,60 @@
+"""The fairness benchmark's clients: each tenant's open-loop traffic from its own process, and the calibration.
+
+The traffic processes (spawn) import this module: its heavy imports (torch via training) are made in the
+functions that need them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import time
+
+from loadtest.traffic import TenantLoad, drive
+
+
+def prompts() -> list[str]:
+    from training.demo import DEMO_WORDS, demo_prompt
+
+    return [demo_prompt(w) for w in DEMO_WORDS]
+
+
+def _drive_sync(url: str, loads: list[TenantLoad], duration_s: float, seed: int, start_at: float | None = None,
+                nice: int = 0):
+    """The samples, and the CPU seconds this client spent sending them and reading the answers (the load
+    generator shares the host; its start-up is not counted). `nice`: this client's CPU priority (raised once
+    per worker process: `os.nice` adds up)."""
+    if nice and os.getpriority(os.PRIO_PROCESS, 0) < nice:
+        os.nice(nice - os.getpriority(os.PRIO_PROCESS, 0))
+    started = time.process_time()
+    samples = asyncio.run(drive(url, loads, duration_s, seed, start_at))
+    return samples, time.process_time() - started
+
+
+def _warm(seconds: float) -> None:
+    time.sleep(seconds)  # defined here: unpickling it imports this module in the worker
+
+
+def drive_tenants(url: str, loads: list[TenantLoad], duration_s: float, seed: int = 0,
+           nice: dict[str, int] | None = None) -> tuple[list, dict[str, float]]:
+    """The open-loop traffic: each tenant from its own child process (its own interpreter and event loop,
+    like real clients), so that the flooder's client work, thousands of open requests, does not delay when
+    the other tenants' clients send and read; the processes start sending at the same instant. `nice`:
+    tenant -> CPU priority of its client process. Returns the samples and each tenant's client CPU seconds."""
+    nice = nice or {}
+    with multiprocessing.get_context("spawn").Pool(len(loads)) as pool:  # starts every worker now
+        pool.map(_warm, [0.3] * len(loads), chunksize=1)  # each busy a while: one each, all imported
+        start_at = time.monotonic() + 0.5
+        parts = pool.starmap(_drive_sync, [(url, [load], duration_s, seed, start_at, nice.get(load.tenant, 0))
+                                           for load in loads], chunksize=1)
+        return [s for samples, _ in parts for s in samples], {load.tenant: cpu for load, (_, cpu) in zip(loads, parts)}
+
+
+def capacity(url: str, tenants, max_tokens: int) -> float:
+    """Requests per second the stack completes with all tenants busy (closed loop, a few seconds)."""
+    loads = [TenantLoad(t, k, m, rate=1000, prompts=prompts(), max_tokens=max_tokens) for t, k, m in tenants]
+    started = time.monotonic()
+    samples = asyncio.run(drive(url, loads, duration_s=0.05))  # ~150 requests at once
+    ok = [s for s in samples if s.status == 200]
+    return len(ok) / (time.monotonic() - started)
