@@ -8,6 +8,12 @@ Every message a user can hit says what was wrong and how to fix it.
 from __future__ import annotations
 
 
+def error_body(message: str, type_: str = "server_error", code: str = "internal_error",
+               param: str | None = None) -> dict:
+    """The OpenAI error object; every error loraplex answers (JSON or SSE) has this shape."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
 class LoraplexError(Exception):
     """Base of every error loraplex raises on purpose."""
 
@@ -22,7 +28,7 @@ class LoraplexError(Exception):
         self.retry_after = retry_after
 
     def to_body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return error_body(self.message, self.type, self.code, self.param)
 
 
 class AuthenticationFailed(LoraplexError):

@@ -28,6 +28,8 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from common.errors import error_body
+
 SERVED = "reload"  # the model name the reload engine serves, whatever weights it holds
 
 
@@ -123,13 +125,12 @@ def create_app(engine_url: str, models: dict[str, str], current: str | None = No
         body = await request.json()
         model = body.get("model")
         if model not in models:
-            return JSONResponse({"error": {"message": f"model {model!r} is not served here", "type": "invalid_request_error",
-                                           "param": "model", "code": "model_not_found"}}, status_code=404)
+            return JSONResponse(error_body(f"model {model!r} is not served here", "invalid_request_error",
+                                           "model_not_found", param="model"), status_code=404)
         try:
             await sw.acquire(model)
         except RuntimeError as e:
-            return JSONResponse({"error": {"message": str(e), "type": "server_error", "param": None,
-                                           "code": "engine_error"}}, status_code=502)
+            return JSONResponse(error_body(str(e), code="engine_error"), status_code=502)
         try:
             upstream = await http.send(http.build_request("POST", path, json={**body, "model": SERVED}), stream=True)
         except BaseException:

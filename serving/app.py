@@ -11,22 +11,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from common.errors import LoraplexError
+from common.errors import LoraplexError, error_body
 from registry.settings import RegistrySettings
 from serving import metrics
+from serving.gateway import Gateway
 from serving.heap import freeze_startup_heap, watch_gc
 from serving.logs import RequestLog
 from serving.routes import adapters, admin, inference, models, ops
 from serving.settings import ServingSettings
-from serving.state import Gateway
 from serving.supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)
 
 
 def error_response(status: int, message: str, type_: str, code: str, param=None, headers=None) -> JSONResponse:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(message, type_, code, param), status_code=status, headers=headers)
 
 
 async def on_loraplex_error(request: Request, exc: LoraplexError) -> JSONResponse:
@@ -76,10 +75,7 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
             gw.supervisor = supervisor
             await supervisor.start()
         else:
-            try:
-                gw.residency.adopt(await gw.engine.loaded_loras())
-            except LoraplexError:
-                log.warning("engine not reachable at start-up; adapters will be loaded on demand")
+            await gw.transport.open()
         watch_gc()
         if gw.settings.gc_freeze:
             frozen = freeze_startup_heap()
@@ -89,7 +85,7 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
             gc.unfreeze()  # exit as usual: extension modules check at interpreter shutdown that theirs were freed
         if supervisor:
             await supervisor.stop()
-        await gw.engine.aclose()
+        await gw.transport.aclose()
 
     app = FastAPI(title="loraplex gateway", lifespan=lifespan)
     app.add_middleware(RequestLog)

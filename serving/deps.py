@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from common.errors import AuthenticationFailed
 from registry.tenants import Tenant
-from serving.state import Gateway
+from serving.gateway import Gateway
 
 
 async def get_gateway(request: Request) -> Gateway:

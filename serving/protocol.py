@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 
-from common.errors import InvalidRequest
+from common.errors import InvalidRequest, error_body
 
 _COMMON = {
     "model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed",
@@ -77,15 +77,17 @@ def sse_json(line: str) -> dict | None:
     return chunk if isinstance(chunk, dict) else None
 
 
-def rewrite_sse_line(line: str, public_name: str) -> str:
-    """Rewrite the `model` of one SSE `data:` line; other lines pass unchanged."""
+def rewrite_sse_line(line: str, public_name: str) -> tuple[str, dict | None]:
+    """One SSE line for the client, its `model` rewritten, and the chunk it carried (None: a line that is
+    not a JSON `data:` object, passed unchanged), so the relay reads usage without parsing twice."""
     chunk = sse_json(line)
-    return line if chunk is None else "data: " + json.dumps(rewrite_model(chunk, public_name))
+    if chunk is None:
+        return line, None
+    return "data: " + json.dumps(rewrite_model(chunk, public_name)), chunk
 
 
 def sse_error(message: str, code: str = "engine_error") -> str:
-    body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
-    return f"data: {json.dumps(body)}\n\n"
+    return f"data: {json.dumps(error_body(message, code=code))}\n\n"
 
 
 def model_card(model_id: str, owner: str) -> dict:

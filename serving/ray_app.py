@@ -20,14 +20,32 @@ import time
 from pathlib import Path
 
 import ray
+from fastapi import FastAPI
 from ray import serve
 
+from registry.settings import RegistrySettings
+from serving.app import create_app
+from serving.gateway import Gateway
 from serving.ray_engine import build_engine_deployment
-from serving.ray_gateway import GatewayIngress
 from serving.ray_settings import FORWARDED_ENV_PREFIXES, RaySettings
 from serving.settings import ServingSettings
+from serving.transport.ray import RayTransport
 
 log = logging.getLogger("loraplex.ray")
+
+
+@serve.ingress()
+class GatewayIngress:
+    """Ray Serve's HTTP ingress: the single-machine app (auth, quotas, fair admission, resolution, adapters and
+    admin routes) with inference sent to the engine deployment; one gateway per replica, all sharing S3."""
+
+    def __init__(self, engines, ray_settings: dict):
+        settings = ServingSettings().model_copy(update={"engine_managed": False})
+        self.gateway = Gateway.from_settings(settings, RegistrySettings(),
+                                             transport=RayTransport(engines, RaySettings(**ray_settings)))
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_app(self.gateway)
 
 
 def forwarded_env() -> dict[str, str]:

@@ -7,6 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request
 
 from serving.deps import GatewayDep, TenantDep
+from serving.forwarding import forward
 from serving.protocol import CHAT_FIELDS, COMPLETION_FIELDS, check_body, model_card, read_json
 
 router = APIRouter()
@@ -28,10 +29,10 @@ async def list_models(tenant: TenantDep, gw: GatewayDep) -> dict:
 @router.post("/v1/completions")
 async def completions(request: Request, tenant: TenantDep, gw: GatewayDep):
     body = check_body(read_json(await request.body()), COMPLETION_FIELDS, "prompt")
-    return await gw.forward(tenant, body, "/v1/completions")
+    return await forward(gw, tenant, body, "/v1/completions")
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, tenant: TenantDep, gw: GatewayDep):
     body = check_body(read_json(await request.body()), CHAT_FIELDS, "messages")
-    return await gw.forward(tenant, body, "/v1/chat/completions")
+    return await forward(gw, tenant, body, "/v1/chat/completions")

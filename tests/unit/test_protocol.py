@@ -29,9 +29,10 @@ def test_check_body_refuses_with_a_reason(body, word):
 
 def test_sse_rewrite_hides_engine_name():
     line = "data: " + json.dumps({"model": "lpx:acme:rev:abc", "choices": [{"text": "x"}]})
-    assert json.loads(rewrite_sse_line(line, "rev")[5:])["model"] == "rev"
-    assert rewrite_sse_line("data: [DONE]", "rev") == "data: [DONE]"
-    assert rewrite_sse_line("", "rev") == ""
+    out, chunk = rewrite_sse_line(line, "rev")
+    assert json.loads(out[5:])["model"] == "rev" and chunk["choices"] == [{"text": "x"}]
+    assert rewrite_sse_line("data: [DONE]", "rev") == ("data: [DONE]", None)
+    assert rewrite_sse_line("", "rev") == ("", None)
 
 
 @pytest.mark.parametrize("bad", ["../x", "%2e%2e", "/abs", "s3://x", "Ｘ", "a" * 64, "", "A", "a.b", "a/b",

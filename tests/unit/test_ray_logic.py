@@ -19,9 +19,10 @@ from common.errors import EngineUnavailable, ModelNotFound  # noqa: E402
 from serving.admission import Admission  # noqa: E402
 from serving.ray_app import forwarded_env  # noqa: E402
 from serving.ray_engine import EngineDown, LoadedAdapter, parse_lora_name  # noqa: E402
-from serving.ray_gateway import RayEngines, _as_loraplex, forward_ray  # noqa: E402
+from serving.forwarding import forward  # noqa: E402
 from serving.ray_settings import RaySettings  # noqa: E402
 from serving.settings import ServingSettings  # noqa: E402
+from serving.transport.ray import RayTransport, as_loraplex  # noqa: E402
 
 VERSION = "0123456789abcdef"
 
@@ -93,11 +94,11 @@ class RayTaskErrorLike(Exception):
 
 
 def test_replica_errors_keep_their_type_and_others_become_503():
-    err = _as_loraplex(RayTaskErrorLike(ModelNotFound("gone", param="model")))
+    err = as_loraplex(RayTaskErrorLike(ModelNotFound("gone", param="model")))
     assert isinstance(err, ModelNotFound) and err.status == 404 and err.param == "model"
-    down = _as_loraplex(RayTaskErrorLike(EngineDown("engine died")))
+    down = as_loraplex(RayTaskErrorLike(EngineDown("engine died")))
     assert isinstance(down, EngineUnavailable) and down.status == 503 and down.retry_after == 5
-    other = _as_loraplex(RuntimeError("actor died"))
+    other = as_loraplex(RuntimeError("actor died"))
     assert isinstance(other, EngineUnavailable) and "RuntimeError" in other.message
 
 
@@ -160,9 +161,8 @@ def _gateway(handle, **ray_kw):
             raise ModelNotFound("no")
         return manifest
 
-    return SimpleNamespace(settings=ServingSettings(), admission=Admission(4, 16), resolve=resolve,
-                           engines=handle, engine=RayEngines(handle),
-                           ray=RaySettings(routing_headers=True, retry_window_s=5, **ray_kw))
+    transport = RayTransport(handle, RaySettings(routing_headers=True, retry_window_s=5, **ray_kw))
+    return SimpleNamespace(settings=ServingSettings(), admission=Admission(4, 16), resolve=resolve, transport=transport)
 
 
 TENANT = SimpleNamespace(name="acme", quotas={})
@@ -177,7 +177,7 @@ def test_affinity_routing_names_the_adapter_and_hides_the_engine_name():
     before = ok._value.get()
     handle = FakeHandle([OK])
     gw = _gateway(handle)
-    r = asyncio.run(forward_ray(gw, TENANT, {"model": "reverse", "prompt": "p"}, "/v1/completions"))
+    r = asyncio.run(forward(gw, TENANT, {"model": "reverse", "prompt": "p"}, "/v1/completions"))
     assert ok._value.get() == before + 1  # the gateway's per-tenant, per-adapter series
     assert r.status_code == 200 and json.loads(r.body)["model"] == "reverse"
     (opts, args), = handle.calls
@@ -190,8 +190,8 @@ def test_affinity_routing_names_the_adapter_and_hides_the_engine_name():
 def test_random_routing_and_base_requests_carry_no_model_id():
     handle = FakeHandle([OK, {**OK, "body": {"model": "base", "choices": []}}])
     gw = _gateway(handle, routing="random")
-    asyncio.run(forward_ray(gw, TENANT, {"model": "reverse", "prompt": "p"}, "/v1/completions"))
-    asyncio.run(forward_ray(gw, TENANT, {"model": "base", "prompt": "p"}, "/v1/completions"))
+    asyncio.run(forward(gw, TENANT, {"model": "reverse", "prompt": "p"}, "/v1/completions"))
+    asyncio.run(forward(gw, TENANT, {"model": "base", "prompt": "p"}, "/v1/completions"))
     assert [("multiplexed_model_id" in o) for o, _ in handle.calls] == [False, False]
     assert handle.calls[1][1][2] is None  # base: no adapter
 
@@ -199,7 +199,7 @@ def test_random_routing_and_base_requests_carry_no_model_id():
 def test_a_dead_engine_before_the_request_is_retried_on_any_replica():
     handle = FakeHandle([RayTaskErrorLike(EngineDown("dead")), RayTaskErrorLike(EngineDown("dead")), OK])
     gw = _gateway(handle)
-    r = asyncio.run(forward_ray(gw, TENANT, {"model": "reverse", "prompt": "p"}, "/v1/completions"))
+    r = asyncio.run(forward(gw, TENANT, {"model": "reverse", "prompt": "p"}, "/v1/completions"))
     assert r.status_code == 200
     assert ["multiplexed_model_id" in o for o, _ in handle.calls] == [True, False, False]
 
@@ -208,14 +208,14 @@ def test_other_replica_failures_are_not_retried_and_free_the_slot():
     handle = FakeHandle([RayTaskErrorLike(EngineUnavailable("stream broke")), OK])
     gw = _gateway(handle)
     with pytest.raises(EngineUnavailable):
-        asyncio.run(forward_ray(gw, TENANT, {"model": "reverse", "prompt": "p"}, "/v1/completions"))
+        asyncio.run(forward(gw, TENANT, {"model": "reverse", "prompt": "p"}, "/v1/completions"))
     assert len(handle.calls) == 1 and gw.admission.inflight == 0
 
 
 def test_unknown_model_is_404_before_any_replica_is_called():
     handle = FakeHandle([OK])
     with pytest.raises(ModelNotFound):
-        asyncio.run(forward_ray(_gateway(handle), TENANT, {"model": "other", "prompt": "p"}, "/v1/completions"))
+        asyncio.run(forward(_gateway(handle), TENANT, {"model": "other", "prompt": "p"}, "/v1/completions"))
     assert handle.calls == []
 
 
@@ -228,7 +228,7 @@ def test_stream_is_relayed_with_the_public_model_name_and_cancelled_at_the_end()
     gw = _gateway(handle)
 
     async def go():
-        r = await forward_ray(gw, TENANT, {"model": "reverse", "prompt": "p", "stream": True}, "/v1/completions")
+        r = await forward(gw, TENANT, {"model": "reverse", "prompt": "p", "stream": True}, "/v1/completions")
         assert r.headers["x-loraplex-replica"] == "r2"
         return r, [line async for line in r.body_iterator]
 
@@ -247,7 +247,7 @@ def test_stream_failure_midway_becomes_an_sse_error_event():
     gw = _gateway(FakeHandle([stream]))
 
     async def go():
-        r = await forward_ray(gw, TENANT, {"model": "reverse", "prompt": "p", "stream": True}, "/v1/completions")
+        r = await forward(gw, TENANT, {"model": "reverse", "prompt": "p", "stream": True}, "/v1/completions")
         return [line async for line in r.body_iterator]
 
     lines = asyncio.run(go())
@@ -256,7 +256,7 @@ def test_stream_failure_midway_becomes_an_sse_error_event():
 
 
 def test_readiness_probes_some_engine_replica():
-    from serving.state import Gateway
+    from serving.gateway import Gateway
 
     class ProbeHandle:
         def __init__(self, error=None):
@@ -270,7 +270,8 @@ def test_readiness_probes_some_engine_replica():
 
     def gateway(handle):
         return SimpleNamespace(supervisor=None, _ready=(0.0, False, {}), settings=ServingSettings(ready_cache_s=0),
-                               store=SimpleNamespace(ping=lambda: None, bucket="b"), engine=RayEngines(handle))
+                               store=SimpleNamespace(ping=lambda: None, bucket="b"),
+                               transport=RayTransport(handle, RaySettings()))
 
     assert asyncio.run(Gateway.readiness(gateway(ProbeHandle()))) == (True, {"engine": "ok", "storage": "ok"})
     ok, detail = asyncio.run(Gateway.readiness(gateway(ProbeHandle(RayTaskErrorLike(EngineDown("it died"))))))
@@ -280,11 +281,10 @@ def test_readiness_probes_some_engine_replica():
 
 
 def test_the_apps_inference_routes_go_through_ray():
-    """The ingress serves the single-machine app unchanged; its routes call RayGateway.forward."""
+    """The ingress serves the single-machine app unchanged; its routes forward through the Ray transport."""
     from fastapi.testclient import TestClient
 
     from serving.app import create_app
-    from serving.ray_gateway import RayGateway
 
     handle = FakeHandle([OK])
     gw = _gateway(handle)
@@ -293,7 +293,6 @@ def test_the_apps_inference_routes_go_through_ray():
         return TENANT
 
     gw.authenticate = authenticate
-    gw.forward = lambda tenant, body, path: RayGateway.forward(gw, tenant, body, path)
     app = create_app(gw)
     app.state.gateway = gw  # no lifespan: nothing to start
     r = TestClient(app).post("/v1/completions", headers={"Authorization": "Bearer k"},
@@ -319,10 +318,10 @@ def test_replica_errors_as_ray_raises_them_become_plain_loraplex_errors():
     from ray.exceptions import RayTaskError
 
     hybrid = RayTaskError("f", "traceback", ModelNotFound("gone", param="model")).as_instanceof_cause()
-    err = _as_loraplex(hybrid)
+    err = as_loraplex(hybrid)
     assert type(err) is ModelNotFound and err.message == "gone" and err.param == "model"
     local = ModelNotFound("here")
-    assert _as_loraplex(local) is local
+    assert as_loraplex(local) is local
 
 
 def _group_alive(pgid: int) -> bool:

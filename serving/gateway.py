@@ -1,4 +1,4 @@
-"""Everything one gateway process holds, built once from settings and shared by the routes."""
+"""The gateway: everything one gateway process holds, built once from settings and shared by the routes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import httpx
 
 from common.errors import LoraplexError
 from registry.adapters import AdapterRegistry
@@ -23,6 +21,8 @@ from serving.engine import EngineClient
 from serving.fallback import LastGood
 from serving.residency import AdapterResidency
 from serving.settings import ServingSettings
+from serving.transport.base import Transport
+from serving.transport.http import HttpTransport
 
 
 @dataclass
@@ -32,28 +32,30 @@ class Gateway:
     tenants: TenantRegistry
     adapters: AdapterRegistry
     cache: AdapterCache
-    engine: EngineClient
-    residency: AdapterResidency
+    residency: AdapterResidency  # adapters loaded in the local engine (HTTP transport)
     admission: Admission
-    dedicated: dict[str, httpx.AsyncClient] = field(default_factory=dict)
+    transport: Transport  # how inference requests reach an engine (serving/forwarding.py sends through it)
     supervisor: object | None = None  # an EngineSupervisor when the gateway owns the engine
     known_keys: LastGood = field(default_factory=lambda: LastGood("tenant"))
     known_models: LastGood = field(default_factory=lambda: LastGood("manifest"))
     _ready: tuple[float, bool, dict] = field(default=(0.0, False, {}))
 
     @classmethod
-    def from_settings(cls, settings: ServingSettings, registry_settings: RegistrySettings) -> "Gateway":
+    def from_settings(cls, settings: ServingSettings, registry_settings: RegistrySettings,
+                      transport: Transport | None = None) -> "Gateway":
+        """The gateway of `settings`; its transport is HTTP to the local engine unless one is given (Ray)."""
         store = ObjectStore(registry_settings)
         base_dir = registry_settings.base_model or settings.base_model
         base_spec = BaseModelSpec.from_dir(Path(base_dir)) if base_dir else None
         adapters = AdapterRegistry(store, registry_settings, base_spec,
                                    probes=default_probes(registry_settings, base_spec, warm=True))
         engine = EngineClient(settings)
+        cache = AdapterCache(registry_settings, adapters.open_file)
+        residency = AdapterResidency(engine, settings.max_cpu_loras)
         return cls(
             settings=settings, store=store, tenants=TenantRegistry(store, auth_cache_ttl_s=0), adapters=adapters,
-            cache=AdapterCache(registry_settings, adapters.open_file), engine=engine,
-            residency=AdapterResidency(engine, settings.max_cpu_loras),
-            admission=Admission.from_settings(settings),
+            cache=cache, residency=residency, admission=Admission.from_settings(settings),
+            transport=transport or HttpTransport(settings, engine, residency, cache),
         )
 
     async def authenticate(self, api_key: str) -> Tenant:
@@ -62,16 +64,6 @@ class Gateway:
         # round trip, one revoked through this gateway at once.
         return await self.known_keys.call(hash_key(api_key), lambda: self.tenants.authenticate(api_key),
                                           reuse_s=self.settings.auth_cache_s, refresh_ahead=True)
-
-    def dedicated_engine(self, tenant: str, model: str) -> httpx.AsyncClient | None:
-        """Separate-model mode: the client of `tenant`'s own engine if it serves `model`, else None."""
-        spec = self.settings.dedicated_engines.get(tenant)
-        if not spec or spec.get("model") != model:
-            return None
-        url = spec["url"]
-        if url not in self.dedicated:
-            self.dedicated[url] = httpx.AsyncClient(base_url=url, timeout=self.engine.http.timeout)
-        return self.dedicated[url]
 
     def forget_tenant(self, name: str) -> None:
         """After a key rotation or a delete: nothing of this tenant may be replayed during an S3 outage."""
@@ -91,16 +83,6 @@ class Gateway:
         return await self.known_models.call((tenant, ref), lambda: self.adapters.resolve(tenant, ref),
                                             reuse_s=self.settings.resolve_cache_s, refresh_ahead=True)
 
-    async def forward(self, tenant: Tenant, body: dict, path: str):
-        """Send one inference request on to the engine (serving/proxy.py); the Ray gateway sends it to Ray."""
-        from serving.proxy import forward  # proxy builds on this module
-
-        return await forward(self, tenant, body, path)
-
-    async def local_adapter(self, manifest: Manifest) -> Path:
-        """A verified local copy of `manifest`'s files (downloaded once, SHA-256 checked)."""
-        return await asyncio.to_thread(self.cache.ensure_local, manifest)
-
     async def readiness(self) -> tuple[bool, dict]:
         """Engine answers a real generate and S3 answers; the verdict is reused for a moment."""
         if getattr(self.supervisor, "recovering", False):  # never from the cache: a crash is news at once
@@ -116,7 +98,7 @@ class Gateway:
         except Exception as e:  # e.g. the bucket is missing: not ready, never a crash
             detail["storage"] = f"{type(e).__name__}: {e} (does bucket {self.store.bucket!r} exist?)"
         try:
-            await self.engine.probe()
+            await self.transport.probe()
         except LoraplexError as e:
             detail["engine"] = e.message
         ok = detail == {"engine": "ok", "storage": "ok"}

@@ -1,41 +1,40 @@
-"""Forwarding one tenant request to the engine: quota, fair admission, adapter residency, relay.
+"""Forwarding one tenant request to an engine: quota, fair admission, resolution, relay, finishing.
 
-A `Ticket` holds what one request took (an admission slot, an adapter reference) and gives each
-back exactly once, whichever of stream end, error or client disconnect comes first.
+The same for every deployment; only the sending differs (serving/transport/). A `Ticket` holds what one
+request took (an admission slot, an adapter hold) and gives each back exactly once, whichever of stream
+end, error or client disconnect comes first.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
-import httpx
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from common.errors import EngineUnavailable
+from common.errors import LoraplexError, error_body
 from registry.manifest import Manifest
 from registry.tenants import Tenant
 from serving import metrics
 from serving.admission import Quotas
-from serving.protocol import estimate_tokens, rewrite_model, sse_error, sse_json
+from serving.gateway import Gateway
+from serving.protocol import estimate_tokens, rewrite_model, rewrite_sse_line, sse_error
 from serving.residency import engine_lora_name
-from serving.state import Gateway
+from serving.transport.base import EngineCall, Reply
 
 log = logging.getLogger(__name__)
 
 
 class Ticket:
-    """One admitted request: its engine model name, its adapter hold, its token charge, its metrics."""
+    """One admitted request: its token charge, what it holds, its metrics."""
 
-    def __init__(self, gw: Gateway, tenant: str, public: str, est_tokens: int, label: str, arrived: float):
-        self.gw, self.tenant, self.public, self.est, self.label = gw, tenant, public, est_tokens, label
-        self.engine_model, self.lora = gw.settings.base_name, None
-        self.http = gw.engine.http
-        self.admission = gw.admission  # the one that granted the slot gets it back (even if swapped since)
-        self.arrived = arrived
+    def __init__(self, admission, tenant: str, public: str, est_tokens: int, label: str, arrived: float):
+        self.tenant, self.public, self.est, self.label, self.arrived = tenant, public, est_tokens, label, arrived
+        self.admission = admission  # the one that granted the slot gets it back (even if swapped since)
+        self.releases: list[Callable[[], None]] = []  # what the transport holds for this request
         self.usage_total = 0  # tokens served, from the engine's usage
         self.events = 0  # streamed chunks with text: about one token each, the charge when usage never came
         self.granted = time.monotonic()  # tickets are made once admission granted the slot
@@ -43,11 +42,6 @@ class Ticket:
         self.completion = 0
         self.client_usage = True  # False: the usage chunk was requested by the gateway and is not relayed
         self.done = False
-
-    async def hold_adapter(self, manifest) -> None:
-        lora = engine_lora_name(self.tenant, manifest.name, manifest.version)
-        await self.gw.residency.acquire(lora, lambda: self.gw.local_adapter(manifest))
-        self.engine_model = self.lora = lora
 
     def record_usage(self, usage: dict) -> None:
         prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
@@ -58,9 +52,9 @@ class Ticket:
 
     def relay_line(self, line: str) -> str | None:
         """One SSE line for the client (model rewritten), or None to drop it; notes usage and first token."""
-        chunk = sse_json(line)
+        out, chunk = rewrite_sse_line(line, self.public)
         if chunk is None:
-            return line
+            return out
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.record_usage(usage)
@@ -72,14 +66,14 @@ class Ticket:
             self.token_times = (self.token_times[0] if self.token_times else now, now)
         elif isinstance(usage, dict) and not self.client_usage:
             return None
-        return "data: " + json.dumps(rewrite_model(chunk, self.public))
+        return out
 
     def finish(self, status: str = "ok") -> None:
         if self.done:
             return
         self.done = True
-        if self.lora:
-            self.gw.residency.release(self.lora)
+        for release in self.releases:
+            release()
         self.admission.release(self.tenant, self.est, self.usage_total or self.events or self.est,
                                time.monotonic() - self.granted)
         if status == "ok":
@@ -120,81 +114,79 @@ async def admit(gw: Gateway, tenant: Tenant, body: dict, resolve: bool = True) -
     manifest = None if is_base or not resolve else await gw.resolve(tenant.name, body["model"])  # 404s first
     label = metrics.BASE if is_base else metrics.LABELS.admit(tenant.name, manifest.name if manifest else body["model"])
     await gw.admission.acquire(tenant.name, est, label)
-    return Ticket(gw, tenant.name, body["model"], est, label, arrived), manifest
+    return Ticket(gw.admission, tenant.name, body["model"], est, label, arrived), manifest
 
 
 async def forward(gw: Gateway, tenant: Tenant, body: dict, path: str) -> Response:
-    dedicated = gw.dedicated_engine(tenant.name, body["model"])
-    ticket, manifest = await admit(gw, tenant, body, resolve=dedicated is None)
+    """The inference routes' one call: admit, send through the gateway's transport, relay the answer."""
+    transport = gw.transport
+    ticket, manifest = await admit(gw, tenant, body, resolve=not transport.serves_as_is(tenant.name, body["model"]))
     stream = bool(body.get("stream"))
     if stream:
         body, ticket.client_usage = _with_usage(body)
+    lora = engine_lora_name(tenant.name, manifest.name, manifest.version) if manifest else None
+    call = EngineCall(tenant.name, path, body, stream, manifest, lora, ticket.releases)
     try:
-        if dedicated is not None:
-            ticket.http, ticket.engine_model = dedicated, body["model"]
-        elif manifest is not None:
-            await ticket.hold_adapter(manifest)
-        req = ticket.http.build_request("POST", path, json={**body, "model": ticket.engine_model})
-        upstream = await ticket.http.send(req, stream=stream)
-    except httpx.HTTPError as e:
-        ticket.finish("error")
-        raise EngineUnavailable(f"the engine did not answer ({type(e).__name__}); retry shortly",
-                                retry_after=5) from e
+        reply = await transport.send(call)
+    except asyncio.CancelledError:
+        ticket.finish("disconnected")
+        raise
     except BaseException:
         ticket.finish("error")
         raise
-    if not stream or upstream.status_code != 200:
-        return await _whole(upstream, ticket)
-    return StreamingResponse(_relay(upstream, ticket), media_type="text/event-stream",
-                             background=BackgroundTask(_finish_on_loop, ticket, "disconnected"))
+    if not stream or reply.status != 200:
+        return await _whole(reply, ticket)
+    return StreamingResponse(_relay(reply, ticket), media_type="text/event-stream", headers=reply.headers,
+                             background=BackgroundTask(_abandon, reply, ticket))
 
 
-async def _finish_on_loop(ticket: Ticket, status: str) -> None:
-    """The response's background task: a no-op when the relay finished the ticket. A coroutine so that it
-    runs on the event loop: Starlette runs a plain function in a worker thread, and admission is not
-    thread-safe (a release there dispatches off the loop and cannot arm the pacing timer)."""
-    ticket.finish(status)
-
-
-async def _whole(upstream: httpx.Response, ticket: Ticket) -> Response:
+async def _whole(reply: Reply, ticket: Ticket) -> Response:
     try:
-        await upstream.aread()
-    except httpx.HTTPError as e:
+        data = await reply.json()
+    except BaseException:
         ticket.finish("error")
-        raise EngineUnavailable(f"the engine connection broke ({type(e).__name__}); retry", retry_after=5) from e
+        raise
     finally:
-        await upstream.aclose()
-    try:
-        data = upstream.json()
-    except ValueError:
+        await reply.close()
+    if not isinstance(data, dict):
         ticket.finish("error")
-        return JSONResponse(_engine_error(f"the engine answered HTTP {upstream.status_code}"), status_code=502)
+        text = reply.text()
+        message = f"the engine answered HTTP {reply.status}" + (f": {text}" if text else "")
+        return JSONResponse(error_body(message, code="engine_error"), headers=reply.headers,
+                            status_code=502 if reply.status == 200 else reply.status)
     if isinstance(data.get("usage"), dict):
         ticket.record_usage(data["usage"])
-    ticket.finish("ok" if upstream.status_code == 200 else str(upstream.status_code))
-    return JSONResponse(rewrite_model(data, ticket.public), status_code=upstream.status_code)
+    ticket.finish("ok" if reply.status == 200 else str(reply.status))
+    return JSONResponse(rewrite_model(data, ticket.public), status_code=reply.status, headers=reply.headers)
 
 
-def _engine_error(message: str) -> dict:
-    return {"error": {"message": message, "type": "server_error", "param": None, "code": "engine_error"}}
-
-
-async def _relay(upstream: httpx.Response, ticket: Ticket) -> AsyncIterator[str]:
+async def _relay(reply: Reply, ticket: Ticket) -> AsyncIterator[str]:
     """Pass SSE events through as they come; a failure mid-stream becomes an error event."""
     status = "ok"
+    lines = reply.lines()
     try:
-        async for line in upstream.aiter_lines():
+        async for line in lines:
             out = ticket.relay_line(line)
             if out is not None:
                 yield out + "\n"
-    except httpx.HTTPError as e:
+    except LoraplexError as e:
         status = "error"
-        log.warning("engine stream broke: %s", type(e).__name__)
-        yield sse_error(f"the engine stream broke ({type(e).__name__}); retry the request", "engine_unavailable")
+        log.warning("engine stream broke: %s", e.message)
+        yield sse_error(f"{e.message}; retry the request", "engine_unavailable")
         yield "data: [DONE]\n\n"
     except BaseException:  # the client went away (cancellation / generator close)
         status = "disconnected"
         raise
     finally:
-        await upstream.aclose()  # on client disconnect this closes the engine connection: vLLM aborts
+        await lines.aclose()
+        await reply.close()  # on client disconnect this closes the engine stream: vLLM aborts
         ticket.finish(status)
+
+
+async def _abandon(reply: Reply, ticket: Ticket) -> None:
+    """The response's background task, whatever happened: a no-op when the relay finished, else (the client
+    left before the stream started) the engine side is closed too. A coroutine so that it runs on the event
+    loop: Starlette runs a plain function in a worker thread, and admission is not thread-safe (a release
+    there dispatches off the loop and cannot arm the pacing timer)."""
+    await reply.close()
+    ticket.finish("disconnected")
