@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.peft_format import CONFIG_FILE
 from loadtest.engine_bench.config import ModelShape
 
 
@@ -45,7 +46,7 @@ def build_adapters(base: Path, out: Path, rank: int, count: int, seed: int = 1) 
         seed: first torch seed; adapter i uses `seed + i`.
     """
     paths = [out / f"r{rank}-{i}" for i in range(count)]
-    missing = [i for i, p in enumerate(paths) if not (p / "adapter_config.json").exists()]
+    missing = [i for i, p in enumerate(paths) if not (p / CONFIG_FILE).exists()]
     if not missing:
         return paths
     import torch

@@ -6,9 +6,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.peft_format import ADAPTER_FILES
 from loadtest.hotswap.config import MIB
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # to come from common/peft_format.py
 
 
 @dataclass

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.peft_format import ADAPTER_FILES
 from loadtest.harness import RunningGateway
 from loadtest.harness import start_gateway as _start_gateway
 from serving.settings import ServingSettings
@@ -30,7 +31,7 @@ def running_gateway(engine: ServingSettings, seaweed, demo, tmp_path_factory, na
 
 def upload(st: Stack, key: str, name: str, directory: Path, expect: int = 201) -> dict:
     """Upload the adapter in `directory` and check the status (uploads that must fail included)."""
-    files = [("files", (f, (directory / f).read_bytes())) for f in ("adapter_config.json", "adapter_model.safetensors")]
+    files = [("files", (f, (directory / f).read_bytes())) for f in ADAPTER_FILES]
     with st.client(key) as c:
         r = c.post(f"/v1/adapters/{name}/versions", files=files)
     assert r.status_code == expect, r.text
