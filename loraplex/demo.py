@@ -7,6 +7,9 @@ asks every tenant (and the base model) the same questions and prints who answere
 from __future__ import annotations
 
 import json
+import os
+import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -17,6 +20,7 @@ from loraplex.stack import up, update_tenants
 from training.demo import DEMO_TENANTS, DEMO_WORDS, build_demo, demo_prompt
 
 console = Console()
+NEXT_STEPS = "next-steps.txt"  # in var/: the commands printed at the end, to copy later
 
 
 def _tenant_key(admin: GatewayClient, url: str, name: str, known: str | None) -> str:
@@ -62,21 +66,49 @@ def run_demo(cfg: StackSettings | None = None) -> list[dict]:
                          "answer": client.complete(adapter, demo_prompt(word)).strip(),
                          "base": client.complete("base", demo_prompt(word)).strip()})
     update_tenants(cfg, tenants)
-    _show(rows, url, tenants)
+    _show(rows, url, tenants, cfg.var_dir)
     return rows
 
 
-def _show(rows: list[dict], url: str, tenants: dict) -> None:
+def _show(rows: list[dict], url: str, tenants: dict, var_dir: Path) -> None:
     table = Table(title="loraplex demo: one base model, one adapter per tenant (greedy)")
     for col in ("tenant", "model (adapter)", "version", "word", "tenant's answer", "base answer"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["tenant"], r["model"], r["version"], r["prompt"], f"[bold]{r['answer']}[/]", r["base"])
     console.print(table)
+    text = next_steps(url, tenants)
+    (var_dir / NEXT_STEPS).write_text(text)
+    # Plain print: a console renderer would break long lines inside keys and JSON.
+    print(f"\nThe stack is running at {url}; keys are in {var_dir / 'stack.json'}. "
+          f"Next (also in {var_dir / NEXT_STEPS}):\n")
+    print(text)
+
+
+def next_steps(url: str, tenants: dict) -> str:
+    """Copy-pasteable commands to try next: curl, the OpenAI SDK, the CLI, and stopping the stack."""
     tenant, spec = next(iter(tenants.items()))
-    console.print(f"\nThe stack is running at {url} (keys in var/stack.json). Try:\n"
-                  f"  curl -s {url}/v1/completions -H 'Authorization: Bearer {spec['api_key']}' "
-                  f"-H 'Content-Type: application/json' \\\n"
-                  f"       -d '{{\"model\": \"{spec['adapters'][0]}\", \"prompt\": {json.dumps(demo_prompt('loraplex'))}, "
-                  f"\"max_tokens\": 16, \"temperature\": 0}}'\n"
-                  "Stop it with: make down")
+    key, adapter, prompt = spec["api_key"], spec["adapters"][0], demo_prompt("loraplex")
+    venv = Path(os.path.relpath(sys.prefix)) / "bin"
+    body = json.dumps({"model": adapter, "prompt": prompt, "max_tokens": 16, "temperature": 0})
+    return f"""# 1. Ask {tenant}'s adapter over HTTP:
+curl -s {url}/v1/completions \\
+  -H 'Authorization: Bearer {key}' \\
+  -H 'Content-Type: application/json' \\
+  -d '{body}'
+
+# 2. The same with the OpenAI Python SDK, unmodified (`model` names one of the tenant's adapters):
+{venv / "python"} - <<'EOF'
+from openai import OpenAI
+client = OpenAI(base_url="{url}/v1", api_key="{key}")
+answer = client.completions.create(model="{adapter}", prompt={prompt!r}, max_tokens=16, temperature=0)
+print(answer.choices[0].text)
+EOF
+
+# 3. The CLI: {tenant}'s adapters, then every tenant (admin key):
+{venv / "loraplex"} adapter ls --tenant {tenant}
+{venv / "loraplex"} tenant ls
+
+# When done, stop the stack:
+make down
+"""

@@ -6,17 +6,23 @@ builds `var/models/demo-base/` and `var/adapters/demo/<adapter>/`, skipping what
 with the current recipe. A stamp marks each finished artifact: `build.json` inside the base
 directory, and `var/adapters/demo/<adapter>.build.json` next to each adapter (an adapter directory
 holds exactly its two files).
+
+The build is reproducible: it runs in a process of its own with pinned kernels, one thread and
+deterministic algorithms (training.reproducible), so any x86-64 machine with AVX2 builds the same
+bytes. Each model trains until it reaches the quality goal (QUALITY_FLOOR on held-out words, every
+demo word right) rather than for a step count that happens to be enough on one machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
-import hashlib
-import json
+import subprocess
+import sys
+import tempfile
 import time
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,66 +30,22 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers.utils import logging as hf_logging
 
+from common.peft_format import is_adapter_dir
+from training import reproducible
 from training.artifacts import discard, file_sha256, read_stamp, staged_dir, write_stamp
 from training.builders import build_adapter, build_base, word_pools
-from training.lora import is_adapter_dir
-from training.tasks import DEMO_WORDS, answer, make_prompt
-from training.tiny import TinyShape
-from training.train import Recipe
+from training.demo_recipe import (ADAPTER_RECIPES, BASE_FILES, BASE_NAME, BASE_RECIPE, BASE_TASK, DEMO_TENANTS,
+                                  HELD_OUT_WORDS, QUALITY_FLOOR, SCRATCH, SHAPE, TRAIN_WORDS, adapter_dir, base_dir,
+                                  demo_prompt, recipe_fingerprint)
+from training.tasks import DEMO_WORDS, answer
+from training.train import GoalNotReached
 
-# Bump when code that shapes the trained weights changes (the settings below are fingerprinted).
-RECIPE_VERSION = 2
-BASE_NAME = "demo-base"
-BASE_TASK = "echo"
-DEMO_TENANTS: tuple[dict[str, str], ...] = (
-    {"tenant": "acme", "adapter": "reverse", "task": "reverse"},
-    {"tenant": "globex", "adapter": "shout", "task": "upper"},
-    {"tenant": "initech", "adapter": "caesar", "task": "caesar"},
-)
-SHAPE = TinyShape(hidden_size=128, num_heads=2, intermediate_size=256, num_layers=2)
-# Measured on 2 CPU cores: held-out exact-answer accuracy 99%+ for every task (5e-3 is unstable
-# for the base; reverse needs the most steps, upper and caesar converge by step ~150).
-BASE_RECIPE = Recipe(steps=500, lr=3e-3, seed=0)
-ADAPTER_RECIPES = {  # by task
-    "reverse": Recipe(steps=400, lr=5e-3, seed=1),
-    "upper": Recipe(steps=200, lr=5e-3, seed=1),
-    "caesar": Recipe(steps=200, lr=5e-3, seed=1),
-}
-TRAIN_WORDS, HELD_OUT_WORDS = 20000, 400
-SCRATCH = ".build-tmp"  # temporary build directories, on the same filesystem as the results
-BASE_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+__all__ = ["BASE_NAME", "DEMO_TENANTS", "DEMO_WORDS", "QUALITY_FLOOR", "DemoArtifacts", "DemoBuildError", "build_demo",
+           "build_here", "demo_prompt", "main"]
 
 
-def recipe_fingerprint(task: str = BASE_TASK) -> str:
-    """Short hash of the settings that determine the weights of the base (or of `task`'s adapter).
-
-    A stamp must carry the current fingerprint to count as complete; an adapter's stamp also
-    records the base weights it was trained on.
-    """
-    recipe = ADAPTER_RECIPES[task] if task != BASE_TASK else BASE_RECIPE
-    settings = {"version": RECIPE_VERSION, "task": task, "recipe": asdict(recipe),
-                "words": [TRAIN_WORDS, HELD_OUT_WORDS, list(DEMO_WORDS)]}
-    if task == BASE_TASK:
-        settings["shape"] = asdict(SHAPE)
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-__all__ = ["DEMO_TENANTS", "DEMO_WORDS", "DemoArtifacts", "build_demo", "demo_prompt", "main"]
-
-
-def demo_prompt(word: str) -> str:
-    """The completion prompt the demo sends for `word` (what the models were trained on)."""
-    return make_prompt(word)
-
-
-def base_dir(var_dir: Path) -> Path:
-    """Directory of the demo base model under `var_dir`."""
-    return Path(var_dir) / "models" / BASE_NAME
-
-
-def adapter_dir(var_dir: Path, adapter: str) -> Path:
-    """Directory of one demo adapter under `var_dir`."""
-    return Path(var_dir) / "adapters" / "demo" / adapter
+class DemoBuildError(RuntimeError):
+    """The demo build failed (e.g. a model never reached QUALITY_FLOOR); the message says why."""
 
 
 def _adapter_stamp(var_dir: Path, adapter: str) -> Path:
@@ -119,23 +81,36 @@ def _adapter_ok(var_dir: Path, tenant: dict, base_sha: str) -> dict | None:
 
 def _on_step(progress: Progress, label: str, total: int):
     if not progress.console.is_terminal:  # no live bars in a log: say what is going on
-        progress.console.print(f"training {label}: {total} steps")
+        progress.console.print(f"training {label}: {total} steps, more until {QUALITY_FLOOR:.0%} held-out")
     task_id = progress.add_task(label, total=total, loss=float("nan"))
-    return lambda step, loss: progress.update(task_id, completed=step + 1, loss=loss)
+
+    def update(step: int, loss: float) -> None:
+        progress.update(task_id, completed=step + 1, total=max(total, step + 1), loss=loss)
+
+    return update
 
 
 def _report(progress: Progress, label: str, metrics: dict) -> None:
     progress.console.print(
         f"{label}: held-out accuracy {metrics['held_out_accuracy']:.1%}, demo words {metrics['demo_accuracy']:.0%}"
-        f" ({metrics['train_seconds']:.0f}s of training)"
+        f" ({metrics['steps']} steps, {metrics['train_seconds']:.0f}s of training)"
     )
+
+
+def _checked(name: str, task: str, step, *args) -> dict:
+    # A model that never reaches the floor fails the build, naming the model and what to change.
+    try:
+        return step(*args)
+    except GoalNotReached as e:
+        raise DemoBuildError(f"{name} ({task}) did not reach the quality goal: {e}") from None
 
 
 def _make_base(var_dir: Path, words, held_out, progress: Progress) -> dict:
     final = base_dir(var_dir)
     with staged_dir(final, Path(var_dir) / SCRATCH) as tmp:
         on_step = _on_step(progress, f"{BASE_NAME} ({BASE_TASK})", BASE_RECIPE.steps)
-        metrics = build_base(tmp, SHAPE, BASE_RECIPE, words, held_out, on_step)
+        metrics = _checked(BASE_NAME, BASE_TASK, build_base, tmp, SHAPE, BASE_RECIPE, words, held_out, QUALITY_FLOOR,
+                           on_step)
         _report(progress, BASE_NAME, metrics)
         sha = file_sha256(tmp / "model.safetensors")
         stamp = {"recipe": recipe_fingerprint(), "task": BASE_TASK, "model_sha256": sha, **metrics}
@@ -150,7 +125,8 @@ def _make_adapter(var_dir: Path, tenant: dict, base_sha: str, words, held_out, p
     recipe = ADAPTER_RECIPES[task]
     with staged_dir(final, Path(var_dir) / SCRATCH) as tmp:
         on_step = _on_step(progress, f"{name} ({task})", recipe.steps)
-        metrics = build_adapter(base_dir(var_dir), tmp, task, recipe, words, held_out, on_step)
+        metrics = _checked(name, task, build_adapter, base_dir(var_dir), tmp, task, recipe, words, held_out,
+                           QUALITY_FLOOR, on_step)
         _report(progress, name, metrics)
     stamp = {"recipe": recipe_fingerprint(task), "task": task, "base_sha256": base_sha, **metrics}
     write_stamp(stamp_path, stamp)
@@ -170,29 +146,75 @@ def _build_lock(var_dir: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def build_demo(var_dir: Path, force: bool = False, console: Console | None = None, threads: int = 1) -> DemoArtifacts:
+def build_demo(var_dir: Path, force: bool = False, console: Console | None = None) -> DemoArtifacts:
     """Build (or reuse) the demo base model and the adapters of DEMO_TENANTS under `var_dir`.
+
+    What is complete is reused without starting anything; what is missing is trained in a
+    reproducible process of its own (see the module's doc).
 
     Args:
         var_dir: the runtime directory; models go to var_dir/models, adapters to var_dir/adapters/demo.
         force: rebuild everything even if complete stamps exist.
         console: where progress is shown (a quiet Console silences it); a default Console if None.
-        threads: torch threads while training. One by default: the matrices are tiny, and on a
-            busy 2-core host two threads were measured 5-10x slower than one (about 1.7x faster
-            on an idle one).
 
     Returns:
         The artifact paths and the stamp (recipe and accuracy metrics) of each.
+
+    Raises:
+        DemoBuildError: a model did not reach QUALITY_FLOOR within its recipe's step limit, or the
+            build process failed.
     """
+    var_dir, console = Path(var_dir), console or Console()
+    if not force and (done := _complete(var_dir)) is not None:
+        return done
+    if reproducible.active():
+        return build_here(var_dir, force, console)
+    with tempfile.TemporaryDirectory(prefix="lpx-demo-build-") as tmp:
+        result = Path(tmp) / "result.json"
+        args = ["--var", str(var_dir), "--result", str(result)] + ["--force"] * force + ["--quiet"] * console.quiet
+        try:
+            reproducible.run_module("training.demo", args)
+        except subprocess.CalledProcessError as e:
+            outcome = read_stamp(result) or {}
+            raise DemoBuildError(outcome.get("error") or f"the demo build process exited with {e.returncode}") from None
+        built = (read_stamp(result) or {}).get("built", [])
+    done = _complete(var_dir)
+    if done is None:
+        raise DemoBuildError(f"the demo build process finished but {var_dir} is not complete")
+    done.built = built
+    return done
+
+
+def _complete(var_dir: Path) -> DemoArtifacts | None:
+    # Everything already built with the current recipe, or None.
+    base = _base_ok(var_dir)
+    if base is None:
+        return None
+    stamps = {BASE_NAME: base}
+    for tenant in DEMO_TENANTS:
+        if (stamp := _adapter_ok(var_dir, tenant, base["model_sha256"])) is None:
+            return None
+        stamps[tenant["adapter"]] = stamp
+    return _artifacts(var_dir, stamps, [])
+
+
+def _artifacts(var_dir: Path, stamps: dict, built: list[str]) -> DemoArtifacts:
+    dirs = {t["adapter"]: adapter_dir(var_dir, t["adapter"]) for t in DEMO_TENANTS}
+    return DemoArtifacts(base_dir=base_dir(var_dir), adapter_dirs=dirs, stamps=stamps, built=built)
+
+
+def build_here(var_dir: Path, force: bool = False, console: Console | None = None) -> DemoArtifacts:
+    """`build_demo` in this process: reproducible only when it was started with REPRODUCIBLE_ENV."""
     var_dir = Path(var_dir)
     saved_threads, bars = torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
-    torch.set_num_threads(max(1, threads))
+    reproducible.setup_torch()
     hf_logging.disable_progress_bar()  # one progress display: ours
     try:
         with _build_lock(var_dir):
             return _build(var_dir, force, console or Console())
     finally:
         torch.set_num_threads(saved_threads)
+        torch.use_deterministic_algorithms(False)
         if bars:
             hf_logging.enable_progress_bar()
 
@@ -216,8 +238,7 @@ def _build(var_dir: Path, force: bool, console: Console) -> DemoArtifacts:
             stamps[tenant["adapter"]] = stamp
     with suppress(OSError):
         (var_dir / SCRATCH).rmdir()  # only when empty: another tool may be using it
-    dirs = {t["adapter"]: adapter_dir(var_dir, t["adapter"]) for t in DEMO_TENANTS}
-    return DemoArtifacts(base_dir=base_dir(var_dir), adapter_dirs=dirs, stamps=stamps, built=built)
+    return _artifacts(var_dir, stamps, built)
 
 
 def _summary(artifacts: DemoArtifacts, seconds: float, console: Console) -> None:
@@ -240,12 +261,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--var", type=Path, default=Path("var"), help="runtime directory (default: var)")
     parser.add_argument("--force", action="store_true", help="rebuild even what is already built")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1; more only helps on an idle host)")
+    parser.add_argument("--quiet", action="store_true", help="print nothing")
+    parser.add_argument("--result", type=Path, help="write the outcome as JSON here (used by build_demo)")
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(quiet=args.quiet)
     started = time.monotonic()
-    artifacts = build_demo(args.var, force=args.force, console=console, threads=args.threads)
+    try:
+        artifacts = build_demo(args.var, force=args.force, console=console)
+    except (GoalNotReached, DemoBuildError) as e:
+        error = f"demo build failed: {e}. The recipes are in training/demo.py (ADAPTER_RECIPES, BASE_RECIPE)."
+        if args.result:
+            write_stamp(args.result, {"error": error})
+        print(error, file=sys.stderr)
+        return 2
+    if args.result:
+        write_stamp(args.result, {"built": artifacts.built})
     _summary(artifacts, time.monotonic() - started, console)
     return 0
 

@@ -7,11 +7,9 @@ from pathlib import Path
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
-from common.peft_format import is_adapter_dir
 from training.adapters import save_peft_adapter
 
-# is_adapter_dir: re-exported for training.demo, which checks its built adapters with it.
-__all__ = ["BASE_MODEL_NAME", "TARGET_MODULES", "is_adapter_dir", "lora_config", "save_adapter", "wrap"]
+__all__ = ["BASE_MODEL_NAME", "TARGET_MODULES", "lora_config", "save_adapter", "wrap"]
 
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Written into the adapter's config instead of the path of the machine that trained the adapter.

@@ -21,7 +21,11 @@ IGNORE = -100
 
 @dataclass(frozen=True)
 class Recipe:
-    """Optimisation settings of one training run."""
+    """Optimisation settings of one training run.
+
+    The learning rate warms up, decays by a cosine to 10% at `steps`, then holds there: a run that
+    must reach a quality goal goes on past `steps` in rounds of `eval_every` steps, up to `max_steps`.
+    """
 
     steps: int
     lr: float
@@ -29,6 +33,17 @@ class Recipe:
     warmup: int = 30
     weight_decay: float = 0.0
     seed: int = 0
+    eval_every: int = 100
+    max_steps: int = 0  # 0: three times `steps`
+
+    @property
+    def step_limit(self) -> int:
+        """The most steps a run that has not reached its goal may take."""
+        return self.max_steps or 3 * self.steps
+
+
+class GoalNotReached(RuntimeError):
+    """Training hit its step limit before its goal (e.g. an accuracy floor) was met."""
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, task: str, word: str) -> tuple[list[int], list[int]]:
@@ -49,10 +64,10 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[t
 
 
 def _lr_factor(step: int, recipe: Recipe) -> float:
-    # Linear warmup then cosine decay to 10%: stable for both the base and the LoRA runs.
+    # Linear warmup, cosine decay to 10%, then flat: stable for both the base and the LoRA runs.
     if step < recipe.warmup:
         return (step + 1) / recipe.warmup
-    progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+    progress = min(1.0, (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup))
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -63,7 +78,8 @@ def train(
     words: list[str],
     recipe: Recipe,
     on_step: Callable[[int, float], None] | None = None,
-) -> float:
+    goal: Callable[[], str | None] | None = None,
+) -> tuple[float, int]:
     """Train `model` in place on `task` over `words` (the demo words are mixed into every batch).
 
     Args:
@@ -73,9 +89,15 @@ def train(
         words: the training words.
         recipe: optimisation settings.
         on_step: called with (step, loss) after every step, e.g. to advance a progress bar.
+        goal: checked (in eval mode) after `recipe.steps` and then every `recipe.eval_every` steps:
+            None when the model is good enough, else what is still missing. Training stops at the
+            first None; without a goal it stops after `recipe.steps`.
 
     Returns:
-        The mean loss of the last 20 steps.
+        The mean loss of the last 20 steps, and the number of steps taken.
+
+    Raises:
+        GoalNotReached: the goal was still unmet after `recipe.step_limit` steps.
     """
     rng = random.Random(recipe.seed)
     torch.manual_seed(recipe.seed)
@@ -86,7 +108,8 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, recipe))
     model.train()
     recent: list[float] = []
-    for step in range(recipe.steps):
+    step = 0
+    while True:
         batch = rng.sample(examples, recipe.batch_size - 2) + rng.sample(demo, 2)
         ids, labels = collate(batch, tokenizer.pad_token_id)
         loss = model(input_ids=ids, labels=labels).loss
@@ -98,8 +121,16 @@ def train(
         recent = (recent + [loss.item()])[-20:]
         if on_step is not None:
             on_step(step, loss.item())
-    model.eval()
-    return sum(recent) / len(recent)
+        step += 1
+        if step < recipe.steps or (step - recipe.steps) % recipe.eval_every:
+            continue
+        model.eval()
+        missing = goal() if goal is not None else None
+        if missing is None:
+            return sum(recent) / len(recent), step
+        if step >= recipe.step_limit:
+            raise GoalNotReached(f"{missing} after {step} steps (the limit of this recipe)")
+        model.train()
 
 
 @torch.no_grad()

@@ -94,7 +94,8 @@ def run_child(model: Path, adapters: list[Path], plugin: bool) -> dict:
 def engines(tmp_path_factory) -> dict[str, dict]:
     """Both engine configurations, started once for the module and in parallel."""
     pytest.importorskip("vllm")
-    from loadtest.engine_bench import ModelShape, build_adapters, build_model
+    from loadtest.engine_bench.artifacts import build_adapters, build_model
+    from loadtest.engine_bench.config import ModelShape
 
     root = tmp_path_factory.mktemp("vllm-plugin-engine")
     # Tiny, with a wide init: large logit margins make greedy ties (batch-order rounding) rare.
