@@ -34,7 +34,7 @@ def push_model(directory: Path, name: str, kind: str, *, tenant: Optional[str] =
     from common.errors import InvalidAdapter
     from loraplex.client import MODELS_API, ApiError, GatewayClient
     from loraplex.progress import byte_progress, files_bytes
-    from registry.models import model_files
+    from registry.model_registry import model_files
 
     client = GatewayClient.from_env(tenant=tenant)
     try:

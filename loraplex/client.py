@@ -39,7 +39,7 @@ class GatewayClient(ApiClient):
     def push_model(self, directory: Path, name: str, kind: str, *, derived_from: dict | None = None,
                    metadata: dict | None = None, progress: Progress = None) -> dict:
         """Upload a full or merged model directory (`kind` full|merged) to the registry's models/."""
-        from registry.models import model_files
+        from registry.model_registry import model_files
 
         data = {"kind": kind}
         if metadata:

@@ -6,15 +6,15 @@ and, lazily, torch (adapter health at upload) and transformers (the no-op probe)
 
 from __future__ import annotations
 
-from registry.adapters import AdapterInfo, AdapterRegistry
+from registry.adapter_registry import AdapterInfo, AdapterRegistry
 from registry.base_spec import BaseModelSpec
-from registry.cache import AdapterCache
+from registry.cache import ArtifactCache
 from registry.manifest import Manifest
-from registry.models import ModelManifest, ModelRegistry
+from registry.model_registry import ModelManifest, ModelRegistry
 from registry.settings import RegistrySettings
 from registry.store import ObjectStore
 from registry.tenants import Tenant, TenantRegistry
 from registry.validation import AdapterValidator
 
-__all__ = ["AdapterCache", "AdapterInfo", "AdapterRegistry", "AdapterValidator", "BaseModelSpec", "Manifest",
+__all__ = ["ArtifactCache", "AdapterInfo", "AdapterRegistry", "AdapterValidator", "BaseModelSpec", "Manifest",
            "ModelManifest", "ModelRegistry", "ObjectStore", "RegistrySettings", "Tenant", "TenantRegistry"]

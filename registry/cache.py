@@ -1,4 +1,4 @@
-"""The local cache of adapter files the engine loads from disk.
+"""The local cache of registry versions (adapters the engine loads from disk, and full or merged models).
 
 Every file is checked against the manifest's SHA-256 before its directory appears; a directory appears
 whole or not at all (download into a temp dir, then one atomic rename). One download per version at
@@ -24,12 +24,13 @@ from registry.settings import RegistrySettings
 Fetch = Callable[[Manifest, str], bytes]
 
 
-class AdapterCache:
-    """Verified adapter directories under `settings.cache_dir/<tenant>/<name>/<version>/`.
+class ArtifactCache:
+    """Verified version directories under `settings.cache_dir/<tenant>/<name>/<version>/` (adapters, or models
+    with `ModelRegistry.cache`'s settings).
 
     Args:
         settings: `cache_dir` and `cache_max_bytes`.
-        fetch: returns the stored bytes of one file of a version (AdapterRegistry.open_file).
+        fetch: returns the stored bytes of one file of a version (`open_file` of the adapter or model registry).
     """
 
     def __init__(self, settings: RegistrySettings, fetch: Fetch):

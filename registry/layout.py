@@ -4,7 +4,7 @@ Two trees of the same shape: `adapters/<tenant>/<name>/...` (LoRA adapters) and 
 (full fine-tunes and merged models); the functions below take `root=MODELS` for the second.
 
 Every name in a key has passed `common.names.check_name` (or is a version id of 16 hex chars, or a
-SHA-256 hex digest, or a model file name checked by registry/models.py), so no key can contain `/` or `..`.
+SHA-256 hex digest, or a model file name checked by registry/model_registry.py), so no key can contain `/` or `..`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from serving import metrics
 from serving.gateway import Gateway
 from serving.heap import freeze_startup_heap, watch_gc
 from serving.logs import RequestLog
-from serving.routes import adapters, admin, inference, models, ops
+from serving.routes import adapters, admin, inference, model_artifacts, ops
 from serving.settings import ServingSettings
 from serving.supervisor import EngineSupervisor
 
@@ -92,6 +92,6 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
     app.add_exception_handler(LoraplexError, on_loraplex_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    for module in (ops, inference, adapters, admin, models):
+    for module in (ops, inference, adapters, admin, model_artifacts):
         app.include_router(module.router)
     return app

@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import LoraplexError
-from registry.adapters import AdapterRegistry
-from registry.cache import AdapterCache
+from registry.adapter_registry import AdapterRegistry
+from registry.cache import ArtifactCache
 from registry.manifest import Manifest
 from registry.settings import RegistrySettings
 from registry.store import ObjectStore
 from registry.tenants import Tenant, TenantRegistry, hash_key
 from registry.base_spec import BaseModelSpec
-from registry.probe import default_probes
+from registry.noop_probe import default_probes
 from serving.admission import Admission
 from serving.engine import EngineClient
 from serving.fallback import LastGood
@@ -31,7 +31,7 @@ class Gateway:
     store: ObjectStore
     tenants: TenantRegistry
     adapters: AdapterRegistry
-    cache: AdapterCache
+    cache: ArtifactCache
     residency: AdapterResidency  # adapters loaded in the local engine (HTTP transport)
     admission: Admission
     transport: Transport  # how inference requests reach an engine (serving/forwarding.py sends through it)
@@ -50,7 +50,7 @@ class Gateway:
         adapters = AdapterRegistry(store, registry_settings, base_spec,
                                    probes=default_probes(registry_settings, base_spec, warm=True))
         engine = EngineClient(settings)
-        cache = AdapterCache(registry_settings, adapters.open_file)
+        cache = ArtifactCache(registry_settings, adapters.open_file)
         residency = AdapterResidency(engine, settings.max_cpu_loras)
         return cls(
             settings=settings, store=store, tenants=TenantRegistry(store, auth_cache_ttl_s=0), adapters=adapters,

@@ -26,9 +26,9 @@ from ray import serve
 from common.errors import EngineUnavailable, InvalidRequest, ModelNotFound
 from common.names import NAME_RE
 from common.procs import free_port, stop_group
-from registry.adapters import AdapterRegistry
+from registry.adapter_registry import AdapterRegistry
 from registry.base_spec import BaseModelSpec
-from registry.cache import AdapterCache
+from registry.cache import ArtifactCache
 from registry.manifest import is_version
 from registry.settings import RegistrySettings
 from registry.store import ObjectStore
@@ -160,7 +160,7 @@ class EngineReplica:
         base_dir = registry.base_model or self.settings.base_model
         self.adapters = AdapterRegistry(ObjectStore(registry), registry,
                                         BaseModelSpec.from_dir(Path(base_dir)) if base_dir else None)
-        self.cache = AdapterCache(registry, self.adapters.open_file)
+        self.cache = ArtifactCache(registry, self.adapters.open_file)
         self.capacity = capacity
         self.resident: set[str] = set()
         self.loads = self.evictions = self.requests = 0

@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator
 import httpx
 
 from common.errors import EngineUnavailable, LoraplexError
-from registry.cache import AdapterCache
+from registry.cache import ArtifactCache
 from serving.engine import EngineClient
 from serving.residency import AdapterResidency
 from serving.settings import ServingSettings
@@ -48,7 +48,7 @@ class HttpReply(Reply):
 
 class HttpTransport(Transport):
     def __init__(self, settings: ServingSettings, engine: EngineClient, residency: AdapterResidency,
-                 cache: AdapterCache):
+                 cache: ArtifactCache):
         self.settings, self.engine, self.residency, self.cache = settings, engine, residency, cache
         self.own_engines: dict[str, httpx.AsyncClient] = {}  # by URL: tenants' own engines
 

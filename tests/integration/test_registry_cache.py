@@ -11,8 +11,8 @@ import pytest
 from common.errors import IntegrityError, ModelNotFound
 from common.peft_format import CONFIG_FILE, WEIGHTS_FILE
 from registry import layout
-from registry.adapters import AdapterRegistry
-from registry.cache import AdapterCache
+from registry.adapter_registry import AdapterRegistry
+from registry.cache import ArtifactCache
 from registry.testing import adapter_files
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def counting(fetch):
 def test_concurrent_cold_requests_download_once(adapters, registry_settings):
     manifest = adapters.publish("acme", "chat", adapter_files(), uploader="a")
     fetch, calls = counting(adapters.open_file)
-    cache = AdapterCache(registry_settings, fetch)
+    cache = ArtifactCache(registry_settings, fetch)
     with ThreadPoolExecutor(16) as pool:
         paths = set(pool.map(lambda _: cache.ensure_local(adapters.resolve("acme", "chat")), range(16)))
     assert len(paths) == 1 and sorted(calls) == [CONFIG_FILE, WEIGHTS_FILE]
@@ -51,7 +51,7 @@ def test_tampered_object_in_storage_is_never_cached(adapters, store, registry_se
     manifest = adapters.publish("acme", "chat", adapter_files(), uploader="a")
     key = layout.file_key("acme", "chat", manifest.version, WEIGHTS_FILE)
     store.put(key, b"tampered")
-    cache = AdapterCache(registry_settings, adapters.open_file)
+    cache = ArtifactCache(registry_settings, adapters.open_file)
     with pytest.raises(IntegrityError):
         cache.ensure_local(manifest)
     assert not (registry_settings.cache_dir / "acme" / "chat" / manifest.version).exists()
@@ -61,4 +61,4 @@ def test_deleted_version_cannot_be_fetched(adapters, registry_settings):
     manifest = adapters.publish("acme", "chat", adapter_files(), uploader="a")
     adapters.delete_version("acme", "chat", manifest.version)
     with pytest.raises(ModelNotFound):
-        AdapterCache(registry_settings, adapters.open_file).ensure_local(manifest)
+        ArtifactCache(registry_settings, adapters.open_file).ensure_local(manifest)

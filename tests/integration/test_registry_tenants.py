@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from common.errors import AuthenticationFailed, InvalidName, ModelNotFound, TenantExists, TenantNotFound
-from registry.adapters import AdapterRegistry
+from registry.adapter_registry import AdapterRegistry
 from registry.tenants import TenantRegistry, hash_key
 from registry.testing import adapter_files
 

@@ -14,7 +14,7 @@ import pytest
 
 from common.errors import IntegrityError
 from common.peft_format import CONFIG_FILE, WEIGHTS_FILE
-from registry.cache import AdapterCache
+from registry.cache import ArtifactCache
 from registry.manifest import Manifest, content_digest, file_entries, utc_now, version_of
 from registry.settings import RegistrySettings
 
@@ -52,8 +52,8 @@ class Storage:
         return self.files[(manifest.version, filename)]
 
 
-def make_cache(tmp_path: Path, storage: Storage, max_bytes: int = 10**6) -> AdapterCache:
-    return AdapterCache(RegistrySettings(cache_dir=tmp_path / "cache", cache_max_bytes=max_bytes), storage.fetch)
+def make_cache(tmp_path: Path, storage: Storage, max_bytes: int = 10**6) -> ArtifactCache:
+    return ArtifactCache(RegistrySettings(cache_dir=tmp_path / "cache", cache_max_bytes=max_bytes), storage.fetch)
 
 
 def test_files_land_verified_in_tenant_name_version(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from common.errors import AliasConflict, InvalidAdapter, InvalidName, ModelNotFound, VersionInUse
 from common.peft_format import CONFIG_FILE, WEIGHTS_FILE
 from registry import layout
-from registry.adapters import AdapterRegistry
+from registry.adapter_registry import AdapterRegistry
 from registry.testing import adapter_files
 
 pytestmark = pytest.mark.integration

@@ -33,7 +33,7 @@ class AdapterRegistry(VersionedRegistry[Manifest]):
         store: the registry bucket.
         settings: caps and the base model used by validation.
         base_spec: the served base; default: read from `settings.base_model` if set, else no base checks.
-        probes: checks run after the static gate (the gateway passes `registry.probe.default_probes`).
+        probes: checks run after the static gate (the gateway passes `registry.noop_probe.default_probes`).
     """
 
     MANIFEST = Manifest

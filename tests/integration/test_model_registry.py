@@ -14,8 +14,8 @@ from safetensors.torch import load_file, save
 
 from common.errors import AliasConflict, IntegrityError, InvalidAdapter, ModelNotFound, VersionInUse
 from registry import layout
-from registry.adapters import AdapterRegistry
-from registry.models import ModelRegistry
+from registry.adapter_registry import AdapterRegistry
+from registry.model_registry import ModelRegistry
 from registry.tenants import TenantRegistry
 from registry.testing import write_tiny_base
 

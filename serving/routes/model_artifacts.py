@@ -17,7 +17,7 @@ from starlette.formparsers import MultiPartException
 
 from common.errors import IntegrityError, InvalidAdapter, InvalidRequest
 from common.names import check_name
-from registry.models import MAX_FILES, ModelRegistry
+from registry.model_registry import MAX_FILES, ModelRegistry
 from serving.deps import GatewayDep, TenantDep
 from serving.routes.adapters import json_field
 

@@ -24,7 +24,7 @@ from common.errors import InvalidAdapter
 from common.names import check_name
 from registry import layout
 from registry.base_spec import BaseModelSpec
-from registry.cache import AdapterCache
+from registry.cache import ArtifactCache
 from registry.manifest import FileEntry, ModelShape, utc_now
 from registry.safetensors_header import HeaderError, parse_header
 from registry.settings import RegistrySettings
@@ -286,13 +286,13 @@ class ModelRegistry(VersionedRegistry[ModelManifest]):
     list_models = VersionedRegistry.infos  # every model of a tenant with a version, by name
     get_model = VersionedRegistry.info  # one model's versions (newest first) and aliases
 
-    def cache(self) -> AdapterCache:
+    def cache(self) -> ArtifactCache:
         """A verified local cache of model versions (`model_cache_dir`, bounded by `model_cache_max_bytes`)."""
         local = self.settings.model_copy(update={"cache_dir": self.settings.model_cache_dir,
                                                  "cache_max_bytes": self.settings.model_cache_max_bytes})
-        return AdapterCache(local, self.open_file)
+        return ArtifactCache(local, self.open_file)
 
-    def fetch(self, tenant: str, ref: str, cache: AdapterCache, *, verify: bool = False) -> Path:
+    def fetch(self, tenant: str, ref: str, cache: ArtifactCache, *, verify: bool = False) -> Path:
         """A local directory holding the version `ref` names, every file checked by SHA-256 (loadable by
         transformers or vLLM, e.g. for a dedicated engine in separate-model mode)."""
         return cache.ensure_local(self.resolve(tenant, ref), verify=verify)

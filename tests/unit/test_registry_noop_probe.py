@@ -13,7 +13,7 @@ from common.errors import InvalidAdapter
 from common.peft_format import ADAPTER_FILES as FILES
 from common.peft_format import AdapterConfig, lora_pairs
 from registry.base_spec import BaseModelSpec
-from registry.probe import NoOpProbe, _load, adapted_logits
+from registry.noop_probe import NoOpProbe, _load, adapted_logits
 from registry.validation import AdapterValidator
 
 
@@ -131,14 +131,14 @@ def test_the_probe_equals_peft_with_rank_and_alpha_patterns(tiny_llama, rslora, 
 def test_a_base_too_large_for_the_host_is_skipped_with_a_warning(base, demo, caplog):
     probe = NoOpProbe(base, max_base_bytes=1024)
     files = scaled(adapter_bytes(demo.adapter_dirs["reverse"]), 1e-9)
-    with caplog.at_level(logging.WARNING, logger="registry.probe"):
+    with caplog.at_level(logging.WARNING, logger="registry.noop_probe"):
         gate(base, probe).validate(files)  # not probed: only the static checks ran
     assert not probe.enabled() and "NOOP_PROBE_MAX_BASE_BYTES" in probe.skip_reason
     assert any("no-op probe skipped" in r.getMessage() for r in caplog.records)
 
 
 def test_settings_switch_the_probe(base):
-    from registry.probe import default_probes
+    from registry.noop_probe import default_probes
     from registry.settings import RegistrySettings
 
     assert default_probes(RegistrySettings(noop_probe=False), base) == []
