@@ -138,8 +138,8 @@ def start_gateway(engine, s3_endpoint: str, base_dir: Path, cache_dir: Path, *,
     """The product's gateway over real HTTP (uvicorn in a thread of this process) on a fresh bucket.
 
     Args:
-        engine: the gateway's ServingSettings (engine URL and any tuning); the admin key and port are
-            chosen here.
+        engine: the gateway's ServingSettings (engine URL and any tuning); the registry's S3 endpoint,
+            bucket, cache and base model, the admin key and the port are set here.
         s3_endpoint: S3 with AWS_* credentials in the environment.
         base_dir: the served base model (the registry validates uploads against it).
         cache_dir: the gateway's adapter cache.
@@ -151,11 +151,11 @@ def start_gateway(engine, s3_endpoint: str, base_dir: Path, cache_dir: Path, *,
     from serving.embedded import serve_in_thread
     from serving.gateway import Gateway
 
-    reg = RegistrySettings(s3_endpoint=s3_endpoint, s3_bucket=f"{bucket_prefix}-{secrets.token_hex(4)}",
-                           cache_dir=cache_dir, base_model=base_dir)
-    ObjectStore(reg).ensure_bucket()
     admin_key, port = "admin-" + secrets.token_hex(8), free_port()
-    settings = engine.model_copy(update={"admin_key": SecretStr(admin_key), "gateway_port": port})
-    gateway = Gateway.from_settings(settings, reg)
+    settings = engine.model_copy(update={
+        "s3_endpoint": s3_endpoint, "s3_bucket": f"{bucket_prefix}-{secrets.token_hex(4)}", "cache_dir": cache_dir,
+        "base_model": base_dir, "admin_key": SecretStr(admin_key), "gateway_port": port})
+    ObjectStore(settings).ensure_bucket()
+    gateway = Gateway.from_settings(settings)
     server = serve_in_thread(create_app(gateway), port)
     return RunningGateway(f"http://127.0.0.1:{port}", admin_key, gateway, server)

@@ -21,6 +21,27 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+def bucket_percentile(buckets: dict[float, float], q: float) -> float | None:
+    """The `q`-th percentile of a histogram's cumulative bucket counts ({upper bound: count}), None when empty.
+
+    Interpolated linearly inside the bucket that holds the rank, as Prometheus's histogram_quantile
+    does; in the +Inf bucket, the largest finite bound. For metrics the benchmarks read from /metrics.
+    """
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]] if bounds else 0
+    if not total:
+        return None
+    rank, lower, below = q / 100 * total, 0.0, 0.0
+    for upper in bounds:
+        count = buckets[upper]
+        if count >= rank and count > below:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / (count - below)
+        lower, below = upper, count
+    return lower
+
+
 def ms(seconds: float | None) -> float | None:
     """Seconds as milliseconds to 0.1 ms (None stays None)."""
     return None if seconds is None else round(seconds * 1000, 1)

@@ -43,7 +43,7 @@ def _select_ops(llm, ops: str) -> dict | None:
     """Route the worker's LoRA calls to vLLM's stock ops or the plugin's; fail if the plugin is absent."""
     if ops == "none":
         return None
-    from serving.vllm_plugin.probe import set_worker_ops
+    from serving.vllm_plugin.worker_rpc import set_worker_ops
 
     report = llm.collective_rpc(set_worker_ops, args=(ops == "plugin",))[0]
     if not report["installed"]:

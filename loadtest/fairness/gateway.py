@@ -1,20 +1,25 @@
-"""A gateway per admission mode (through the stack harness), with the time each request waited for admission.
+"""A gateway per admission mode (through the stack harness), and the time requests waited for admission.
 
-The waits are measured by wrapping `Admission.acquire` (`_timed`), in one place, until the gateway
-exports an admission-wait metric the benchmark can read instead.
+The waits are the gateway's own metric, `loraplex_admission_wait_seconds` (a histogram per tenant and
+adapter), read from this process's Prometheus registry: the gateways run here, one slice at a time,
+so the difference of two readings around a slice is that slice's waits.
 """
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from pathlib import Path
 
+from prometheus_client import REGISTRY
+
 from loadtest.harness import RunningGateway, start_gateway
+from serving.metrics import ADMISSION_WAIT
+
+Buckets = dict[float, float]  # a histogram's cumulative counts by upper bound
 
 
 class BenchGateway:
-    """A gateway in this process, with its admission instrumented (per-tenant waits, in seconds).
+    """A gateway in this process whose admission can be reset between slices.
 
     `tenants`: (tenant, key, model) in the order they were created (the first one floods).
     """
@@ -22,7 +27,6 @@ class BenchGateway:
     def __init__(self, running: RunningGateway):
         self.running, self.url = running, running.url
         self.tenants: list[tuple[str, str, str]] = []
-        self.waits: dict[str, list[float]] = defaultdict(list)
         self.reset()
 
     @property
@@ -44,23 +48,27 @@ class BenchGateway:
         previous = getattr(gw, "admission", None)
         if previous is not None:  # what the slowdown guard learned is about the engine, not the tenants: a
             admission.guard = previous.guard  # long-running gateway keeps it, so the flood slices do too
-        _timed(admission, self.waits)
         gw.admission = admission
 
     def close(self) -> None:
         self.running.close()
 
 
-def _timed(admission, waits: dict[str, list[float]]) -> None:
-    """Record in `waits[tenant]` how long each `admission.acquire` took (the request's admission wait)."""
-    acquire = admission.acquire
+def admission_waits() -> dict[str, Buckets]:
+    """Cumulative admission-wait bucket counts per tenant (adapters summed), as /metrics shows them now."""
+    out: dict[str, Buckets] = defaultdict(lambda: defaultdict(float))
+    for metric in REGISTRY.collect():
+        if metric.name != ADMISSION_WAIT._name:
+            continue
+        for sample in metric.samples:
+            if sample.name.endswith("_bucket"):
+                out[sample.labels["tenant"]][float(sample.labels["le"])] += sample.value
+    return {tenant: dict(b) for tenant, b in out.items()}
 
-    async def timed_acquire(tenant: str, est_tokens: int, *args):
-        started = time.monotonic()
-        await acquire(tenant, est_tokens, *args)
-        waits[tenant].append(time.monotonic() - started)
 
-    admission.acquire = timed_acquire
+def waits_between(before: dict[str, Buckets], after: dict[str, Buckets]) -> dict[str, Buckets]:
+    """The bucket counts added from `before` to `after` (the waits of what ran in between)."""
+    return {t: {le: n - before.get(t, {}).get(le, 0.0) for le, n in b.items()} for t, b in after.items()}
 
 
 def bench_gateway(engine, s3: str, base: Path, tmp: Path, admission: dict, inflight: int,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from loadtest.fairness.clients import capacity, drive_tenants, prompts
 from loadtest.fairness.config import MODES, mode_settings
-from loadtest.fairness.gateway import bench_gateway
+from loadtest.fairness.gateway import admission_waits, bench_gateway, waits_between
 from loadtest.fairness.host import GuardWatch, cpu_cores, cpu_seconds, engine_means, engine_totals, guard_stats
 from loadtest.fairness.report import console, summarise, write_report
 from loadtest.harness import running_s3
@@ -88,7 +88,7 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
                 for mode in modes[i % len(modes):] + modes[:i % len(modes)]:  # each mode goes first once
                     bg = gateways[mode]
                     bg.reset()
-                    bg.waits.clear()  # nothing from the calibration or another slice
+                    waits_before = admission_waits()  # the slice's own waits: the difference after it
                     loads = [TenantLoad(t, k, m, rate=share * (factor if j == 0 else 1.0), prompts=prompts(),
                                         max_tokens=max_tokens)
                              for j, (t, k, m) in enumerate(bg.tenants)]
@@ -100,7 +100,7 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
                                      at_end=lambda: cpu_seconds(proc.pid)) as watch:
                         samples, client_cpu = drive_tenants(bg.url, loads, duration_s / slices, seed=i,
                                                      nice={bg.tenants[0][0]: flooder_nice})
-                    a = acc.setdefault((mode, phase), {"samples": [], "waits": defaultdict(list), "load": 0.0,
+                    a = acc.setdefault((mode, phase), {"samples": [], "waits": {}, "load": 0.0,
                                                        "after": defaultdict(float), "wall": 0.0, "guard": [],
                                                        "client_cpu": defaultdict(float), "cpu": defaultdict(float)})
                     a["guard"] += watch.seen
@@ -114,9 +114,10 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
                     for key in after:  # engine histogram totals of this condition's slices only
                         a["after"][key] += after[key] - before.get(key, 0.0)
                     a["samples"] += samples
-                    for t, w in bg.waits.items():
-                        a["waits"][t] += w
-                    bg.waits.clear()
+                    for t, added in waits_between(waits_before, admission_waits()).items():
+                        mine = a["waits"].setdefault(t, defaultdict(float))
+                        for le, n in added.items():
+                            mine[le] += n
                     a["load"] = max(a["load"], load_before, os.getloadavg()[0])
         for (mode, phase), a in acc.items():
             stats = engine_means(defaultdict(float), a["after"])
