@@ -1,7 +1,7 @@
 """The CPU punica wrapper with loraplex's grouped ops: every LoRA layer of a CPU engine calls these methods.
 
 Subclassing vLLM's `PunicaWrapperCPU` keeps its metadata (and anything not overridden here); the
-overrides replace its per-token weight gathers (`bgmv_*`/`sgmv_*`) with `serving.vllm_plugin.ops`.
+overrides replace its per-token weight gathers (`bgmv_*`/`sgmv_*`) with `serving.vllm_plugin.lora_ops`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-from serving.vllm_plugin import ops
+from serving.vllm_plugin import lora_ops
 from serving.vllm_plugin.plan import LoraPlan, make_plan
 from serving.vllm_plugin.weights import StackedWeights, as_slots
 
@@ -86,10 +86,10 @@ class LoraplexPunicaWrapperCPU(PunicaWrapperCPU):
         if plan.empty:
             return
         CALLS["shrink"] += 1
-        h = ops.shrink(_rows(x), self._weights.shrink_slots(lora_a_stacked), plan, scale)
+        h = lora_ops.shrink(_rows(x), self._weights.shrink_slots(lora_a_stacked), plan, scale)
         rank = h.shape[1] // len(lora_a_stacked)
         for i in range(len(lora_a_stacked)):
-            ops.unpack_rows(_rows(y[i]), h[:, i * rank:(i + 1) * rank], plan)
+            lora_ops.unpack_rows(_rows(y[i]), h[:, i * rank:(i + 1) * rank], plan)
 
     @_or_stock
     def add_expand(self, y, x, lora_b_stacked, output_slices, offset_start=0, add_inputs=True,
@@ -102,9 +102,9 @@ class LoraplexPunicaWrapperCPU(PunicaWrapperCPU):
         if not self._applies(plan, lora_b_stacked):
             return
         CALLS["expand"] += 1
-        h = torch.cat([ops.pack_rows(_rows(x[i]), plan) for i in range(len(lora_b_stacked))], dim=1)
+        h = torch.cat([lora_ops.pack_rows(_rows(x[i]), plan) for i in range(len(lora_b_stacked))], dim=1)
         b_slots = self._weights.expand_slots(lora_b_stacked, output_slices, y2.dtype)
-        ops.expand(y2, h, b_slots, output_slices, plan, offset_start)
+        lora_ops.expand(y2, h, b_slots, output_slices, plan, offset_start)
 
     @_or_stock
     def add_lora_embedding(self, y, x, lora_b_stacked, add_inputs=True, **kwargs: Any) -> None:
@@ -120,8 +120,8 @@ class LoraplexPunicaWrapperCPU(PunicaWrapperCPU):
         if not self._applies(plan, lora_a_stacked):
             return
         CALLS["linear"] += 1
-        ops.lora_linear(_rows(y), _rows(x), self._weights, lora_a_stacked, lora_b_stacked, output_slices, plan,
-                        scale)
+        lora_ops.lora_linear(_rows(y), _rows(x), self._weights, lora_a_stacked, lora_b_stacked, output_slices,
+                             plan, scale)
 
     @_or_stock
     def add_lora_logits(self, y, x, lora_a_stacked, lora_b_stacked, scale, *, buffer=None,
@@ -134,4 +134,4 @@ class LoraplexPunicaWrapperCPU(PunicaWrapperCPU):
         y2 = _rows(y)
         # The stacked lm_head B may be narrower than the padded logits: add the common width only.
         width = min(y2.shape[-1], as_slots(lora_b_stacked).shape[1])
-        ops.lora_linear(y2, _rows(x), self._weights, (lora_a_stacked,), (lora_b_stacked,), (width,), plan, scale)
+        lora_ops.lora_linear(y2, _rows(x), self._weights, (lora_a_stacked,), (lora_b_stacked,), (width,), plan, scale)

@@ -41,7 +41,7 @@ def child_main(spec: dict) -> None:
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
-    from serving.vllm_plugin.probe import worker_report
+    from serving.vllm_plugin.worker_rpc import worker_report
 
     # A 32-token budget splits long prompts over several steps while short requests already decode.
     llm = LLM(model=spec["model"], dtype="float32", max_model_len=128, seed=0, enforce_eager=True,

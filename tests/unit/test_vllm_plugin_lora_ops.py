@@ -15,7 +15,7 @@ pytest.importorskip("vllm")
 
 from vllm.lora.layers import LoRAMapping  # noqa: E402
 
-from serving.vllm_plugin import ops  # noqa: E402
+from serving.vllm_plugin import lora_ops  # noqa: E402
 from serving.vllm_plugin import plan as plan_mod  # noqa: E402
 from serving.vllm_plugin.weights import StackedWeights  # noqa: E402
 from serving.vllm_plugin.wrapper import LoraplexPunicaWrapperCPU, set_plugin_ops  # noqa: E402
@@ -228,7 +228,7 @@ def test_in_place_runs_at_an_offset_in_a_wider_output(indices, dtype):
     x = torch.randn(n, 10, generator=gen).to(dtype)
     y = torch.randn(n, offset + sum(slices) + 5, generator=gen).to(dtype)
     before = y.clone()
-    ops.lora_linear(y, x, StackedWeights(), a, b, slices, plan, 0.5, offset)
+    lora_ops.lora_linear(y, x, StackedWeights(), a, b, slices, plan, 0.5, offset)
     expected = before.double()
     idx = torch.tensor(indices)
     col = offset
