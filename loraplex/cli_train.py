@@ -206,7 +206,7 @@ def health_command(
 ) -> None:
     """Singular-value spectrum of each LoRA update: effective rank and near-zero share."""
     from common.adapter_health import adapter_health
-    from training.adapters import resolve_adapter_dir
+    from training.adapter_dirs import resolve_adapter_dir
     from training.views import health_table
 
     with _errors(as_json):

@@ -22,7 +22,7 @@ from training.config import LoraSettings, TrainJob, TrainSettings
 from training.data import load_records, read_jsonl, split
 from training.evaluate import adapter_switch_seconds, exact_match, model_switch_seconds
 from training.merge import load_peft
-from training.models import qlora_missing
+from training.model_loading import qlora_missing
 from training.sft import run_training
 
 ROW_KEYS = ("method", "rank", "trainable_params", "trainable_pct", "peak_mem_mb", "step_time_s", "total_time_s",

@@ -22,7 +22,7 @@ import torch
 
 from common.adapter_health import adapter_health
 from common.peft_format import CONFIG_FILE
-from training.adapters import resolve_adapter_dir, save_peft_adapter
+from training.adapter_dirs import resolve_adapter_dir, save_peft_adapter
 from training.errors import IncompatibleAdapters
 
 EQUAL_RANK_METHODS = ("linear", "ties")

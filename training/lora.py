@@ -7,7 +7,7 @@ from pathlib import Path
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
-from training.adapters import save_peft_adapter
+from training.adapter_dirs import save_peft_adapter
 
 __all__ = ["BASE_MODEL_NAME", "TARGET_MODULES", "lora_config", "save_adapter", "wrap"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training.adapters import resolve_adapter_dir
+from training.adapter_dirs import resolve_adapter_dir
 from training.outputs import dir_bytes, save_full_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -11,10 +11,10 @@ import torch
 import transformers
 
 from common.adapter_health import adapter_health
-from training.adapters import save_peft_adapter
+from training.adapter_dirs import save_peft_adapter
 from training.artifacts import file_sha256, staged_dir
 from training.config import TrainJob
-from training.models import LORA_METHODS
+from training.model_loading import LORA_METHODS
 
 
 def dir_bytes(path: Path) -> int:

@@ -24,7 +24,7 @@ from training.config import METHODS, TrainJob
 from training.data import CompletionCollator
 from training.errors import CheckpointNotFound, OutputExists
 from training.memwatch import MemoryWatch
-from training.models import LORA_METHODS, add_lora, count_params, load_base, require_backend, use_bf16
+from training.model_loading import LORA_METHODS, add_lora, count_params, load_base, require_backend, use_bf16
 from training.outputs import run_record, save_artifact
 from training.prepare import PreparedData, prepare_data
 from training.steptime import StepTimer

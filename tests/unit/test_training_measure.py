@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from training.memwatch import MemoryWatch
-from training.models import count_params, param_count
+from training.model_loading import count_params, param_count
 from training.steptime import StepTimer
 
 pytestmark = pytest.mark.unit
