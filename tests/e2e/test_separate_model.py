@@ -7,8 +7,8 @@ import pytest
 from common.procs import free_port, stop_group
 from serving.engine import start_engine, wait_engine_ready
 from tests.e2e.helpers import complete, start_gateway, upload
+from tests.helpers.hf_reference import load_merged
 from training.demo import DEMO_WORDS, demo_prompt
-from training.reference import load_merged
 from training.tasks import answer
 
 pytestmark = pytest.mark.slow

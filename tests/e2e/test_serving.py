@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from tests.e2e.helpers import complete, upload
+from tests.helpers.hf_reference import merged_greedy
 from training.demo import DEMO_WORDS, demo_prompt
-from training.reference import merged_greedy
 from training.tasks import answer
 
 MAX_TOKENS = 16

@@ -26,7 +26,7 @@ def bucket(seaweed: SeaweedServer) -> str:
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama-like base dir (config.json + model.safetensors) for base-dependent validation."""
-    from registry.testing import write_tiny_base
+    from tests.helpers.tiny_artifacts import write_tiny_base
 
     return write_tiny_base(tmp_path_factory.mktemp("tiny-base"))
 

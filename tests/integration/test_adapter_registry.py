@@ -10,7 +10,7 @@ from common.errors import AliasConflict, InvalidAdapter, InvalidName, ModelNotFo
 from common.peft_format import CONFIG_FILE, WEIGHTS_FILE
 from registry import layout
 from registry.adapter_registry import AdapterRegistry
-from registry.testing import adapter_files
+from tests.helpers.tiny_artifacts import adapter_files
 
 pytestmark = pytest.mark.integration
 

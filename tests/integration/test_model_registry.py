@@ -17,7 +17,7 @@ from registry import layout
 from registry.adapter_registry import AdapterRegistry
 from registry.model_registry import ModelRegistry
 from registry.tenants import TenantRegistry
-from registry.testing import write_tiny_base
+from tests.helpers.tiny_artifacts import write_tiny_base
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import pytest
 from common.errors import AuthenticationFailed, InvalidName, ModelNotFound, TenantExists, TenantNotFound
 from registry.adapter_registry import AdapterRegistry
 from registry.tenants import TenantRegistry, hash_key
-from registry.testing import adapter_files
+from tests.helpers.tiny_artifacts import adapter_files
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from registry.base_spec import BaseModelSpec
-from registry.testing import tiny_modules, write_tiny_base
+from tests.helpers.tiny_artifacts import tiny_modules, write_tiny_base
 
 pytestmark = pytest.mark.unit
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from common.adapter_health import adapter_health
 from common.peft_format import ADAPTER_FILES, WEIGHTS_FILE
 from registry.health import upload_health
-from registry.testing import adapter_files, lora_tensors
-from common.adapter_health import adapter_health
+from tests.helpers.tiny_artifacts import adapter_files, lora_tensors
 
 
 def test_upload_health_equals_the_training_report(demo):

@@ -11,8 +11,8 @@ import torch
 from common.errors import InvalidAdapter
 from common.peft_format import CONFIG_FILE, WEIGHTS_FILE
 from registry.base_spec import BaseModelSpec
-from registry.testing import adapter_files, lora_config, lora_tensors, write_tiny_base
 from registry.validation import AdapterValidator
+from tests.helpers.tiny_artifacts import adapter_files, lora_config, lora_tensors, write_tiny_base
 
 pytestmark = pytest.mark.unit
 

@@ -1,6 +1,6 @@
 """Builders of tiny bases and adapters for tests: a Llama-like module set and PEFT-shaped LoRA files.
 
-Only tests (and demos) import this module; it needs torch. It writes files exactly as Hugging Face
+Only tests import this module; it needs torch. It writes files exactly as Hugging Face
 and PEFT lay them out, without depending on either.
 """
 
