@@ -11,11 +11,11 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from training.demo_loop import Recipe, accuracy, train
 from training.lora import save_adapter, wrap
 from training.tasks import DEMO_WORDS, mix_case, random_words
 from training.tiny import TinyShape, create_model, save_base
 from training.tokenizer import build_tokenizer
-from training.train import Recipe, accuracy, train
 
 OnStep = Callable[[int, float], None]
 

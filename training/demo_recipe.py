@@ -12,9 +12,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from training import reproducible
+from training.demo_loop import Recipe
 from training.tasks import DEMO_WORDS, make_prompt
 from training.tiny import TinyShape
-from training.train import Recipe
 
 # Bump when code that shapes the trained weights changes (the settings below are fingerprinted).
 RECIPE_VERSION = 3

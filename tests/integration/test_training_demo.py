@@ -15,11 +15,11 @@ from common.peft_format import ADAPTER_FILES, CONFIG_FILE
 from tests.helpers.hf_reference import load_merged, merged_greedy
 from training.builders import word_pools
 from training.demo import BASE_NAME, DEMO_TENANTS, DEMO_WORDS, build_demo, demo_prompt
+from training.demo_loop import accuracy
 from training.demo_recipe import BASE_TASK, HELD_OUT_WORDS, QUALITY_FLOOR, TRAIN_WORDS
 from training.lora import BASE_MODEL_NAME
 from training.tasks import completion
 from training.tokenizer import build_tokenizer
-from training.train import accuracy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

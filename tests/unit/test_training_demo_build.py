@@ -11,8 +11,8 @@ from rich.console import Console
 import training.demo as demo
 from common.peft_format import ADAPTER_FILES, CONFIG_FILE, WEIGHTS_FILE
 from training.artifacts import staged_dir
+from training.demo_loop import GoalNotReached, Recipe
 from training.demo_recipe import recipe_fingerprint
-from training.train import GoalNotReached, Recipe
 
 pytestmark = pytest.mark.unit
 
@@ -196,7 +196,7 @@ def tiny():
 
 @pytest.mark.parametrize("unmet_checks, expected_steps", [(0, 4), (2, 8)])
 def test_training_goes_on_until_the_goal_is_met(tiny, unmet_checks, expected_steps):
-    from training.train import train
+    from training.demo_loop import train
 
     make, tokenizer = tiny
     checks: list[bool] = []
@@ -211,7 +211,7 @@ def test_training_goes_on_until_the_goal_is_met(tiny, unmet_checks, expected_ste
 
 
 def test_training_that_never_meets_its_goal_stops_at_the_limit(tiny):
-    from training.train import train
+    from training.demo_loop import train
 
     make, tokenizer = tiny
     taken: list[int] = []
