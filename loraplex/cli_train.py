@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -18,7 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from common.errors import LoraplexError
-from training.config import LoraSettings, TrainJob, TrainSettings
+from training.config import QUICK, CompareSettings, LoraSettings, TrainJob, TrainSettings
+from training.recommend import Workload
 
 train_app = typer.Typer(help="Fine-tune, merge, compose and inspect adapters (runs on this machine).",
                         no_args_is_help=True)
@@ -81,41 +83,42 @@ def _training_metadata(record: dict) -> dict:
 def _train_command(method: str):
     """The `train lora|qlora|full` command: one signature, LoRA and push options hidden for `full`."""
     no_lora = method == "full"
+    lo, tr = LoraSettings(), TrainSettings.for_method(method)  # the defaults: one place, training/config.py
 
     def command(
         base: Path = typer.Option(..., "--base", help="local Hugging Face causal-LM directory"),
         data: Path = typer.Option(..., "--data", help="JSONL: {prompt, completion} or {messages} per line"),
         out: Path = typer.Option(..., "--out", help="output directory (adapter/ or model/, train.json, checkpoints/)"),
         val_data: Optional[Path] = typer.Option(None, "--val-data", help="JSONL validation file (else --val-share)"),
-        val_share: float = typer.Option(0.1, help=T("val_share")),
-        r: int = typer.Option(16, "--r", "-r", "--rank", help=L("r"), hidden=no_lora),
-        alpha: Optional[float] = typer.Option(None, help=L("alpha"), hidden=no_lora),
-        dropout: float = typer.Option(0.05, help=L("dropout"), hidden=no_lora),
-        target_modules: str = typer.Option("all-linear", help="comma-separated; " + L("target_modules"),
+        val_share: float = typer.Option(tr.val_share, help=T("val_share")),
+        r: int = typer.Option(lo.r, "--r", "-r", "--rank", help=L("r"), hidden=no_lora),
+        alpha: Optional[float] = typer.Option(lo.alpha, help=L("alpha"), hidden=no_lora),
+        dropout: float = typer.Option(lo.dropout, help=L("dropout"), hidden=no_lora),
+        target_modules: str = typer.Option(",".join(lo.target_modules), help="comma-separated; " + L("target_modules"),
                                            hidden=no_lora),
-        rslora: bool = typer.Option(False, "--rslora", help=L("rslora"), hidden=no_lora),
-        lr: float = typer.Option(1e-5 if no_lora else 2e-4, help=T("lr")),
-        scheduler: str = typer.Option("cosine", help=T("scheduler")),
-        warmup_ratio: float = typer.Option(0.03, help=T("warmup_ratio")),
-        epochs: float = typer.Option(3.0, help=T("epochs")),
-        max_steps: int = typer.Option(-1, help=T("max_steps")),
-        batch_size: int = typer.Option(8, help=T("batch_size")),
-        grad_accum: int = typer.Option(1, help=T("grad_accum")),
-        max_length: int = typer.Option(1024, help=T("max_length")),
-        eval_steps: int = typer.Option(50, help=T("eval_steps")),
-        patience: int = typer.Option(3, help=T("patience")),
-        min_delta: float = typer.Option(0.0, help=T("min_delta")),
-        keep_best: int = typer.Option(1, help=T("keep_best")),
-        keep_last: int = typer.Option(1, help=T("keep_last")),
-        gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing",
+        rslora: bool = typer.Option(lo.rslora, "--rslora", help=L("rslora"), hidden=no_lora),
+        lr: float = typer.Option(tr.lr, help=T("lr")),
+        scheduler: str = typer.Option(tr.scheduler, help=T("scheduler")),
+        warmup_ratio: float = typer.Option(tr.warmup_ratio, help=T("warmup_ratio")),
+        epochs: float = typer.Option(tr.epochs, help=T("epochs")),
+        max_steps: int = typer.Option(tr.max_steps, help=T("max_steps")),
+        batch_size: int = typer.Option(tr.batch_size, help=T("batch_size")),
+        grad_accum: int = typer.Option(tr.grad_accum, help=T("grad_accum")),
+        max_length: int = typer.Option(tr.max_length, help=T("max_length")),
+        eval_steps: int = typer.Option(tr.eval_steps, help=T("eval_steps")),
+        patience: int = typer.Option(tr.patience, help=T("patience")),
+        min_delta: float = typer.Option(tr.min_delta, help=T("min_delta")),
+        keep_best: int = typer.Option(tr.keep_best, help=T("keep_best")),
+        keep_last: int = typer.Option(tr.keep_last, help=T("keep_last")),
+        gradient_checkpointing: bool = typer.Option(tr.gradient_checkpointing, "--gradient-checkpointing",
                                                     help=T("gradient_checkpointing")),
         mix_general: Optional[Path] = typer.Option(None, help="JSONL of general data mixed in against forgetting"),
-        mix_share: float = typer.Option(0.2, help=T("mix_share")),
-        weight_decay: float = typer.Option(0.0, help=T("weight_decay")),
-        seed: int = typer.Option(0, help=T("seed")),
+        mix_share: float = typer.Option(tr.mix_share, help=T("mix_share")),
+        weight_decay: float = typer.Option(tr.weight_decay, help=T("weight_decay")),
+        seed: int = typer.Option(tr.seed, help=T("seed")),
         resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in OUT/checkpoints"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier run in OUT"),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help=T("progress")),
+        progress: bool = typer.Option(tr.progress, "--progress/--no-progress", help=T("progress")),
         threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
         push: Optional[str] = typer.Option(None, "--push", help="publish the result under this name: an adapter "
                                            "(lora, qlora) or a registry model of kind full (full)"),
@@ -217,18 +220,19 @@ def health_command(
 @train_app.command("recommend")
 def recommend_command(
     params_b: float = typer.Option(..., "--params-b", help="model size in billions of parameters"),
-    gpu_count: int = typer.Option(1, "--gpu-count"),
-    gpu_mem_gb: float = typer.Option(24, "--gpu-mem-gb", help="memory of one GPU"),
-    examples: int = typer.Option(10000, "--examples", help="training examples"),
-    objective: str = typer.Option("instruction", help="instruction, domain or task"),
-    variants: int = typer.Option(1, help="how many fine-tuned variants of the base you will serve"),
-    budget_usd: Optional[float] = typer.Option(None, "--budget-usd", help="training budget"),
-    accuracy_critical: bool = typer.Option(False, "--accuracy-critical"),
-    seq_len: int = typer.Option(2048, help="tokens per sequence (activation memory)"),
-    tokens_per_example: int = typer.Option(512, help="average tokens per example (compute, cost)"),
-    epochs: float = typer.Option(3.0),
-    gpu_hour_usd: float = typer.Option(2.5, help="price of one GPU-hour"),
-    gpu_tflops: float = typer.Option(312, help="dense bf16 TFLOP/s of one GPU"),
+    gpu_count: int = typer.Option(Workload.gpu_count, "--gpu-count"),
+    gpu_mem_gb: float = typer.Option(Workload.gpu_mem_gb, "--gpu-mem-gb", help="memory of one GPU"),
+    examples: int = typer.Option(Workload.examples, "--examples", help="training examples"),
+    objective: str = typer.Option(Workload.objective, help="instruction, domain or task"),
+    variants: int = typer.Option(Workload.variants, help="how many fine-tuned variants of the base you will serve"),
+    budget_usd: Optional[float] = typer.Option(Workload.budget_usd, "--budget-usd", help="training budget"),
+    accuracy_critical: bool = typer.Option(Workload.accuracy_critical, "--accuracy-critical"),
+    seq_len: int = typer.Option(Workload.seq_len, help="tokens per sequence (activation memory)"),
+    tokens_per_example: int = typer.Option(Workload.tokens_per_example,
+                                           help="average tokens per example (compute, cost)"),
+    epochs: float = typer.Option(Workload.epochs),
+    gpu_hour_usd: float = typer.Option(Workload.gpu_hour_usd, help="price of one GPU-hour"),
+    gpu_tflops: float = typer.Option(Workload.gpu_tflops, help="dense bf16 TFLOP/s of one GPU"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Recommend full, LoRA or QLoRA with rank, target modules, memory estimates and reasons."""
@@ -250,18 +254,16 @@ def compare_command(
     out: Path = typer.Option(..., "--out", help="receives compare.json, compare.md, PNGs and the runs"),
     retention_data: Optional[Path] = typer.Option(None, help="JSONL of a task the base already does (forgetting)"),
     mix_general: Optional[Path] = typer.Option(None, help="JSONL of general data mixed into every variant"),
-    mix_share: float = typer.Option(0.2, help="share of --mix-general data in the training set"),
+    mix_share: float = typer.Option(CompareSettings.mix_share, help="share of --mix-general data in the training set"),
     quick: bool = typer.Option(False, "--quick", help="a reduced run (about a minute)"),
     steps: Optional[int] = typer.Option(None, help="training steps of every variant"),
     batch_size: Optional[int] = typer.Option(None),
-    ranks: str = typer.Option("4,8,16,32", help="LoRA ranks, comma-separated"),
+    ranks: str = typer.Option(",".join(map(str, CompareSettings.ranks)), help="LoRA ranks, comma-separated"),
     threads: int = typer.Option(1, help="torch threads; 1 keeps tiny-model timings stable on busy machines"),
     as_json: bool = typer.Option(False, "--json", help="print the rows to stdout"),
 ) -> None:
     """Full fine-tuning vs LoRA at several ranks under the same compute: quality, forgetting, cost."""
-    from dataclasses import replace
-
-    from training.compare import QUICK, CompareSettings, run_compare
+    from training.compare import run_compare
     from training.report import write_report
     from training.views import compare_table
 
@@ -289,17 +291,20 @@ def _parse_specs(specs: list[str]) -> list[tuple[Path, float]]:
 
 
 def _default_base() -> Optional[Path]:
+    """LORAPLEX_BASE_MODEL, else the base model of the running stack (var/stack.json)."""
     from loraplex.client import stack_info
+    from loraplex.settings import StackSettings
 
-    base = stack_info().get("base_model")
+    cfg = StackSettings()
+    base = cfg.base_model or stack_info(cfg).get("base_model")
     return Path(base) if base else None
 
 
 def compose_command(
     specs: list[str] = typer.Argument(..., help="adapters as DIR:WEIGHT (a weight may be negative)"),
     name: str = typer.Option(..., "--name", help="name of the new adapter"),
-    base: Optional[Path] = typer.Option(None, "--base", envvar="LORAPLEX_BASE_MODEL",
-                                        help="base model directory (default: var/stack.json's base_model)"),
+    base: Optional[Path] = typer.Option(None, "--base", help="base model directory (default: LORAPLEX_BASE_MODEL, "
+                                        "else var/stack.json's base_model)"),
     out: Optional[Path] = typer.Option(None, "--out", help="output directory (default var/adapters/composed/NAME)"),
     method: str = typer.Option("linear", help="linear, ties, cat, svd or ties_svd"),
     density: float = typer.Option(0.5, help="share of entries TIES keeps"),

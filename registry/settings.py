@@ -1,4 +1,8 @@
-"""Settings of the registry: where the object store is, where the local cache lives, what is accepted."""
+"""Settings of the registry: where the object store is, where the local cache lives, what is accepted.
+
+The bottom of the settings: the gateway's ServingSettings extend this class (and the stack's StackSettings
+extend those), so each LORAPLEX_* variable is declared once, by the lowest layer that reads it.
+"""
 
 from __future__ import annotations
 
@@ -28,9 +32,11 @@ class RegistrySettings(BaseSettings):
     s3_max_attempts: int = Field(3, ge=1, description="Attempts per call, boto3 'standard' retry mode.")
     cache_dir: Path = Field(Path("var/cache/adapters"), description="Local directory of verified adapter files.")
     cache_max_bytes: int = Field(2 * GIB, gt=0, description="Bytes the local adapter cache may hold (LRU).")
-    base_model: Path | None = Field(None, description="Local HF model dir; enables base-dependent validation.")
+    base_model: Path | None = Field(None, description="Local Hugging Face model directory the engine serves; "
+                                    "enables base-dependent validation of uploads.")
     max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank accepted (the engine's --max-lora-rank).")
-    max_upload_bytes: int = Field(256 * MIB, gt=0, description="Largest total size of one adapter version.")
+    max_upload_bytes: int = Field(256 * MIB, gt=0, description="Largest total size of one adapter version (the "
+                                  "gateway refuses a larger upload before reading it all).")
     noop_probe: bool = Field(True, description="Run each upload on the served base with and without the adapter "
                              "and refuse it if the output barely moves (a silent no-op); needs base_model.")
     noop_probe_min_change: float = Field(1e-5, gt=0, description="Smallest relative change of the probe's logits "

@@ -12,7 +12,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import LoraplexError, error_body
-from registry.settings import RegistrySettings
 from serving import metrics
 from serving.gateway import Gateway
 from serving.heap import freeze_startup_heap, watch_gc
@@ -67,7 +66,7 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        gw = gateway or Gateway.from_settings(ServingSettings(), RegistrySettings())
+        gw = gateway or Gateway.from_settings(ServingSettings())
         app.state.gateway = gw
         metrics.LABELS.per_tenant = gw.settings.metrics_adapters_per_tenant
         supervisor = EngineSupervisor(gw.settings, gw.residency) if gw.settings.engine_managed else None

@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from common.errors import LoraplexError
 from registry.adapter_registry import AdapterRegistry
 from registry.cache import ArtifactCache
 from registry.manifest import Manifest
-from registry.settings import RegistrySettings
 from registry.store import ObjectStore
 from registry.tenants import Tenant, TenantRegistry, hash_key
 from registry.base_spec import BaseModelSpec
@@ -41,16 +39,14 @@ class Gateway:
     _ready: tuple[float, bool, dict] = field(default=(0.0, False, {}))
 
     @classmethod
-    def from_settings(cls, settings: ServingSettings, registry_settings: RegistrySettings,
-                      transport: Transport | None = None) -> "Gateway":
-        """The gateway of `settings`; its transport is HTTP to the local engine unless one is given (Ray)."""
-        store = ObjectStore(registry_settings)
-        base_dir = registry_settings.base_model or settings.base_model
-        base_spec = BaseModelSpec.from_dir(Path(base_dir)) if base_dir else None
-        adapters = AdapterRegistry(store, registry_settings, base_spec,
-                                   probes=default_probes(registry_settings, base_spec, warm=True))
+    def from_settings(cls, settings: ServingSettings, transport: Transport | None = None) -> "Gateway":
+        """The gateway of `settings` (its registry's settings included); its transport is HTTP to the local
+        engine unless one is given (Ray)."""
+        store = ObjectStore(settings)
+        base_spec = BaseModelSpec.from_dir(settings.base_model) if settings.base_model else None
+        adapters = AdapterRegistry(store, settings, base_spec, probes=default_probes(settings, base_spec, warm=True))
         engine = EngineClient(settings)
-        cache = ArtifactCache(registry_settings, adapters.open_file)
+        cache = ArtifactCache(settings, adapters.open_file)
         residency = AdapterResidency(engine, settings.max_cpu_loras)
         return cls(
             settings=settings, store=store, tenants=TenantRegistry(store, auth_cache_ttl_s=0), adapters=adapters,

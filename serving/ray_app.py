@@ -23,7 +23,6 @@ import ray
 from fastapi import FastAPI
 from ray import serve
 
-from registry.settings import RegistrySettings
 from serving.app import create_app
 from serving.gateway import Gateway
 from serving.ray_engine import build_engine_deployment
@@ -41,8 +40,7 @@ class GatewayIngress:
 
     def __init__(self, engines, ray_settings: dict):
         settings = ServingSettings().model_copy(update={"engine_managed": False})
-        self.gateway = Gateway.from_settings(settings, RegistrySettings(),
-                                             transport=RayTransport(engines, RaySettings(**ray_settings)))
+        self.gateway = Gateway.from_settings(settings, transport=RayTransport(engines, RaySettings(**ray_settings)))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self.gateway)

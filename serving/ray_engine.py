@@ -27,10 +27,8 @@ from common.errors import EngineUnavailable, InvalidRequest, ModelNotFound
 from common.names import NAME_RE
 from common.procs import free_port, stop_group
 from registry.adapter_registry import AdapterRegistry
-from registry.base_spec import BaseModelSpec
 from registry.cache import ArtifactCache
 from registry.manifest import is_version
-from registry.settings import RegistrySettings
 from registry.store import ObjectStore
 from serving.engine import EngineClient, engine_command, engine_env, wait_engine_ready
 from serving.ray_settings import RaySettings
@@ -156,11 +154,8 @@ class EngineReplica:
         port = free_port()
         self.settings = ServingSettings().model_copy(update={
             "engine_url": f"http://127.0.0.1:{port}", "engine_managed": False})
-        registry = RegistrySettings()
-        base_dir = registry.base_model or self.settings.base_model
-        self.adapters = AdapterRegistry(ObjectStore(registry), registry,
-                                        BaseModelSpec.from_dir(Path(base_dir)) if base_dir else None)
-        self.cache = ArtifactCache(registry, self.adapters.open_file)
+        self.adapters = AdapterRegistry(ObjectStore(self.settings), self.settings)  # the base's spec from base_model
+        self.cache = ArtifactCache(self.settings, self.adapters.open_file)
         self.capacity = capacity
         self.resident: set[str] = set()
         self.loads = self.evictions = self.requests = 0

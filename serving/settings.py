@@ -5,21 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from registry.settings import RegistrySettings
 
 
-class ServingSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LORAPLEX_", extra="ignore")
+class ServingSettings(RegistrySettings):
+    """The gateway's settings: the registry's (S3, caches, base model, upload limits; the gateway runs the
+    registry in its own process) plus the gateway's and its engine's own, declared here."""
 
     gateway_host: str = Field("127.0.0.1", description="Address the gateway binds to.")
     gateway_port: int = Field(8000, description="Port of the tenants' API.")
     admin_key: SecretStr | None = Field(None, description="Key that manages tenants; admin routes refuse all if unset.")
     engine_url: str = Field("http://127.0.0.1:8100", description="The vLLM server, on loopback only.")
-    base_model: Path | None = Field(None, description="Local Hugging Face model directory the engine serves.")
     base_name: str = Field("base", description="Model id under which tenants reach the base model.")
     max_loras: int = Field(4, description="Adapters in one engine batch (vLLM --max-loras).")
     max_cpu_loras: int = Field(8, description="Adapters the engine keeps registered (vLLM --max-cpu-loras).")
-    max_lora_rank: int = Field(16, description="Largest rank the engine serves (vLLM --max-lora-rank).")
     max_model_len: int = Field(256, description="Context length of the engine.")
     engine_managed: bool = Field(False, description="The gateway starts the engine and restarts it if it dies.")
     engine_log: Path | None = Field(None, description="Log file of a managed engine.")
@@ -60,7 +60,6 @@ class ServingSettings(BaseSettings):
         description='Separate-model mode: tenant -> {"model": NAME, "url": ENGINE_URL}. That tenant\'s requests for '
                     'NAME go to its own engine (serving a merged or fully fine-tuned model) instead of an adapter on '
                     'the shared base. JSON in LORAPLEX_DEDICATED_ENGINES.')
-    max_upload_bytes: int = Field(256 * 2**20, description="Largest adapter upload accepted.")
     drain_timeout_s: float = Field(10.0, description="On SIGTERM: how long admitted requests may take to finish "
                                    "(new ones get 503) before the gateway exits anyway. Keep it below the "
                                    "stopper's kill timeout (`loraplex down`: 20 s).")

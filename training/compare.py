@@ -13,12 +13,12 @@ import gc
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training.config import LoraSettings, TrainJob, TrainSettings
+from training.config import CompareSettings, LoraSettings, TrainJob, TrainSettings
 from training.data import load_records, read_jsonl, split
 from training.evaluate import adapter_switch_seconds, exact_match, model_switch_seconds
 from training.merge import load_peft
@@ -27,24 +27,6 @@ from training.sft import run_training
 
 ROW_KEYS = ("method", "rank", "trainable_params", "trainable_pct", "peak_mem_mb", "step_time_s", "total_time_s",
             "artifact_mb", "task_score", "base_retention", "switch_time_s")
-
-
-@dataclass(frozen=True)
-class CompareSettings:
-    """What the comparison trains: the same steps and batches for every variant."""
-
-    ranks: tuple[int, ...] = (4, 8, 16, 32)
-    steps: int = 300
-    batch_size: int = 32
-    lora_lr: float = 5e-3  # LoRA's customary learning rate is ~10x full fine-tuning's
-    full_lr: float = 5e-4
-    test_share: float = 0.2
-    max_eval: int = 200
-    seed: int = 0
-    mix_share: float = 0.2  # share of general data in every variant's training set when one is given
-
-
-QUICK = CompareSettings(steps=24, batch_size=16, max_eval=24)
 
 
 def _variants(s: CompareSettings) -> list[tuple[str, int | None]]:

@@ -1,4 +1,5 @@
-"""Settings of one training run, as documented data: each field carries the help text the CLI shows.
+"""Settings of one training run, as documented data: each field carries the help text the CLI shows; and
+the settings of the method comparison (`loraplex train compare`). The CLI's defaults are read from here.
 
 Example:
     >>> from training.config import LoraSettings, TrainSettings
@@ -14,6 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 METHODS = ("lora", "qlora", "full")
+# Full fine-tuning moves every weight: its customary peak learning rate is far below LoRA's (TrainSettings.lr).
+FULL_LR = 1e-5
 
 
 def _f(default, help: str):  # noqa: A002 - `help` mirrors the CLI wording
@@ -72,6 +75,11 @@ class TrainSettings(_Documented):
     seed: int = _f(0, "seed of the split, the shuffling and the adapter initialisation")
     progress: bool = _f(True, "show the Trainer's progress bars")
 
+    @classmethod
+    def for_method(cls, method: str) -> TrainSettings:
+        """The defaults of a `method` run (the CLI's defaults): full fine-tuning starts from FULL_LR."""
+        return cls(lr=FULL_LR) if method == "full" else cls()
+
 
 @dataclass(frozen=True)
 class TrainJob:
@@ -98,3 +106,22 @@ class TrainJob:
     mix_general: Path | None = None
     resume: bool = False
     overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """What the comparison trains: the same steps and batches for every variant."""
+
+    ranks: tuple[int, ...] = (4, 8, 16, 32)
+    steps: int = 300
+    batch_size: int = 32
+    lora_lr: float = 5e-3  # LoRA's customary learning rate is ~10x full fine-tuning's
+    full_lr: float = 5e-4
+    test_share: float = 0.2
+    max_eval: int = 200
+    seed: int = 0
+    mix_share: float = 0.2  # share of general data in every variant's training set when one is given
+
+
+# `train compare --quick`: a reduced run (about a minute).
+QUICK = CompareSettings(steps=24, batch_size=16, max_eval=24)
