@@ -91,7 +91,7 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
 @app.command()
 def demo() -> None:
     """Start the stack, register the demo tenants and adapters, and show each tenant's answers."""
-    from loraplex.demo import run_demo
+    from loraplex.cli_demo import run_demo
 
     run_demo()
 

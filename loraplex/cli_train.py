@@ -193,7 +193,7 @@ def merge_command(
 def _adapter_lineage(adapter_dir: Path) -> dict:
     """What a merged model was merged from: the adapter's rank, targets and weights digest."""
     from common.peft_format import CONFIG_FILE, WEIGHTS_FILE
-    from training.artifacts import file_sha256
+    from training.staged_build import file_sha256
 
     config = json.loads((adapter_dir / CONFIG_FILE).read_text())
     return {"name": adapter_dir.parent.name if adapter_dir.name == "adapter" else adapter_dir.name,
@@ -264,7 +264,7 @@ def compare_command(
 ) -> None:
     """Full fine-tuning vs LoRA at several ranks under the same compute: quality, forgetting, cost."""
     from training.compare import run_compare
-    from training.report import write_report
+    from training.compare_report import write_report
     from training.views import compare_table
 
     settings = QUICK if quick else CompareSettings()

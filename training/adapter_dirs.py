@@ -9,7 +9,7 @@ from pathlib import Path
 
 from common.errors import InvalidAdapter
 from common.peft_format import ADAPTER_FILES, CONFIG_FILE, WEIGHTS_FILE, is_adapter_dir
-from training.artifacts import staged_dir
+from training.staged_build import staged_dir
 
 
 def resolve_adapter_dir(path: Path) -> Path:

@@ -12,9 +12,9 @@ import transformers
 
 from common.adapter_health import adapter_health
 from training.adapter_dirs import save_peft_adapter
-from training.artifacts import file_sha256, staged_dir
 from training.config import TrainJob
 from training.model_loading import LORA_METHODS
+from training.staged_build import file_sha256, staged_dir
 
 
 def dir_bytes(path: Path) -> int:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from training.artifacts import file_sha256
 from training.config import TrainJob
 from training.data import EncodedDataset, Record, encode, load_records, mix, split
 from training.errors import DatasetError
+from training.staged_build import file_sha256
 
 
 @dataclass

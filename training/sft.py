@@ -18,7 +18,6 @@ from transformers import AutoTokenizer, EarlyStoppingCallback, Trainer, TrainerC
 from transformers.trainer_callback import PrinterCallback
 
 from common.errors import InvalidRequest
-from training.artifacts import discard, write_stamp
 from training.checkpoints import CheckpointPruner, list_checkpoints
 from training.config import METHODS, TrainJob
 from training.data import CompletionCollator
@@ -27,6 +26,7 @@ from training.memwatch import MemoryWatch
 from training.model_loading import LORA_METHODS, add_lora, count_params, load_base, require_backend, use_bf16
 from training.outputs import run_record, save_artifact
 from training.prepare import PreparedData, prepare_data
+from training.staged_build import discard, write_stamp
 from training.steptime import StepTimer
 
 

@@ -6,7 +6,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from training.report import COLUMNS, fmt
+from training.compare_report import COLUMNS, fmt
 
 
 def health_table(health: dict, per_module: bool = False) -> Group:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from loadtest.fairness.clients import capacity, drive_tenants, prompts
 from loadtest.fairness.config import MODES, mode_settings
-from loadtest.fairness.gateway import admission_waits, bench_gateway, waits_between
+from loadtest.fairness.gateways import admission_waits, bench_gateway, waits_between
 from loadtest.fairness.host import GuardWatch, cpu_cores, cpu_seconds, engine_means, engine_totals, guard_stats
 from loadtest.fairness.report import console, summarise, write_report
 from loadtest.harness import running_s3

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from loraplex.demo import next_steps
+from loraplex.cli_demo import next_steps
 from training.tasks import answer
 
 pytestmark = pytest.mark.e2e

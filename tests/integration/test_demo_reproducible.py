@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from common.peft_format import WEIGHTS_FILE
-from training.artifacts import file_sha256
 from training.demo import BASE_NAME, DEMO_TENANTS
+from training.staged_build import file_sha256
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

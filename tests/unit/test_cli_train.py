@@ -70,7 +70,7 @@ def test_recommend_defaults_are_the_workload_defaults(monkeypatch):
 @pytest.mark.parametrize(("args", "expected"), [([], CompareSettings()), (["--quick"], QUICK)])
 def test_compare_defaults_are_the_compare_settings(monkeypatch, tmp_path, args, expected):
     seen = _capture(monkeypatch, "training.compare", "run_compare")
-    _capture(monkeypatch, "training.report", "write_report")
+    _capture(monkeypatch, "training.compare_report", "write_report")
     _capture(monkeypatch, "training.views", "compare_table")
     result = CliRunner().invoke(_app(), ["train", "compare", "--base", str(tmp_path), "--data", str(tmp_path / "d"),
                                          "--out", str(tmp_path / "o"), *args])

@@ -10,9 +10,9 @@ from rich.console import Console
 
 import training.demo as demo
 from common.peft_format import ADAPTER_FILES, CONFIG_FILE, WEIGHTS_FILE
-from training.artifacts import staged_dir
 from training.demo_loop import GoalNotReached, Recipe
 from training.demo_recipe import recipe_fingerprint
+from training.staged_build import staged_dir
 
 pytestmark = pytest.mark.unit
 
