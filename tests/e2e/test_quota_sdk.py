@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from tests.e2e.helpers import running_gateway, upload
 from tests.e2e.test_metrics import delta, new_tenant, scrape
+from tests.waiting import wait_until
 from training.demo import demo_prompt
 
 openai = pytest.importorskip("openai", reason="the openai SDK is a dev dependency")
@@ -62,10 +62,8 @@ def test_concurrency_quota_is_a_rate_limit_error_while_a_request_waits_or_runs(o
         try:
             next(iter(hold))  # the only engine slot is taken: the tenant's first request will wait for it
             waiter.start()
-            deadline = time.monotonic() + 10
-            while not st.gateway.admission.active[tenant]:  # queued (or, if the filler ended, running)
-                assert time.monotonic() < deadline, "the first request never reached admission"
-                time.sleep(0.005)
+            # queued (or, if the filler ended, running)
+            wait_until(lambda: st.gateway.admission.active[tenant], interval=0.005, what="the first request admitted")
             try:
                 _sdk(st, key).completions.create(model="base", prompt=demo_prompt("abc"), max_tokens=2)
             except openai.RateLimitError as e:
@@ -107,11 +105,9 @@ def _refused_while_held(st, client, call, attempts: int = 5):
     pytest.fail(f"the holding stream ended before the next request arrived in all {attempts} attempts")
 
 
-def _wait_idle(st, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout  # the gateway notices the hang-up and gives the slot back
-    while not st.gateway.admission.idle:
-        assert time.monotonic() < deadline, "a closed stream never gave its engine slot back"
-        time.sleep(0.05)
+def _wait_idle(st) -> None:
+    """The gateway noticed the hang-up of the previous attempt's stream and gave its slot back."""
+    wait_until(lambda: st.gateway.admission.idle, what="a closed stream gave its engine slot back")
 
 
 def test_overload_is_a_503_with_retry_after(tiny_gateway, demo):
@@ -166,16 +162,14 @@ def test_a_flooder_that_fills_the_queue_cannot_lock_another_tenant_out(short_que
             waiting = [threading.Thread(target=call, args=(f"a{i}", a, "speak")) for i in range(2)]
             for i, t in enumerate(waiting):
                 t.start()
-                while st.gateway.admission.queued < i + 1 and not st.gateway.admission.idle:
-                    time.sleep(0.01)
+                wait_until(lambda n=i + 1: st.gateway.admission.queued >= n or st.gateway.admission.idle,
+                           interval=0.01, what="the request queued")
             if st.gateway.admission.queued < 2:
                 continue  # the holder ended before the queue filled: this attempt says nothing
             calm = threading.Thread(target=call, args=("b", b, "base"))
             calm.start()
-            deadline = time.monotonic() + 30
-            while not any(isinstance(results.get(k), openai.APIStatusError) for k in ("a0", "a1", "b")):
-                assert time.monotonic() < deadline, f"no refusal while the queue was full: {results}"
-                time.sleep(0.01)
+            wait_until(lambda r=results: any(isinstance(r.get(k), openai.APIStatusError) for k in ("a0", "a1", "b")),
+                       interval=0.01, what="a refusal while the queue was full")
         finally:
             holder.close()
         for t in [*waiting, calm]:

@@ -7,7 +7,6 @@ import os
 import secrets
 import signal
 import sys
-import time
 
 import httpx
 import pytest
@@ -16,6 +15,7 @@ from common.procs import free_port, spawn, stop_group
 from loraplex.stack import _wait_ready
 from registry.settings import RegistrySettings
 from registry.store import ObjectStore
+from tests.waiting import wait_until
 from training.demo import demo_prompt
 
 DRAIN_TIMEOUT_S = 60
@@ -57,11 +57,10 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(gateway_
         lines = r.iter_lines()
         first = next(line for line in lines if line.startswith("data:"))
         proc.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
         with httpx.Client(base_url=url, timeout=10) as other:
-            while (ready := other.get("/ready")).status_code == 200:  # the drain begins within a tick
-                assert time.monotonic() - signalled < 5, "SIGTERM did not start a drain"
-                time.sleep(0.02)
+            wait_until(lambda: other.get("/ready").status_code != 200, interval=0.02,
+                       what="SIGTERM started a drain")  # within a tick
+            ready = other.get("/ready")
             assert ready.status_code == 503 and ready.json()["status"] == "draining"
             refused = other.post("/v1/completions", headers=headers,
                                  json={"model": "base", "prompt": "x", "max_tokens": 1})
@@ -77,8 +76,9 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(gateway_
     assert len(events) >= 200, len(events)  # about one event per token of the 230
     code = proc.wait(timeout=DRAIN_TIMEOUT_S + 15)
     assert code == 0, log.read_text()[-3000:]
-    assert time.monotonic() - signalled < DRAIN_TIMEOUT_S, "it waited for the timeout instead of the drain"
-    assert '"msg": "drained"' in log.read_text()
+    # the gateway's own verdict, not the clock (a slow host may take a while over the 230 tokens)
+    text = log.read_text()
+    assert '"msg": "drained"' in text and "drain timed out" not in text, "it waited for the timeout, not the drain"
 
 
 def test_the_gateway_freezes_its_startup_heap_and_times_its_collections(gateway_process):

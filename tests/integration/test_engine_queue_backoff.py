@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 CAP_S = 0.001
 # Short gaps (busy decode steps), longer ones, one past vLLM's 1 s busy window, then short again.
 GAPS_S = [0.001] * 5 + [0.02, 0.05, 0.2, 0.5, 1.3, 0.01, 0.001]
-SLACK_S = 0.03  # scheduling noise of a loaded 2-core host
+SLACK_S = 0.03  # scheduling noise of a loaded 2-core host: latencies were <= 1 ms, also beside two busy loops
 
 
 def reader_main(handle, cap_s: float | None, n: int, out) -> None:
@@ -79,5 +79,7 @@ def test_backoff_costs_a_fraction_of_the_spin(runs):
     """The same traffic: the stock reader spins through every gap shorter than 1 s, the backoff sleeps."""
     spin_cpu, backoff_cpu = runs["spin"]["cpu_s"], runs["backoff"]["cpu_s"]
     assert runs["spin"]["cap_s"] is None
-    assert spin_cpu > 0.5, f"the stock reader should spin through ~1 s of short gaps, used {spin_cpu:.2f} s"
+    # The spin takes what CPU it gets: ~2.0 s here idle, 0.57 s beside two busy loops on 2 cores. 0.2 s still
+    # shows it spins; the backoff used ~0.03 s in both cases.
+    assert spin_cpu > 0.2, f"the stock reader should spin through ~1 s of short gaps, used {spin_cpu:.2f} s"
     assert backoff_cpu < spin_cpu / 4, f"backoff {backoff_cpu:.3f} s of CPU vs spin {spin_cpu:.3f} s"

@@ -25,6 +25,10 @@ pytestmark = pytest.mark.integration
 
 TINY = TinyShape(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, max_positions=64)
 PROMPTS = [make_prompt(w) for w in ("hello", "world", "cards", "serve")]  # equal lengths: no padding
+# A merged weight and base + LoRA round differently (and differently per CPU): greedy picks may part ways
+# only where the two best logits are this close (the logits themselves agree to ~4e-7; the smallest gap
+# seen was 1.6e-3).
+TIE_GAP = 1e-3
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -61,11 +65,26 @@ def _logits(model, tokenizer) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _greedy(model, tokenizer) -> list[list[int]]:
+def _greedy(model, tokenizer) -> tuple[list[list[int]], list[list[float]]]:
+    """Greedy continuations of PROMPTS, and at each step the gap between the two best logits."""
     ids = torch.tensor([tokenizer(p)["input_ids"] for p in PROMPTS])
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    return out[:, ids.shape[1]:].tolist()
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         output_scores=True, return_dict_in_generate=True)
+    best2 = torch.stack(out.scores, 1).topk(2, dim=-1).values
+    return out.sequences[:, ids.shape[1]:].tolist(), (best2[..., 0] - best2[..., 1]).tolist()
+
+
+def _same_greedy(ours, theirs) -> bool:
+    """The same continuations, except after a step where `ours` had a near-tie (TIE_GAP) and the other
+    model took the other token: everything after follows from that pick."""
+    for tokens, gaps, other in zip(*ours, theirs[0]):
+        for step, (a, b) in enumerate(zip(tokens, other)):
+            if a != b:
+                if gaps[step] >= TIE_GAP:
+                    return False
+                break
+    return True
 
 
 def test_merge_matches_the_unmerged_adapter_and_loads_with_transformers(setup, tmp_path):
@@ -73,7 +92,7 @@ def test_merge_matches_the_unmerged_adapter_and_loads_with_transformers(setup, t
     unmerged = load_peft(setup["base"], setup["reverse"])
     result = merge(setup["base"], setup["reverse"].parent, tmp_path / "merged")  # a run dir works too
     merged = AutoModelForCausalLM.from_pretrained(result["out_dir"]).eval()
-    assert _greedy(merged, tokenizer) == _greedy(unmerged, tokenizer)
+    assert _same_greedy(_greedy(merged, tokenizer), _greedy(unmerged, tokenizer))
     assert torch.allclose(_logits(merged, tokenizer), _logits(unmerged, tokenizer), atol=1e-4)
     base = AutoModelForCausalLM.from_pretrained(str(setup["base"])).eval()
     assert not torch.allclose(_logits(merged, tokenizer), _logits(base, tokenizer), atol=1e-4)  # not a no-op
@@ -104,7 +123,7 @@ def test_cat_is_the_exact_weighted_sum(setup, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(str(setup["base"])).state_dict()
     key = "model.layers.0.self_attn.q_proj.weight"
     expected = base[key] + (rev[key] - base[key]) - (up[key] - base[key])
-    assert torch.allclose(model.state_dict()[key], expected, atol=1e-5)
+    assert torch.allclose(model.state_dict()[key], expected, atol=1e-5)  # fp32 sums of ~0.1 weights: ~1e-8 apart
 
 
 def test_linear_with_unequal_ranks_is_explained(setup, tmp_path):

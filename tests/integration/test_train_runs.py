@@ -57,6 +57,7 @@ def job(tiny, out: Path, method: str = "lora", **train) -> TrainJob:
 def test_lora_lowers_validation_loss_and_writes_the_adapter(tiny, tmp_path):
     record = run_training(job(tiny, tmp_path / "run"))
     m = record["metrics"]
+    # Measured 5.61 -> 5.24: a drop of 0.37. Another CPU rounds the 16 steps differently, but not by 0.27.
     assert m["eval_loss"] < m["eval_loss_before"] - 0.1
     assert sorted(p.name for p in (tmp_path / "run" / "adapter").iterdir()) == [
         "adapter_config.json", "adapter_model.safetensors"]
@@ -67,6 +68,8 @@ def test_lora_lowers_validation_loss_and_writes_the_adapter(tiny, tmp_path):
     assert config["base_model_name_or_path"] == "base" and config["target_modules"] == sorted(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     assert 0 < m["trainable_pct"] < 100 and m["tokens_seen"] > 0
+    # The median step (~0.011 s) sits below the mean of the training phase (~0.027 s), which also pays for the
+    # evaluations and checkpoints: on any host, as those cost several steps each.
     assert m["peak_mem_total_mb"] >= m["peak_mem_mb"] and 0 < m["step_s_median"] <= record["timings"]["step_s"]
 
 

@@ -204,7 +204,7 @@ def test_headroom_is_work_conserving_when_others_are_quiet():
         q = _queue(max_inflight=4, max_queue=100, active_window_s=0.05)
         await q.acquire("b", 1)
         q.release("b", 1, 1)
-        await asyncio.sleep(0.1)  # b went quiet
+        await asyncio.sleep(0.1)  # b went quiet (a sleep never ends early: > 0.05 s passed on any host)
         for _ in range(4):
             await asyncio.wait_for(q.acquire("a", 1), 1)
         assert q.running["a"] == 4
@@ -258,7 +258,10 @@ def test_an_even_load_is_never_capped():
     asyncio.run(go())
 
 
-def test_share_cap_lifts_when_the_others_go_quiet_and_is_off_at_zero():
+def test_share_cap_lifts_when_the_others_go_quiet_and_is_off_at_zero(monkeypatch):
+    clock = _SteppingClock(step=0.0)  # moves only when told: b stays recent however slowly the host runs
+    monkeypatch.setattr(fair_queue, "time", clock)
+
     async def go():
         q = _queue(max_inflight=4, max_queue=100, active_window_s=0.05, share_cap=1.0)
         await q.acquire("b", 1)
@@ -266,7 +269,7 @@ def test_share_cap_lifts_when_the_others_go_quiet_and_is_off_at_zero():
         tasks = [asyncio.create_task(q.acquire("a", 1)) for _ in range(6)]
         await asyncio.sleep(0)
         assert q.running["a"] == 2 and q.queued == 4  # heavy, b recent: a's share is 4 / 2
-        await asyncio.sleep(0.1)  # b went quiet: the next release hands a the whole window
+        clock.now += 0.1  # b went quiet: the next release hands a the whole window
         q.release("a", 1, 1)
         await asyncio.sleep(0)
         assert q.share_limit() == 4 and q.running["a"] == 4
@@ -311,14 +314,15 @@ def test_a_paced_heavy_tenant_waits_in_proportion_to_its_last_request_but_never_
         await asyncio.sleep(0)
         assert q.running["a"] == 1 and q.paced("a")  # one slot, though seven are free
         q.release("a", 1, 1, held_s=0.1)  # then a pause of 0.1 * (1 - 0.25) / 0.25 = 0.3 s
-        await asyncio.sleep(0.05)
-        assert q.running["a"] == 0 and q.queued == 9
+        # checked before the loop runs again: no timer can have ended the pause, however slow the host
+        assert q.running["a"] == 0 and q.queued == 9 and q.paced("a")
         burst = [asyncio.create_task(q.acquire("b", 1)) for _ in range(3)]
         await asyncio.sleep(0)
         assert all(t.done() for t in burst)  # the light tenant is never paced
         for _ in range(3):
             q.release("b", 1, 1, held_s=0.1)
         await asyncio.sleep(0.4)  # the pause ended: a timer dispatched a's next request, no release needed
+        # (0.4 s > the 0.3 s pause on the loop's own clock: the pause's timer runs first on any host)
         assert q.running["a"] == 1
         # b has now asked for 4 tokens, c for 1: a, granted 2 < their mean 2.5, is not paused below that
         q.release("a", 1, 1, held_s=0.1)

@@ -7,6 +7,7 @@ import pytest
 
 from common.errors import AuthenticationFailed, StorageUnavailable
 from serving.fallback import LastGood
+from tests.waiting import settle, until
 
 
 class Source:
@@ -39,12 +40,12 @@ def test_refresh_ahead_answers_at_once_and_renews_once_in_the_background():
     async def go():
         lg, src = LastGood("manifest"), Source("v1")
         await lg.call("k", src, reuse_s=0.05, refresh_ahead=True)
-        await asyncio.sleep(0.1)  # now stale
+        await asyncio.sleep(0.1)  # now stale (the sleep ends no earlier than asked: this holds on any host)
         src.answer, src.gate = "v2", threading.Event()  # the store is slow to answer
         answers = await asyncio.gather(*(lg.call("k", src, reuse_s=0.05, refresh_ahead=True) for _ in range(20)))
         assert answers == ["v1"] * 20  # nobody waited on the store
         src.gate.set()
-        await asyncio.sleep(0.05)
+        await settle()  # the renewal has stored its answer
         assert src.calls == 2  # one renewal for the twenty requests
         assert await lg.call("k", src, reuse_s=0.05, refresh_ahead=True) == "v2"
     asyncio.run(go())
@@ -54,15 +55,15 @@ def test_a_renewal_that_finds_the_key_revoked_drops_it_but_an_outage_keeps_it():
     async def go():
         lg, src = LastGood("tenant"), Source("acme")
         await lg.call("k", src, reuse_s=0.01, refresh_ahead=True)
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # stale
         src.answer = StorageUnavailable("s3 down")
         assert await lg.call("k", src, reuse_s=0.01, refresh_ahead=True) == "acme"
-        await asyncio.sleep(0.05)
+        await settle()  # its renewal met the outage
         assert await lg.call("k", src, reuse_s=0.01, refresh_ahead=True) == "acme"  # kept through the outage
-        await asyncio.sleep(0.05)
+        await settle()
         src.answer = AuthenticationFailed("revoked")
         await lg.call("k", src, reuse_s=0.01, refresh_ahead=True)  # the renewal learns of the revocation
-        await asyncio.sleep(0.05)
+        await settle()
         with pytest.raises(AuthenticationFailed):
             await lg.call("k", src, reuse_s=0.01, refresh_ahead=True)
     asyncio.run(go())
@@ -74,12 +75,13 @@ def test_an_answer_fetched_before_a_forget_is_not_stored_after_it():
     async def go():
         lg, src = LastGood("tenant"), Source("acme")
         await lg.call("old-key", src, reuse_s=0.01, refresh_ahead=True)
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # stale
         src.gate = threading.Event()
         await lg.call("old-key", src, reuse_s=0.01, refresh_ahead=True)  # renewal starts, blocked in the store
+        await until(lambda: src.calls == 2, what="the renewal reached the store")
         lg.forget(lambda _k, tenant: tenant == "acme")
         src.gate.set()
-        await asyncio.sleep(0.05)
+        await settle()  # the renewal returned (and must not have stored its answer)
         src.answer = AuthenticationFailed("revoked")
         with pytest.raises(AuthenticationFailed):
             await lg.call("old-key", src, reuse_s=60, refresh_ahead=True)

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from common.procs import free_port, pid_alive, port_free, port_open, proc_stat, start_ticks, stop_group
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -39,8 +40,7 @@ def test_proc_stat_reads_a_command_name_with_spaces_and_parentheses(tmp_path):
 
 def test_a_zombie_is_not_alive_and_stop_group_reaps_it():
     proc = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
-    while (proc_stat(proc.pid) or ["Z"])[0] != "Z":
-        pass
+    wait_until(lambda: (proc_stat(proc.pid) or ["Z"])[0] == "Z", interval=0.01, what="the child exited")
     assert not pid_alive(proc.pid) and start_ticks(proc.pid) is None
     stop_group(proc.pid, timeout=2)
     assert proc_stat(proc.pid) is None

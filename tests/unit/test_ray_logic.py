@@ -23,6 +23,7 @@ from serving.forwarding import forward  # noqa: E402
 from serving.ray_settings import RaySettings  # noqa: E402
 from serving.settings import ServingSettings  # noqa: E402
 from serving.transport.ray import RayTransport, as_loraplex  # noqa: E402
+from tests.waiting import wait_until  # noqa: E402
 
 VERSION = "0123456789abcdef"
 
@@ -64,17 +65,18 @@ class FakeReplica:
 
 
 def test_eviction_waits_for_running_requests_then_unloads_once():
-    replica = FakeReplica()
+    replica = FakeReplica(drain_timeout_s=60)  # the drain must outlast the test's own pauses on any host
     adapter = LoadedAdapter("a", replica)
     adapter.hold()
-    started = time.monotonic()
     t = threading.Thread(target=adapter.__del__)  # Ray calls it from a worker thread
     t.start()
-    time.sleep(0.3)
-    assert replica.unloaded == [] and "a" not in replica.resident  # no longer counted, not yet unloaded
+    wait_until(lambda: "a" not in replica.resident, what="the eviction began")  # no longer counted...
+    time.sleep(0.3)  # ...and, while the request runs, not unloaded however long one waits
+    assert replica.unloaded == []
+    released = time.monotonic()
     adapter.release()
-    t.join(5)
-    assert [n for n, _ in replica.unloaded] == ["a"] and replica.unloaded[0][1] - started >= 0.3
+    t.join(30)
+    assert [n for n, _ in replica.unloaded] == ["a"] and replica.unloaded[0][1] >= released
     adapter.__del__()  # garbage collection calls it again: nothing happens
     assert len(replica.unloaded) == 1
 
@@ -345,15 +347,6 @@ def _watchdogs(pgid: int) -> list[int]:
     return found
 
 
-def _wait(cond, timeout=30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 def test_watchdog_kills_the_whole_engine_group_when_the_replica_dies():
     """Ray SIGKILLs a dead replica's direct children only; the engine's own children must go too."""
     import signal
@@ -364,13 +357,13 @@ def test_watchdog_kills_the_whole_engine_group_when_the_replica_dies():
     replica = subprocess.Popen(["sleep", "60"])
     engine = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60"], start_new_session=True)
     start_watchdog(engine.pid, owner=replica.pid)
-    assert _wait(lambda: _watchdogs(engine.pid)), "the watchdog did not start"
-    time.sleep(1.5)
-    assert _group_alive(engine.pid)  # nothing happens while the replica lives
+    wait_until(lambda: _watchdogs(engine.pid), what="the watchdog started")
+    time.sleep(1.5)  # the scenario: a while with the replica alive, in which nothing may happen
+    assert _group_alive(engine.pid)
     replica.send_signal(signal.SIGKILL)
     replica.wait(5)
-    assert _wait(lambda: engine.poll() is not None and not _group_alive(engine.pid))
-    assert _wait(lambda: not _watchdogs(engine.pid))
+    wait_until(lambda: engine.poll() is not None and not _group_alive(engine.pid), what="the group was killed")
+    wait_until(lambda: not _watchdogs(engine.pid), what="the watchdog exited")
 
 
 def test_watchdog_exits_by_itself_once_the_engine_group_is_gone():
@@ -381,9 +374,9 @@ def test_watchdog_exits_by_itself_once_the_engine_group_is_gone():
 
     engine = subprocess.Popen(["sleep", "60"], start_new_session=True)
     start_watchdog(engine.pid)
-    assert _wait(lambda: _watchdogs(engine.pid))
+    wait_until(lambda: _watchdogs(engine.pid), what="the watchdog started")
     stop_group(engine.pid, 5)
-    assert _wait(lambda: not _watchdogs(engine.pid))
+    wait_until(lambda: not _watchdogs(engine.pid), what="the watchdog exited")
 
 
 def test_an_engine_failure_is_retryable_only_when_the_engine_is_gone_or_refused():

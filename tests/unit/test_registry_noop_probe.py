@@ -13,7 +13,7 @@ from common.errors import InvalidAdapter
 from common.peft_format import ADAPTER_FILES as FILES
 from common.peft_format import AdapterConfig, lora_pairs
 from registry.base_spec import BaseModelSpec
-from registry.noop_probe import NoOpProbe, _load, adapted_logits
+from registry.noop_probe import NoOpProbe, _load, _load_once, adapted_logits
 from registry.validation import AdapterValidator
 
 
@@ -40,10 +40,16 @@ def gate(base: BaseModelSpec, probe: NoOpProbe) -> AdapterValidator:
 def test_trained_demo_adapters_pass_fast(base, demo):
     probe = NoOpProbe(base)
     probe.warm()  # the one-time load is not what the bound is about
+    loads = _load_once.cache_info().misses
     for name, directory in demo.adapter_dirs.items():
         gate(base, probe).validate(adapter_bytes(directory))
+        # The demo adapters move the logits by 0.77-1.22 (the demo build is the same on every CPU): 0.05
+        # leaves 15x for any other float rounding.
         assert probe.last["relative_change"] > 0.05, (name, probe.last)
-        assert probe.last["seconds"] < 2.0, probe.last
+        # ~2-30 ms idle, up to ~1 s on a loaded 2-core host (torch's threads wait for a core); 5 s only
+        # catches a probe that does far more work, such as the base load (checked exactly just below).
+        assert probe.last["seconds"] < 5.0, probe.last
+    assert _load_once.cache_info().misses == loads, "a probe loaded the base again"
 
 
 def test_a_silent_no_op_is_refused_by_the_probe(base, demo):
@@ -58,7 +64,7 @@ def test_a_silent_no_op_is_refused_by_the_probe(base, demo):
 def test_a_weak_but_real_adapter_still_passes(base, demo):
     probe = NoOpProbe(base)
     gate(base, probe).validate(scaled(adapter_bytes(demo.adapter_dirs["shout"]), 1e-2))
-    assert 1e-5 < probe.last["relative_change"] < 0.1
+    assert 1e-5 < probe.last["relative_change"] < 0.1  # measured 0.017: far from both bounds on any CPU
 
 
 @pytest.mark.parametrize("rslora", [False, True])

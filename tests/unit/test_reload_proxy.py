@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from loadtest.reload_proxy import Switcher
+from tests.waiting import until
 
 
 class Engine:
@@ -16,19 +17,20 @@ class Engine:
         self.loaded, self.reloads, self.fail, self.ran = None, [], fail, []
 
     async def reload(self, model: str) -> None:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # a reload takes a while: requests arriving meanwhile must wait
         if model in self.fail:
             raise RuntimeError(f"cannot load {model}")
         self.loaded = model
         self.reloads.append(model)
 
 
-async def _request(sw: Switcher, engine: Engine, model: str, hold: float = 0.02):
+async def _request(sw: Switcher, engine: Engine, model: str, hold: float | asyncio.Event = 0.02):
+    """One request on the engine for `hold` seconds, or until `hold` (an event) is set by the test."""
     await sw.acquire(model)
     try:
         assert engine.loaded == model  # never served by another tenant's weights
         engine.ran.append(model)
-        await asyncio.sleep(hold)
+        await (hold.wait() if isinstance(hold, asyncio.Event) else asyncio.sleep(hold))
     finally:
         sw.release()
 
@@ -49,11 +51,14 @@ def test_a_switch_waits_for_the_engine_to_drain_and_is_first_come_first_served()
         engine = Engine()
         engine.loaded = "a"
         sw = Switcher(engine.reload, current="a")
-        first = asyncio.create_task(_request(sw, engine, "a", hold=0.1))
-        await asyncio.sleep(0.01)
+        done = asyncio.Event()  # the first request runs until the others queued, however slow the host
+        first = asyncio.create_task(_request(sw, engine, "a", hold=done))
+        await until(lambda: sw.inflight == 1)
         b = asyncio.create_task(_request(sw, engine, "b"))
-        await asyncio.sleep(0.01)
+        await until(lambda: len(sw.waiting) == 1)
         late_a = asyncio.create_task(_request(sw, engine, "a"))  # queued behind b: no starvation of b
+        await until(lambda: len(sw.waiting) == 2)
+        done.set()
         await asyncio.gather(first, b, late_a)
         assert engine.ran == ["a", "b", "a"] and engine.reloads == ["b", "a"] and sw.switches == 2
         assert sw.inflight == 0 and not sw.waiting
@@ -76,13 +81,15 @@ def test_a_failed_reload_fails_that_model_only_and_a_cancelled_waiter_does_not_w
         engine = Engine(fail={"bad"})
         engine.loaded = "a"
         sw = Switcher(engine.reload, current="a")
-        running = asyncio.create_task(_request(sw, engine, "a", hold=0.05))
-        await asyncio.sleep(0.01)
+        done = asyncio.Event()  # "a" runs until c's caller went away, however slow the host
+        running = asyncio.create_task(_request(sw, engine, "a", hold=done))
+        await until(lambda: sw.inflight == 1)
         bad = asyncio.create_task(_request(sw, engine, "bad"))
         gone = asyncio.create_task(_request(sw, engine, "c"))
         good = asyncio.create_task(_request(sw, engine, "d"))
-        await asyncio.sleep(0.01)
+        await until(lambda: len(sw.waiting) == 3)
         gone.cancel()
+        done.set()
         await running
         with pytest.raises(RuntimeError, match="cannot load bad"):
             await bad
