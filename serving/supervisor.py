@@ -32,6 +32,11 @@ class EngineSupervisor:
         self._stopping = False
         self.recovering = False  # /ready stays 503 until the restarted engine has its hot adapters back
 
+    @property
+    def down(self) -> bool:
+        """The engine has exited (even if the watcher has not seen it yet) or is being restarted."""
+        return self.recovering or (self.proc is not None and self.proc.poll() is not None)
+
     async def start(self) -> None:
         """Start the engine and watch it; returns at once (readiness is /ready's business)."""
         self._spawn()
