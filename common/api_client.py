@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import httpx
 
 from common.peft_format import ADAPTER_FILES
+
 ADAPTERS_API, MODELS_API = "/v1/adapters", "/v1/artifacts/models"
-Progress = Optional[Callable[[int], None]]  # called with the bytes just sent
+Progress = Callable[[int], None] | None  # called with the bytes just sent
 
 
 class ProgressFile:
@@ -119,7 +120,8 @@ class ApiClient:
         Args:
             api: `ADAPTERS_API`, or `MODELS_API` for a full/merged model.
         """
-        return self.call("PUT", f"{api}/{name}/aliases/{alias}", json={"version": version, "expected_version": expected})
+        body = {"version": version, "expected_version": expected}
+        return self.call("PUT", f"{api}/{name}/aliases/{alias}", json=body)
 
     def move_alias(self, name: str, alias: str, version: str, *, api: str = ADAPTERS_API) -> dict:
         """Point NAME@ALIAS at `version` from wherever it points now (read it, then compare-and-swap)."""

@@ -41,7 +41,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def spawn(cmd: list[str], *, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
     """Start `cmd` in its own session (so it survives its parent and can be stopped as a group)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    out = open(log, "ab")  # noqa: SIM115 - handed to the child, closed with our copy below
+    out = open(log, "ab")
     try:
         return subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

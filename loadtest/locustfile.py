@@ -37,7 +37,7 @@ except WorkloadError as e:  # locust shows this line and exits non-zero
 _users = itertools.count()
 _inflight = Group()
 _samples_lock = threading.Lock()
-_samples = open(WORKLOAD.samples, "a") if WORKLOAD.samples else None  # noqa: SIM115 - closed at quit
+_samples = open(WORKLOAD.samples, "a") if WORKLOAD.samples else None
 _session = requests.Session()  # requests run in greenlets (locust patched sockets)
 _session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=WORKLOAD.max_outstanding))
 # A new connection per request: reusing one the server is just closing after its keep-alive timeout
@@ -94,7 +94,8 @@ class TenantUser(User):
         self.next_at += self.rng.expovariate(self.rate)
         if len(_inflight) >= WORKLOAD.max_outstanding:
             _record(self.environment, self.tenant.name, time.time(), 0, None, 0.0, 0,
-                    f"dropped: {WORKLOAD.max_outstanding} requests already open (raise LORAPLEX_LOADTEST_MAX_OUTSTANDING)")
+                    f"dropped: {WORKLOAD.max_outstanding} requests already open "
+                    "(raise LORAPLEX_LOADTEST_MAX_OUTSTANDING)")
             return
         _inflight.spawn(self._request, self.tenant, WORKLOAD.body(self.tenant, self.rng))
 
@@ -131,7 +132,8 @@ class TenantUser(User):
             if status == 200 and error is None and tokens == 0:
                 error = "the stream carried no tokens"
             recorded = status if error is None else (599 if status in (0, 200) else status)
-            _record(self.environment, tenant.name, sent_wall, recorded, ttft, time.perf_counter() - start, tokens, error)
+            elapsed = time.perf_counter() - start
+            _record(self.environment, tenant.name, sent_wall, recorded, ttft, elapsed, tokens, error)
 
 
 @events.test_stop.add_listener

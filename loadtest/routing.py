@@ -192,12 +192,12 @@ def run_routing(out: Path, spec: RoutingSpec | None = None, console: Console | N
                           f"{row['req_per_s']} req/s, p99 {row['latency_p99_ms']} ms, wrong {row['wrong_answers']}")
     finally:
         try:
-            from ray import serve
             import ray
+            from ray import serve
 
             serve.shutdown()
             ray.shutdown()
-        except Exception:  # noqa: BLE001 - best effort on the way out
+        except Exception:
             pass
         stack.close()
         os.environ.clear()

@@ -62,7 +62,7 @@ async def _one(client: aiohttp.ClientSession, load: TenantLoad, prompt: str, t0:
                             continue
                         ttft = ttft if ttft is not None else time.monotonic() - sent
                         tokens += 1
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         status, error = 599, f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]
     return Sample(load.tenant, sent - t0, status, ttft, time.monotonic() - sent, tokens, error)
 

@@ -179,7 +179,8 @@ def summarize(samples: list[dict]) -> dict:
     least one token counts as served; dropped and failed requests lower `served_pct`.
     """
     ok = [s for s in samples if s["status"] == 200 and s.get("tokens", 0) > 0]
-    out = {"sent": len(samples), "ok": len(ok), "served_pct": round(100 * len(ok) / len(samples), 1) if samples else 0.0,
+    out = {"sent": len(samples), "ok": len(ok),
+           "served_pct": round(100 * len(ok) / len(samples), 1) if samples else 0.0,
            "req_per_s": 0.0, "tok_per_s": 0.0, "ttft_p50_ms": None, "ttft_p95_ms": None, "ttft_p99_ms": None,
            "latency_p50_ms": None, "latency_p95_ms": None, "latency_p99_ms": None}
     if not ok:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -12,8 +11,9 @@ from rich.table import Table
 
 from loraplex import stack
 from loraplex.cli_bench import bench_app
+from loraplex.cli_model import api_call as _api
+from loraplex.cli_model import model_app
 from loraplex.cli_train import compose_command, train_app
-from loraplex.cli_model import api_call as _api, model_app
 from loraplex.client import ADAPTER_FILES, GatewayClient
 from loraplex.progress import byte_progress, files_bytes
 
@@ -43,12 +43,12 @@ app.add_typer(serve_app, name="serve")
 
 @serve_app.command("ray")
 def serve_ray(
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to deploy to (e.g. auto, "
+    address: str | None = typer.Option(None, "--address", help="Ray cluster to deploy to (e.g. auto, "
                                           "ray://head:10001); without it a local cluster runs in the foreground."),
-    replicas: Optional[int] = typer.Option(None, "--replicas", help="Engine replicas (LORAPLEX_RAY_ENGINE_REPLICAS)."),
-    adapters_per_replica: Optional[int] = typer.Option(None, "--adapters-per-replica",
+    replicas: int | None = typer.Option(None, "--replicas", help="Engine replicas (LORAPLEX_RAY_ENGINE_REPLICAS)."),
+    adapters_per_replica: int | None = typer.Option(None, "--adapters-per-replica",
                                                        help="Adapters each replica keeps loaded (its LRU)."),
-    routing: Optional[str] = typer.Option(None, "--routing", help="affinity (default) or random."),
+    routing: str | None = typer.Option(None, "--routing", help="affinity (default) or random."),
 ) -> None:
     """Deploy the gateway (ingress) and the engine replicas as a Ray Serve application.
 
@@ -124,8 +124,8 @@ def tenant_rm(name: str) -> None:
 
 @adapter_app.command("push")
 def adapter_push(directory: Path, name: str = typer.Option(..., "--name"),
-                 alias: Optional[str] = typer.Option(None, "--alias"),
-                 tenant: Optional[str] = typer.Option(None, help="use this tenant's key from var/stack.json")) -> None:
+                 alias: str | None = typer.Option(None, "--alias"),
+                 tenant: str | None = typer.Option(None, help="use this tenant's key from var/stack.json")) -> None:
     """Upload a PEFT adapter directory as a new (content-addressed) version; optionally point an alias at it."""
     client = GatewayClient.from_env(tenant=tenant)
     paths = [directory / f for f in ADAPTER_FILES if (directory / f).is_file()]
@@ -140,7 +140,7 @@ def adapter_push(directory: Path, name: str = typer.Option(..., "--name"),
 
 
 @adapter_app.command("ls")
-def adapter_ls(tenant: Optional[str] = typer.Option(None),
+def adapter_ls(tenant: str | None = typer.Option(None),
                as_json: bool = typer.Option(False, "--json", help="print the API's answer")) -> None:
     """The caller's adapters, one row per version, with the health of each update (effective rank)."""
     out = _api(lambda: GatewayClient.from_env(tenant=tenant).call("GET", "/v1/adapters"))
@@ -158,8 +158,8 @@ def adapter_ls(tenant: Optional[str] = typer.Option(None),
 
 
 @adapter_app.command("show")
-def adapter_show(name: str, version: Optional[str] = typer.Argument(None, help="default: the newest version"),
-                 tenant: Optional[str] = typer.Option(None),
+def adapter_show(name: str, version: str | None = typer.Argument(None, help="default: the newest version"),
+                 tenant: str | None = typer.Option(None),
                  as_json: bool = typer.Option(False, "--json")) -> None:
     """One adapter version: files, training metadata and its health, module by module."""
     info = _api(lambda: GatewayClient.from_env(tenant=tenant).call("GET", f"/v1/adapters/{name}"))
@@ -203,8 +203,8 @@ def _health_line(health: dict) -> str:
 
 @adapter_app.command("promote")
 def adapter_promote(name: str, alias: str, version: str,
-                    expected: Optional[str] = typer.Option(None, help="version the alias must hold now (CAS)"),
-                    tenant: Optional[str] = typer.Option(None)) -> None:
+                    expected: str | None = typer.Option(None, help="version the alias must hold now (CAS)"),
+                    tenant: str | None = typer.Option(None)) -> None:
     """Point NAME@ALIAS at VERSION; fails with 409 if the alias moved since `--expected`."""
     client = GatewayClient.from_env(tenant=tenant)
     _api(lambda: client.move_alias(name, alias, version) if expected is None
@@ -213,7 +213,7 @@ def adapter_promote(name: str, alias: str, version: str,
 
 
 @adapter_app.command("rm")
-def adapter_rm(name: str, version: str, tenant: Optional[str] = typer.Option(None)) -> None:
+def adapter_rm(name: str, version: str, tenant: str | None = typer.Option(None)) -> None:
     _api(lambda: GatewayClient.from_env(tenant=tenant).call("DELETE", f"/v1/adapters/{name}/versions/{version}"))
     console.print(f"deleted {name} version {version}")
 

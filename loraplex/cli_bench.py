@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -25,7 +24,7 @@ def engine(
                                                 "bench model and adapters it builds, under build/)."),
     quick: bool = typer.Option(False, "--quick", help="Reduced matrix (rank 16, decode-heavy, base-only/1/8 "
                                                       "adapters, one round): a smoke test of ~2 minutes."),
-    docs: Optional[Path] = typer.Option(None, "--docs", help="Also put the table into this markdown file "
+    docs: Path | None = typer.Option(None, "--docs", help="Also put the table into this markdown file "
                                                              "(e.g. docs/benchmarks.md), between its "
                                                              "engine-bench markers."),
 ) -> None:
@@ -64,7 +63,7 @@ def hotswap(
     out: Path = typer.Option(Path("var/bench/hotswap"), "--out", help="Directory for hotswap.json/.csv/.md, the "
                                                                        "PNGs, locust's CSVs and the engines' logs."),
     duration: float = typer.Option(30.0, "--duration", help="Seconds of Poisson arrivals per row."),
-    rate: Optional[float] = typer.Option(None, "--rate", help="Offered requests/s over all tenants (default: "
+    rate: float | None = typer.Option(None, "--rate", help="Offered requests/s over all tenants (default: "
                                                               "--load x the hotswap capacity at the smallest N)."),
     load: float = typer.Option(0.6, "--load", help="Fraction of the hotswap capacity offered when --rate is unset."),
     zipf: float = typer.Option(1.0, "--zipf", help="Zipf exponent of tenant popularity (0 = uniform)."),
@@ -78,7 +77,7 @@ def hotswap(
                                                                          "engines may use."),
     capacity: bool = typer.Option(True, "--capacity/--no-capacity", help="Also measure each row's saturated "
                                                                          "throughput (a short burst)."),
-    docs: Optional[Path] = typer.Option(None, "--docs", help="Also write the section between the hotswap markers "
+    docs: Path | None = typer.Option(None, "--docs", help="Also write the section between the hotswap markers "
                                                              "of this markdown file (e.g. docs/benchmarks.md)."),
 ) -> None:
     """Hot-swapped adapters on one engine vs one engine per tenant (merged models) vs one engine that reloads
@@ -119,7 +118,7 @@ def routing(
     warmup: int = typer.Option(100, help="Unmeasured requests per mode first."),
     concurrency: int = typer.Option(4, help="Requests in flight."),
     zipf: float = typer.Option(1.0, help="Zipf exponent of adapter popularity."),
-    docs: Optional[Path] = typer.Option(None, "--docs", help="Also put the table into this markdown file "
+    docs: Path | None = typer.Option(None, "--docs", help="Also put the table into this markdown file "
                                                              "(docs/benchmarks.md), between its routing markers."),
 ) -> None:
     """Ray Serve: adapter-affinity routing vs no affinity under Zipf traffic (loads per 1k requests, hits)."""

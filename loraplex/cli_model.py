@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -28,7 +27,7 @@ def base_lineage(base: Path | None) -> dict:
     return {"name": Path(base).name, "fingerprint": BaseModelSpec.from_dir(base).fingerprint.model_dump()}
 
 
-def push_model(directory: Path, name: str, kind: str, *, tenant: Optional[str] = None, alias: Optional[str] = None,
+def push_model(directory: Path, name: str, kind: str, *, tenant: str | None = None, alias: str | None = None,
                derived_from: dict | None = None, metadata: dict | None = None) -> dict:
     """Upload a model directory with a progress bar, optionally point NAME@ALIAS at it; exit 1 on refusal."""
     from common.errors import InvalidAdapter
@@ -53,7 +52,7 @@ def push_model(directory: Path, name: str, kind: str, *, tenant: Optional[str] =
     return out
 
 
-def _client(tenant: Optional[str]):
+def _client(tenant: str | None):
     from loraplex.client import GatewayClient
 
     return GatewayClient.from_env(tenant=tenant)
@@ -78,11 +77,11 @@ def model_push(
     directory: Path = typer.Argument(..., help="a Hugging Face model directory (safetensors)"),
     name: str = typer.Option(..., "--name"),
     kind: str = typer.Option(..., "--kind", help="full (a full fine-tune) or merged (an adapter merged in)"),
-    base: Optional[Path] = typer.Option(None, "--base", help="the base it was derived from (recorded)"),
-    metadata: Optional[Path] = typer.Option(None, "--metadata", help="JSON file of training metadata, e.g. "
+    base: Path | None = typer.Option(None, "--base", help="the base it was derived from (recorded)"),
+    metadata: Path | None = typer.Option(None, "--metadata", help="JSON file of training metadata, e.g. "
                                             "a `train full` run's train.json"),
-    alias: Optional[str] = typer.Option(None, "--alias"),
-    tenant: Optional[str] = typer.Option(None, help="use this tenant's key from var/stack.json"),
+    alias: str | None = typer.Option(None, "--alias"),
+    tenant: str | None = typer.Option(None, help="use this tenant's key from var/stack.json"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Upload a full or merged model as a new content-addressed version (pickle weights are refused)."""
@@ -94,7 +93,7 @@ def model_push(
 
 
 @model_app.command("ls")
-def model_ls(tenant: Optional[str] = typer.Option(None), as_json: bool = typer.Option(False, "--json")) -> None:
+def model_ls(tenant: str | None = typer.Option(None), as_json: bool = typer.Option(False, "--json")) -> None:
     """The caller's models, one row per version."""
     out = api_call(lambda: _client(tenant).call("GET", "/v1/artifacts/models"))
     if as_json:
@@ -112,7 +111,7 @@ def model_ls(tenant: Optional[str] = typer.Option(None), as_json: bool = typer.O
 @model_app.command("pull")
 def model_pull(name: str, ref: str = typer.Argument("prod", help="version or alias (falls back to the newest)"),
                out: Path = typer.Option(..., "--out", help="directory to write the model into"),
-               tenant: Optional[str] = typer.Option(None)) -> None:
+               tenant: str | None = typer.Option(None)) -> None:
     """Download a model version, every file checked against the manifest's SHA-256."""
     from loraplex.progress import byte_progress
 
@@ -129,8 +128,8 @@ def model_pull(name: str, ref: str = typer.Argument("prod", help="version or ali
 
 @model_app.command("promote")
 def model_promote(name: str, alias: str, version: str,
-                  expected: Optional[str] = typer.Option(None, help="version the alias must hold now (CAS)"),
-                  tenant: Optional[str] = typer.Option(None)) -> None:
+                  expected: str | None = typer.Option(None, help="version the alias must hold now (CAS)"),
+                  tenant: str | None = typer.Option(None)) -> None:
     """Point NAME@ALIAS at VERSION; fails with 409 if the alias moved since `--expected`."""
     from loraplex.client import MODELS_API
 
@@ -141,7 +140,7 @@ def model_promote(name: str, alias: str, version: str,
 
 
 @model_app.command("rm")
-def model_rm(name: str, version: str, tenant: Optional[str] = typer.Option(None)) -> None:
+def model_rm(name: str, version: str, tenant: str | None = typer.Option(None)) -> None:
     """Delete a model version (409 while an alias points at it)."""
     api_call(lambda: _client(tenant).call("DELETE", f"/v1/artifacts/models/{name}/versions/{version}"))
     console.print(f"deleted model {name} version {version}")

@@ -12,7 +12,6 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -57,7 +56,7 @@ def _set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _push(directory: Path, name: str, tenant: Optional[str], alias: Optional[str], metadata: dict) -> dict:
+def _push(directory: Path, name: str, tenant: str | None, alias: str | None, metadata: dict) -> dict:
     """Publish an adapter through the gateway (the only way in), optionally pointing an alias at it."""
     from loraplex.client import ApiError, GatewayClient
 
@@ -89,10 +88,10 @@ def _train_command(method: str):
         base: Path = typer.Option(..., "--base", help="local Hugging Face causal-LM directory"),
         data: Path = typer.Option(..., "--data", help="JSONL: {prompt, completion} or {messages} per line"),
         out: Path = typer.Option(..., "--out", help="output directory (adapter/ or model/, train.json, checkpoints/)"),
-        val_data: Optional[Path] = typer.Option(None, "--val-data", help="JSONL validation file (else --val-share)"),
+        val_data: Path | None = typer.Option(None, "--val-data", help="JSONL validation file (else --val-share)"),
         val_share: float = typer.Option(tr.val_share, help=T("val_share")),
         r: int = typer.Option(lo.r, "--r", "-r", "--rank", help=L("r"), hidden=no_lora),
-        alpha: Optional[float] = typer.Option(lo.alpha, help=L("alpha"), hidden=no_lora),
+        alpha: float | None = typer.Option(lo.alpha, help=L("alpha"), hidden=no_lora),
         dropout: float = typer.Option(lo.dropout, help=L("dropout"), hidden=no_lora),
         target_modules: str = typer.Option(",".join(lo.target_modules), help="comma-separated; " + L("target_modules"),
                                            hidden=no_lora),
@@ -112,7 +111,7 @@ def _train_command(method: str):
         keep_last: int = typer.Option(tr.keep_last, help=T("keep_last")),
         gradient_checkpointing: bool = typer.Option(tr.gradient_checkpointing, "--gradient-checkpointing",
                                                     help=T("gradient_checkpointing")),
-        mix_general: Optional[Path] = typer.Option(None, help="JSONL of general data mixed in against forgetting"),
+        mix_general: Path | None = typer.Option(None, help="JSONL of general data mixed in against forgetting"),
         mix_share: float = typer.Option(tr.mix_share, help=T("mix_share")),
         weight_decay: float = typer.Option(tr.weight_decay, help=T("weight_decay")),
         seed: int = typer.Option(tr.seed, help=T("seed")),
@@ -120,10 +119,10 @@ def _train_command(method: str):
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier run in OUT"),
         progress: bool = typer.Option(tr.progress, "--progress/--no-progress", help=T("progress")),
         threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
-        push: Optional[str] = typer.Option(None, "--push", help="publish the result under this name: an adapter "
+        push: str | None = typer.Option(None, "--push", help="publish the result under this name: an adapter "
                                            "(lora, qlora) or a registry model of kind full (full)"),
-        tenant: Optional[str] = typer.Option(None, help="push with this tenant's key from var/stack.json"),
-        alias: Optional[str] = typer.Option(None, help="after --push, point NAME@ALIAS at the new version"),
+        tenant: str | None = typer.Option(None, help="push with this tenant's key from var/stack.json"),
+        alias: str | None = typer.Option(None, help="after --push, point NAME@ALIAS at the new version"),
         as_json: bool = typer.Option(False, "--json", help="print train.json to stdout"),
     ) -> None:
         from training.sft import run_training
@@ -169,10 +168,10 @@ def merge_command(
     adapter: Path = typer.Option(..., "--adapter", help="adapter directory (or a `train lora` output directory)"),
     out: Path = typer.Option(..., "--out", help="directory for the merged full model"),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16"),
-    push: Optional[str] = typer.Option(None, "--push", help="publish the merged model under this name "
+    push: str | None = typer.Option(None, "--push", help="publish the merged model under this name "
                                        "(registry models/, kind merged)"),
-    tenant: Optional[str] = typer.Option(None, help="push with this tenant's key from var/stack.json"),
-    alias: Optional[str] = typer.Option(None, help="after --push, point NAME@ALIAS at the new version"),
+    tenant: str | None = typer.Option(None, help="push with this tenant's key from var/stack.json"),
+    alias: str | None = typer.Option(None, help="after --push, point NAME@ALIAS at the new version"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fold an adapter into its base (PEFT merge_and_unload, safe_merge) and save a plain full model."""
@@ -197,7 +196,8 @@ def _adapter_lineage(adapter_dir: Path) -> dict:
 
     config = json.loads((adapter_dir / CONFIG_FILE).read_text())
     return {"name": adapter_dir.parent.name if adapter_dir.name == "adapter" else adapter_dir.name,
-            "r": config.get("r"), "lora_alpha": config.get("lora_alpha"), "target_modules": config.get("target_modules"),
+            "r": config.get("r"), "lora_alpha": config.get("lora_alpha"),
+            "target_modules": config.get("target_modules"),
             "weights_sha256": file_sha256(adapter_dir / WEIGHTS_FILE)}
 
 
@@ -225,7 +225,7 @@ def recommend_command(
     examples: int = typer.Option(Workload.examples, "--examples", help="training examples"),
     objective: str = typer.Option(Workload.objective, help="instruction, domain or task"),
     variants: int = typer.Option(Workload.variants, help="how many fine-tuned variants of the base you will serve"),
-    budget_usd: Optional[float] = typer.Option(Workload.budget_usd, "--budget-usd", help="training budget"),
+    budget_usd: float | None = typer.Option(Workload.budget_usd, "--budget-usd", help="training budget"),
     accuracy_critical: bool = typer.Option(Workload.accuracy_critical, "--accuracy-critical"),
     seq_len: int = typer.Option(Workload.seq_len, help="tokens per sequence (activation memory)"),
     tokens_per_example: int = typer.Option(Workload.tokens_per_example,
@@ -252,12 +252,12 @@ def compare_command(
     base: Path = typer.Option(..., "--base", help="base model directory"),
     data: Path = typer.Option(..., "--data", help="JSONL task data (a share is held out for the task score)"),
     out: Path = typer.Option(..., "--out", help="receives compare.json, compare.md, PNGs and the runs"),
-    retention_data: Optional[Path] = typer.Option(None, help="JSONL of a task the base already does (forgetting)"),
-    mix_general: Optional[Path] = typer.Option(None, help="JSONL of general data mixed into every variant"),
+    retention_data: Path | None = typer.Option(None, help="JSONL of a task the base already does (forgetting)"),
+    mix_general: Path | None = typer.Option(None, help="JSONL of general data mixed into every variant"),
     mix_share: float = typer.Option(CompareSettings.mix_share, help="share of --mix-general data in the training set"),
     quick: bool = typer.Option(False, "--quick", help="a reduced run (about a minute)"),
-    steps: Optional[int] = typer.Option(None, help="training steps of every variant"),
-    batch_size: Optional[int] = typer.Option(None),
+    steps: int | None = typer.Option(None, help="training steps of every variant"),
+    batch_size: int | None = typer.Option(None),
     ranks: str = typer.Option(",".join(map(str, CompareSettings.ranks)), help="LoRA ranks, comma-separated"),
     threads: int = typer.Option(1, help="torch threads; 1 keeps tiny-model timings stable on busy machines"),
     as_json: bool = typer.Option(False, "--json", help="print the rows to stdout"),
@@ -290,7 +290,7 @@ def _parse_specs(specs: list[str]) -> list[tuple[Path, float]]:
     return pairs
 
 
-def _default_base() -> Optional[Path]:
+def _default_base() -> Path | None:
     """LORAPLEX_BASE_MODEL, else the base model of the running stack (var/stack.json)."""
     from loraplex.client import stack_info
     from loraplex.settings import StackSettings
@@ -303,14 +303,14 @@ def _default_base() -> Optional[Path]:
 def compose_command(
     specs: list[str] = typer.Argument(..., help="adapters as DIR:WEIGHT (a weight may be negative)"),
     name: str = typer.Option(..., "--name", help="name of the new adapter"),
-    base: Optional[Path] = typer.Option(None, "--base", help="base model directory (default: LORAPLEX_BASE_MODEL, "
+    base: Path | None = typer.Option(None, "--base", help="base model directory (default: LORAPLEX_BASE_MODEL, "
                                         "else var/stack.json's base_model)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output directory (default var/adapters/composed/NAME)"),
+    out: Path | None = typer.Option(None, "--out", help="output directory (default var/adapters/composed/NAME)"),
     method: str = typer.Option("linear", help="linear, ties, cat, svd or ties_svd"),
     density: float = typer.Option(0.5, help="share of entries TIES keeps"),
-    svd_rank: Optional[int] = typer.Option(None, help="rank of an svd/ties_svd result"),
+    svd_rank: int | None = typer.Option(None, help="rank of an svd/ties_svd result"),
     push: bool = typer.Option(False, "--push", help="publish the result as NAME through the gateway"),
-    tenant: Optional[str] = typer.Option(None, help="push with this tenant's key from var/stack.json"),
+    tenant: str | None = typer.Option(None, help="push with this tenant's key from var/stack.json"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Combine local adapters into a new one (PEFT add_weighted_adapter), e.g. `compose A:0.7 B:0.3 --name C`."""

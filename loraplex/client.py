@@ -21,7 +21,7 @@ def stack_info(cfg: StackSettings | None = None) -> dict:
 
 class GatewayClient(ApiClient):
     @classmethod
-    def from_env(cls, *, admin: bool = False, tenant: str | None = None) -> "GatewayClient":
+    def from_env(cls, *, admin: bool = False, tenant: str | None = None) -> GatewayClient:
         """LORAPLEX_GATEWAY_URL / LORAPLEX_API_KEY, else var/stack.json (admin key or a tenant's key)."""
         info = stack_info()
         url = os.environ.get("LORAPLEX_GATEWAY_URL") or info.get("gateway_url")

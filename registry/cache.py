@@ -13,8 +13,8 @@ import shutil
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from common.errors import IntegrityError, ModelNotFound
 from common.names import check_name

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import BinaryIO, Literal, Union
+from typing import BinaryIO, Literal
 
 from pydantic import BaseModel, Field
 
@@ -33,7 +33,7 @@ from registry.tensor_values import FLOAT_DTYPES, count_non_finite
 from registry.validation import json_object
 from registry.versioned import VersionedRegistry, check_metadata
 
-Source = Union[bytes, Path, BinaryIO]
+Source = bytes | Path | BinaryIO
 KINDS = ("full", "merged")
 WEIGHTS_RE = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors$")
 INDEX = "model.safetensors.index.json"

@@ -8,12 +8,20 @@ Later checks that need the model itself (a behavioural no-op probe) plug in as `
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from common.errors import InvalidAdapter
-from common.peft_format import (ADAPTER_FILES, CONFIG_FILE, KEY_SHAPE, WEIGHTS_FILE, AdapterConfig, PatternError,
-                                lora_key, parse_key)
+from common.peft_format import (
+    ADAPTER_FILES,
+    CONFIG_FILE,
+    KEY_SHAPE,
+    WEIGHTS_FILE,
+    AdapterConfig,
+    PatternError,
+    lora_key,
+    parse_key,
+)
 from registry.base_spec import BaseModelSpec
 from registry.safetensors_header import HeaderError, SafetensorsHeader, TensorInfo, parse_header
 from registry.settings import RegistrySettings

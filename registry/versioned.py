@@ -12,7 +12,8 @@ own `publish`.
 from __future__ import annotations
 
 import json
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 

@@ -71,7 +71,7 @@ class LastGood(Generic[T]):
         """`generation` as the renewal was decided: a forget() in between (even before this task ran) wins."""
         try:
             await self._fetch(key, fn, self._values.get(key), generation)
-        except Exception as e:  # noqa: BLE001 - any answer but "unavailable" ends the stale value's use
+        except Exception as e:
             if generation == self._generation:
                 self._values.pop(key, None)
             log.info("a remembered %s is no longer valid (%s): asked afresh on its next use", self.what,

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 from common.errors import LoraplexError
 from registry.adapter_registry import AdapterRegistry
+from registry.base_spec import BaseModelSpec
 from registry.cache import ArtifactCache
 from registry.manifest import Manifest
+from registry.noop_probe import default_probes
 from registry.store import ObjectStore
 from registry.tenants import Tenant, TenantRegistry, hash_key
-from registry.base_spec import BaseModelSpec
-from registry.noop_probe import default_probes
 from serving.admission import Admission
 from serving.engine import EngineClient
 from serving.fallback import LastGood
@@ -39,7 +39,7 @@ class Gateway:
     _ready: tuple[float, bool, dict] = field(default=(0.0, False, {}))
 
     @classmethod
-    def from_settings(cls, settings: ServingSettings, transport: Transport | None = None) -> "Gateway":
+    def from_settings(cls, settings: ServingSettings, transport: Transport | None = None) -> Gateway:
         """The gateway of `settings` (its registry's settings included); its transport is HTTP to the local
         engine unless one is given (Ray)."""
         store = ObjectStore(settings)
@@ -68,7 +68,10 @@ class Gateway:
 
     def forget_models(self, tenant: str, name: str | None = None) -> None:
         """After an upload, alias move or delete through this gateway: resolve `tenant`'s names afresh."""
-        self.known_models.forget(lambda key, _m: key[0] == tenant and (name is None or key[1].partition("@")[0] == name))
+        def stale(key, _model) -> bool:
+            return key[0] == tenant and (name is None or key[1].partition("@")[0] == name)
+
+        self.known_models.forget(stale)
 
     async def resolve(self, tenant: str, ref: str) -> Manifest:
         """`ref` within `tenant` (404s as ModelNotFound). A success is reused for `resolve_cache_s`, then renewed

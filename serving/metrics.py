@@ -61,7 +61,8 @@ COMPLETION_TOKENS = Counter("loraplex_completion_tokens_total", "Generated token
 LATENCY = Histogram("loraplex_request_seconds", "Inference latency from arrival to the last byte (queueing included).",
                     ["tenant", "adapter"], buckets=_LATENCY_BUCKETS)
 TTFT = Histogram("loraplex_time_to_first_token_seconds",
-                 "Streaming requests: arrival to the first generated text relayed (queueing and adapter load included).",
+                 "Streaming requests: arrival to the first generated text relayed "
+                 "(queueing and adapter load included).",
                  ["tenant", "adapter"], buckets=_TTFT_BUCKETS)
 ADAPTER_CACHE = Counter("loraplex_adapter_residency_total",
                         "Engine residency lookups: hit (already loaded) or miss (this request loads it).",

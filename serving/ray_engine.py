@@ -117,7 +117,7 @@ class LoadedAdapter:
     garbage collection, so it acts once. It waits for the adapter's running requests before unloading.
     """
 
-    def __init__(self, name: str, replica: "EngineReplica"):
+    def __init__(self, name: str, replica: EngineReplica):
         self.name, self.replica = name, replica
         self._inflight = 0
         self._cond = threading.Condition()
@@ -204,7 +204,7 @@ class EngineReplica:
         held = lora is not None and lora in self.resident
         adapter = None
         if lora is not None:
-            adapter = await self.get_adapter(lora)  # noqa: the multiplexed loader (see build_engine_deployment)
+            adapter = await self.get_adapter(lora)  # the multiplexed loader (see build_engine_deployment)
             adapter.hold()  # at once: no await between the LRU handing it out and the hold
         meta = {"replica": self.replica_id, "resident": held, "loads": self.loads, "evictions": self.evictions}
         return {**body, "model": lora or self.settings.base_name}, meta, adapter

@@ -11,9 +11,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
 COLUMNS = (("method", "method"), ("rank", "r"), ("trainable_params", "trainable"), ("trainable_pct", "trainable %"),
            ("peak_mem_mb", "peak MB"), ("train_state_mb", "states MB"), ("step_time_s", "s/step"),

@@ -19,7 +19,7 @@ METHODS = ("lora", "qlora", "full")
 FULL_LR = 1e-5
 
 
-def _f(default, help: str):  # noqa: A002 - `help` mirrors the CLI wording
+def _f(default, help: str):
     return field(default=default, metadata={"help": help})
 
 

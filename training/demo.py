@@ -34,9 +34,23 @@ from common.peft_format import is_adapter_dir
 from training import reproducible
 from training.builders import build_adapter, build_base, word_pools
 from training.demo_loop import GoalNotReached
-from training.demo_recipe import (ADAPTER_RECIPES, BASE_FILES, BASE_NAME, BASE_RECIPE, BASE_TASK, DEMO_TENANTS,
-                                  HELD_OUT_WORDS, QUALITY_FLOOR, SCRATCH, SHAPE, TRAIN_WORDS, adapter_dir, base_dir,
-                                  demo_prompt, recipe_fingerprint)
+from training.demo_recipe import (
+    ADAPTER_RECIPES,
+    BASE_FILES,
+    BASE_NAME,
+    BASE_RECIPE,
+    BASE_TASK,
+    DEMO_TENANTS,
+    HELD_OUT_WORDS,
+    QUALITY_FLOOR,
+    SCRATCH,
+    SHAPE,
+    TRAIN_WORDS,
+    adapter_dir,
+    base_dir,
+    demo_prompt,
+    recipe_fingerprint,
+)
 from training.staged_build import discard, file_sha256, read_stamp, staged_dir, write_stamp
 from training.tasks import DEMO_WORDS, answer
 

@@ -69,7 +69,8 @@ def cpu_cores(spent: dict, wall_s: float, client_cpu: dict) -> dict:
         return round(v / wall_s, 2) if wall_s else None
     return {"gateway_cores": cores(spent.get("gateway", 0.0)), "engine_cores": cores(spent.get("engine", 0.0)),
             "clients_cores": cores(sum(client_cpu.values())),
-            "host_busy_pct": round(100 * spent["host_busy"] / spent["host_total"], 1) if spent.get("host_total") else None,
+            "host_busy_pct": (round(100 * spent["host_busy"] / spent["host_total"], 1)
+                              if spent.get("host_total") else None),
             "gateway_gc_full": int(spent.get("gc_full", 0)), "gateway_gc_ms": round(1000 * spent.get("gc_s", 0.0))}
 
 

@@ -64,7 +64,8 @@ def ratio(rows, mode: str, column: str = "latency_p99_ms", pooled: bool = False)
     ratios = []
     for r in rows:
         if r["mode"] == mode and r["phase"] == "flood" and not r["flooder"] and r["pooled"] == pooled:
-            base = next(b for b in rows if b["mode"] == mode and b["phase"] == "baseline" and b["tenant"] == r["tenant"])
+            base = next(b for b in rows
+                        if b["mode"] == mode and b["phase"] == "baseline" and b["tenant"] == r["tenant"])
             if r[column] and base[column]:
                 ratios.append(r[column] / base[column])
     return round(max(ratios), 2) if ratios else None
@@ -131,7 +132,8 @@ def _cpu_cell(row) -> str:
 def markdown(result) -> str:
     lines = [f"### Fairness under a flood ({result['date']}, {result['machine']})", "",
              f"Settings: {result['settings']}; calibration: {result['calibration']}.", "",
-             "| mode | phase | tenant | sent | ok | 429/503 | served/s | p50 ms | p99 ms | TTFT p99 ms | admission wait "
+             "| mode | phase | tenant | sent | ok | 429/503 | served/s | p50 ms | p99 ms | TTFT p99 ms "
+             "| admission wait "
              "p50 / p99 ms | engine mean latency ms (all tenants) | guard: slowdown / heavy ceiling (p50) "
              "| host load (1 min) | cores: gateway / engine / clients (host busy) | gateway GC: full collections "
              "/ ms in all |",

@@ -40,7 +40,8 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
     decides who runs. Fair admission keeps a free slot for each other recently active tenant that is
     idle; while others are active, `fair-noguard` also caps a heavy tenant at `share_cap` x its equal share
     of the window, and `fair` adds the slowdown guard (a heavy tenant's slots shrink while the engine runs
-    slower than at light load). The machine's load average is recorded per phase: on a shared host it explains much of the noise.
+    slower than at light load). The machine's load average is recorded per phase: on a shared host it
+    explains much of the noise.
     `share_rps` pins each tenant's share instead of half the calibrated capacity: the calibration (a burst
     through a full window) varies by 2x between runs on a shared 2-core host, and near the knee of the
     open-loop latency curve a few percent more load doubles the baseline's latency. `max_queue` is the

@@ -45,7 +45,8 @@ from loadtest.hotswap.report import write_report
 from loadtest.hotswap.run import Run
 
 
-def run_bench(out: Path, cfg: Settings = Settings(), *, s3_endpoint: str | None = None, hot_engine_url: str | None = None,
+def run_bench(out: Path, cfg: Settings = Settings(), *, s3_endpoint: str | None = None,
+              hot_engine_url: str | None = None,
               base: Path | None = None, var_dir: Path = Path("var"), console=None) -> list[dict]:
     """Run every mode for every N; write hotswap.json/.csv/.md and the PNGs into `out`.
 
@@ -101,10 +102,11 @@ def _run_modes(run: Run, engines: list[Engine], hot_engine_url: str | None) -> N
 
             hs = ServingSettings(base_model=art.base, max_loras=max_n, max_cpu_loras=max_n, max_lora_rank=cfg.rank,
                                  engine_kv_cache_gb=cfg.kv_cache_gb)
-            hot = Engine.start("hotswap", lambda port: engine_command(hs, port), engine_env(cfg.kv_cache_gb), run.log_dir)
+            hot = Engine.start("hotswap", lambda port: engine_command(hs, port), engine_env(cfg.kv_cache_gb),
+                               run.log_dir)
             engines.append(hot)
             starting.append(hot)
-    rel = proxy = None
+    rel = None
     if "reload" in cfg.modes:
         rel = Engine.start("reload", lambda port: plain_command(art.merged[0], "reload", port),
                            engine_env(cfg.kv_cache_gb, dev_mode=True), run.log_dir)

@@ -61,14 +61,14 @@ class Engine:
         self._started = time.monotonic()
 
     @classmethod
-    def start(cls, name: str, cmd_for_port, env: dict, log_dir: Path) -> "Engine":
+    def start(cls, name: str, cmd_for_port, env: dict, log_dir: Path) -> Engine:
         port = free_port()
         log = log_dir / f"engine-{name}.log"
         proc = spawn(cmd_for_port(port), log=log, env=env)
         return cls(name, f"http://127.0.0.1:{port}", proc.pid, log, proc)
 
     @classmethod
-    def adopt(cls, name: str, url: str) -> "Engine":
+    def adopt(cls, name: str, url: str) -> Engine:
         """An engine someone else started (e.g. the test session's); never stopped here."""
         port = int(url.rsplit(":", 1)[1].split("/")[0])
         return cls(name, url, listening_pid(port), None, None)

@@ -96,7 +96,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         variant = {"all_tenants": "all tenants", "equal_memory": "equal memory"}.get(r.get("variant"), "")
         rss = fmt(r["engine_rss_mb"], 0) + (" (projected)" if r.get("projected") else "")
         lines.append(f"| {r['mode']} | {r['tenants']} | {variant} | {fmt(r['fits'])} | {fmt(r.get('engines'))} | "
-                     f"{fmt(r.get('arrived_req_per_s'), 2)} | {fmt(r.get('served_pct'))} | {fmt(r['req_per_s'], 2)} | {fmt(r['tok_per_s'], 0)} | "
+                     f"{fmt(r.get('arrived_req_per_s'), 2)} | {fmt(r.get('served_pct'))} | "
+                     f"{fmt(r['req_per_s'], 2)} | {fmt(r['tok_per_s'], 0)} | "
                      f"{fmt(r.get('capacity_req_per_s'), 2)} | {fmt(r['ttft_p50_ms'], 0)} | "
                      f"{fmt(r['ttft_p99_ms'], 0)} | {fmt(r['latency_p99_ms'], 0)} | {rss} | "
                      f"{fmt(r['cold_start_s'], 2)} | {fmt(r['storage_mb_per_tenant'], 3)} |")
@@ -116,7 +117,8 @@ def plot(rows: list[dict], out: Path, meta: dict) -> list[Path]:
     """hotswap_throughput.png, hotswap_ttft_p99.png, hotswap_memory.png: one line per series against N."""
     plt = pyplot()
     styles = {"hotswap": ("#1f77b4", "o", "-"), "separate": ("#d62728", "s", "-"),
-              "separate, equal memory (served tenants only)": ("#ff7f0e", "D", "--"), "separate (does not fit: projected)": ("#d62728", "x", ":"),
+              "separate, equal memory (served tenants only)": ("#ff7f0e", "D", "--"),
+              "separate (does not fit: projected)": ("#d62728", "x", ":"),
               "reload": ("#2ca02c", "^", "-")}
     groups = series(rows)
     ns = sorted({r["tenants"] for r in rows})

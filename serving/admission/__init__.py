@@ -55,7 +55,7 @@ class Admission:
         self.closed = False
 
     @classmethod
-    def from_settings(cls, settings) -> "Admission":
+    def from_settings(cls, settings) -> Admission:
         """The admission a gateway's `ServingSettings` describe (one place that maps settings to arguments)."""
         return cls(settings.max_inflight, settings.max_queue, settings.fair_admission,
                    settings.fair_active_window_s, settings.fair_share_cap, settings.fair_slowdown_tolerance)

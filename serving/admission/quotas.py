@@ -19,7 +19,7 @@ class Quotas:
     max_concurrent: int = 0
 
     @classmethod
-    def of(cls, raw: dict | None) -> "Quotas":
+    def of(cls, raw: dict | None) -> Quotas:
         raw = raw or {}
         return cls(**{k: int(raw.get(k) or 0) for k in ("requests_per_minute", "tokens_per_minute", "max_concurrent")})
 

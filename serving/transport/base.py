@@ -60,8 +60,8 @@ class Transport(ABC):
         """True if `model` reaches an engine of `tenant`'s own unresolved (separate-model mode)."""
         return False
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # noqa: B027 - an optional hook: most transports have nothing to open
         """At start-up, when the gateway does not start the engine itself; never fails."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - an optional hook, like open
         """At shutdown."""

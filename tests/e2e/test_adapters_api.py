@@ -11,7 +11,6 @@ from training.demo import DEMO_WORDS, demo_prompt
 from training.tasks import answer
 
 
-
 def _new_tenant(stack, name: str) -> str:
     with stack.client(stack.admin_key) as admin:
         r = admin.post("/admin/tenants", json={"name": name, "quotas": {"requests_per_minute": 60}})

@@ -92,7 +92,8 @@ def test_alias_move_mid_flight_old_requests_finish_on_old_version(engine, seawee
         v1 = upload(st, key, "flip", demo.adapter_dirs["reverse"])["version"]
         v2 = upload(st, key, "flip", demo.adapter_dirs["shout"])["version"]
         with st.client(key) as c:
-            assert c.put("/v1/adapters/flip/aliases/prod", json={"version": v1, "expected_version": None}).status_code == 200
+            first = {"version": v1, "expected_version": None}
+            assert c.put("/v1/adapters/flip/aliases/prod", json=first).status_code == 200
         word = DEMO_WORDS[1]
         long = _body("flip", word, max_tokens=200, ignore_eos=True)
         solo_v1 = _complete(st, key, {**long, "model": f"flip@{v1}"})
@@ -112,7 +113,8 @@ def test_alias_move_mid_flight_old_requests_finish_on_old_version(engine, seawee
                 new = _complete(st, key, _body("flip", word, max_tokens=16))
                 assert new.strip() == answer("upper", word)  # the alias move took effect at once for new requests
                 overlapped = st.gateway.admission.running[tenant] > 0  # the stream still holds its slot
-                resident = {n.rsplit(":", 1)[1] for n in st.gateway.residency.resident if n.startswith(f"lpx:{tenant}:")}
+                prefix = f"lpx:{tenant}:"
+                resident = {n.rsplit(":", 1)[1] for n in st.gateway.residency.resident if n.startswith(prefix)}
                 events = [json.loads(first[5:])] + [json.loads(line[5:]) for line in lines
                                                      if line.startswith("data:") and line.strip() != "data: [DONE]"]
             assert time.monotonic() - started < 60

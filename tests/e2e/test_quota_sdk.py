@@ -16,7 +16,7 @@ openai = pytest.importorskip("openai", reason="the openai SDK is a dev dependenc
 LONG = {"max_tokens": 230, "temperature": 0, "stream": True, "extra_body": {"ignore_eos": True}}
 
 
-def _sdk(st, key) -> "openai.OpenAI":
+def _sdk(st, key) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{st.url}/v1", api_key=key, max_retries=0, timeout=60)
 
 
@@ -57,7 +57,7 @@ def test_concurrency_quota_is_a_rate_limit_error_while_a_request_waits_or_runs(o
         _wait_idle(st)
         hold = _sdk(st, filler).completions.create(model="base", prompt=demo_prompt("abc"), **LONG)
         first: list = []
-        waiter = threading.Thread(target=lambda: first.extend(_sdk(st, key).completions.create(
+        waiter = threading.Thread(target=lambda out=first: out.extend(_sdk(st, key).completions.create(
             model="base", prompt=demo_prompt("abc"), **LONG)))
         try:
             next(iter(hold))  # the only engine slot is taken: the tenant's first request will wait for it
@@ -135,7 +135,8 @@ def test_overload_is_a_503_with_retry_after(tiny_gateway, demo):
 @pytest.fixture(scope="module")
 def short_queue_gateway(engine, seaweed, demo, tmp_path_factory):
     """One engine slot and room for two waiting requests."""
-    yield from running_gateway(engine, seaweed, demo, tmp_path_factory, "cache-short-queue", max_inflight=1, max_queue=2)
+    yield from running_gateway(engine, seaweed, demo, tmp_path_factory, "cache-short-queue",
+                               max_inflight=1, max_queue=2)
 
 
 def test_a_flooder_that_fills_the_queue_cannot_lock_another_tenant_out(short_queue_gateway, demo):
@@ -151,7 +152,7 @@ def test_a_flooder_that_fills_the_queue_cannot_lock_another_tenant_out(short_que
         holder = a.completions.create(model="speak", prompt=demo_prompt("abc"), **LONG)
         results: dict[str, object] = {}
 
-        def call(name, client, model):
+        def call(name, client, model, results=results):
             try:
                 results[name] = client.completions.create(model=model, prompt=demo_prompt("abc"), max_tokens=2)
             except openai.APIStatusError as e:
@@ -176,9 +177,10 @@ def test_a_flooder_that_fills_the_queue_cannot_lock_another_tenant_out(short_que
             t.join(60)
         refused = [k for k, v in results.items() if isinstance(v, openai.APIStatusError)]
         assert refused == ["a1"], f"expected only A's newest to be refused, got {results}"
-        e = results["a1"]
-        assert e.status_code == 503 and e.code == "overloaded" and "holds the most" in e.message
-        _retry_after(e)
+        pushed_out = results["a1"]
+        assert pushed_out.status_code == 503 and pushed_out.code == "overloaded"
+        assert "holds the most" in pushed_out.message
+        _retry_after(pushed_out)
         assert results["b"].choices[0].text and results["a0"].choices[0].text
         after = scrape(st.url)
         assert delta(before, after, "loraplex_rejected_total", tenant=ta, status="503", reason="pushed_out") == 1

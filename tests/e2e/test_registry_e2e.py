@@ -17,7 +17,6 @@ from training.demo import demo_prompt
 from training.tasks import dataset
 
 
-
 def _new_tenant(stack, name: str) -> str:
     with stack.client(stack.admin_key) as admin:
         r = admin.post("/admin/tenants", json={"name": name, "quotas": {}})

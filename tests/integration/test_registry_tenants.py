@@ -96,8 +96,8 @@ def test_list_and_get(tenants):
 
 def test_hostile_tenant_names(tenants, store):
     for name in ["../x", "%2e%2e", "/abs", "s3://x", "Ｘ", "a" * 100, "", "A", "x/y", None]:
-        for action in (lambda: tenants.create(name, {}), lambda: tenants.get(name), lambda: tenants.delete(name),
-                       lambda: tenants.rotate_key(name)):
+        for action in (lambda n=name: tenants.create(n, {}), lambda n=name: tenants.get(n),
+                       lambda n=name: tenants.delete(n), lambda n=name: tenants.rotate_key(n)):
             with pytest.raises(InvalidName):
                 action()
     assert store.list("") == []

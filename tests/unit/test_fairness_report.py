@@ -1,10 +1,10 @@
-"""loadtest/fairness/report.py: the fairness benchmark's arithmetic: pooled rows, ratios and the flooder's served rate (pure logic)."""
+"""loadtest/fairness/report.py: the fairness benchmark's arithmetic (pure logic): pooled rows, ratios and
+the flooder's served rate."""
 
 import json
 
-from loadtest.traffic import Sample
 from loadtest.fairness.report import summarise, write_report
-
+from loadtest.traffic import Sample
 
 WAITS = {0.05: 1.0, 0.1: 2.0, float("inf"): 2.0}  # b's admission-wait histogram: 0.0 s and 0.1 s
 

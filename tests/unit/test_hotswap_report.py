@@ -34,7 +34,8 @@ def test_headline_compares_at_equal_memory_and_flags_rows_that_fell_behind():
     (line,) = headline(ROWS)
     assert "hotswap 2.5x the throughput" in line and "served 40.0%" in line
     assert "would need ~24000 MiB: do not fit" in line
-    assert "fell behind: its last answer came 10 s after the arrivals ended" in line  # reload: 40 s span, 30 s of arrivals
+    # reload: a 40 s span, 30 s of arrivals
+    assert "fell behind: its last answer came 10 s after the arrivals ended" in line
 
 
 def test_series_and_markdown_keep_projected_rows_apart():

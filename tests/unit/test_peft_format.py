@@ -6,8 +6,19 @@ import math
 
 import pytest
 
-from common.peft_format import (ADAPTER_FILES, CONFIG_FILE, WEIGHTS_FILE, AdapterConfig, LoraKey, PatternError,
-                                is_adapter_dir, lora_key, lora_pairs, parse_key, pattern_value)
+from common.peft_format import (
+    ADAPTER_FILES,
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    AdapterConfig,
+    LoraKey,
+    PatternError,
+    is_adapter_dir,
+    lora_key,
+    lora_pairs,
+    parse_key,
+    pattern_value,
+)
 
 pytestmark = pytest.mark.unit
 

@@ -15,22 +15,22 @@ import pytest
 
 pytest.importorskip("ray", reason="the Ray extra is missing: pip install -e '.[ray]'")
 
-from common.errors import EngineUnavailable, ModelNotFound  # noqa: E402
-from serving.admission import Admission  # noqa: E402
-from serving.ray_app import forwarded_env  # noqa: E402
-from serving.ray_engine import EngineDown, LoadedAdapter, parse_lora_name  # noqa: E402
-from serving.forwarding import forward  # noqa: E402
-from serving.ray_settings import RaySettings  # noqa: E402
-from serving.settings import ServingSettings  # noqa: E402
-from serving.transport.ray import RayTransport, as_loraplex  # noqa: E402
-from tests.waiting import wait_until  # noqa: E402
+from common.errors import EngineUnavailable, ModelNotFound
+from serving.admission import Admission
+from serving.forwarding import forward
+from serving.ray_app import forwarded_env
+from serving.ray_engine import EngineDown, LoadedAdapter, parse_lora_name
+from serving.ray_settings import RaySettings
+from serving.settings import ServingSettings
+from serving.transport.ray import RayTransport, as_loraplex
+from tests.waiting import wait_until
 
 VERSION = "0123456789abcdef"
 
 
 def test_parse_lora_name_accepts_only_adapter_ids():
     assert parse_lora_name(f"lpx:acme:reverse:{VERSION}") == ("acme", "reverse", VERSION)
-    for bad in ("base", f"lpx:acme:reverse", f"lpx:Acme:reverse:{VERSION}", f"lpx:acme:../x:{VERSION}",
+    for bad in ("base", "lpx:acme:reverse", f"lpx:Acme:reverse:{VERSION}", f"lpx:acme:../x:{VERSION}",
                 "lpx:acme:reverse:nothex", f"xyz:acme:reverse:{VERSION}", f"lpx:acme:a:b:{VERSION}", None):
         with pytest.raises(ModelNotFound):
             parse_lora_name(bad)

@@ -13,12 +13,12 @@ import torch
 
 pytest.importorskip("vllm")
 
-from vllm.lora.layers import LoRAMapping  # noqa: E402
+from vllm.lora.layers import LoRAMapping
 
-from serving.vllm_plugin import lora_ops  # noqa: E402
-from serving.vllm_plugin import plan as plan_mod  # noqa: E402
-from serving.vllm_plugin.weights import StackedWeights  # noqa: E402
-from serving.vllm_plugin.wrapper import LoraplexPunicaWrapperCPU, set_plugin_ops  # noqa: E402
+from serving.vllm_plugin import lora_ops
+from serving.vllm_plugin import plan as plan_mod
+from serving.vllm_plugin.weights import StackedWeights
+from serving.vllm_plugin.wrapper import LoraplexPunicaWrapperCPU, set_plugin_ops
 
 SLOTS = 64
 PATTERNS = ("one", "distinct", "interleaved", "runs", "blocks_with_base", "with_base", "all_base", "random")

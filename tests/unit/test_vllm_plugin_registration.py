@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from serving.vllm_plugin import registration  # noqa: E402
+from serving.vllm_plugin import registration
 
 
 class FakePlatform:

@@ -7,8 +7,16 @@ import random
 
 import pytest
 
-from loadtest.workload import (Workload, WorkloadError, from_env, make_prompt, parse_tenants, summarize,
-                               to_env, zipf_weights)
+from loadtest.workload import (
+    Workload,
+    WorkloadError,
+    from_env,
+    make_prompt,
+    parse_tenants,
+    summarize,
+    to_env,
+    zipf_weights,
+)
 
 
 def test_zipf_weights_follow_one_over_rank_and_zero_is_uniform():
