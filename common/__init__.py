@@ -1,1 +1,2 @@
-"""Bottom layer shared by every loraplex component: typed errors and settings helpers."""
+"""Bottom layer shared by every loraplex component: typed errors, names, the PEFT adapter format and
+adapter health, process helpers, the HTTP API client base."""
