@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from common.api_client import ADAPTER_FILES, ADAPTERS_API, MODELS_API, ApiClient, ApiError, Progress, ProgressFile
-from loraplex.settings import StackSettings
+from loraplex.settings import ClientSettings, StackSettings
 
 __all__ = ["ADAPTER_FILES", "ADAPTERS_API", "MODELS_API", "ApiError", "GatewayClient", "ProgressFile", "stack_info"]
+
+
+def _secret(value) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 def stack_info(cfg: StackSettings | None = None) -> dict:
@@ -23,14 +26,15 @@ class GatewayClient(ApiClient):
     @classmethod
     def from_env(cls, *, admin: bool = False, tenant: str | None = None) -> GatewayClient:
         """LORAPLEX_GATEWAY_URL / LORAPLEX_API_KEY, else var/stack.json (admin key or a tenant's key)."""
-        info = stack_info()
-        url = os.environ.get("LORAPLEX_GATEWAY_URL") or info.get("gateway_url")
+        cfg, client = StackSettings(), ClientSettings()
+        info = stack_info(cfg)
+        url = client.gateway_url or info.get("gateway_url")
         if admin:
-            key = os.environ.get("LORAPLEX_ADMIN_KEY") or info.get("admin_key")
+            key = _secret(cfg.admin_key) or info.get("admin_key")
         elif tenant:
             key = info.get("tenants", {}).get(tenant, {}).get("api_key")
         else:
-            key = os.environ.get("LORAPLEX_API_KEY")
+            key = _secret(client.api_key)
         if not url or not key:
             raise SystemExit("no gateway or key: set LORAPLEX_GATEWAY_URL and LORAPLEX_API_KEY "
                              "(or LORAPLEX_ADMIN_KEY), or run `make up` to write var/stack.json")

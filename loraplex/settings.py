@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.settings import ServingSettings
 
@@ -36,3 +37,13 @@ class StackSettings(ServingSettings):
     @property
     def secrets_file(self) -> Path:
         return self.var_dir / "secrets.json"
+
+
+class ClientSettings(BaseSettings):
+    """Where the CLI's API calls go when var/stack.json does not say (a remote gateway, a tenant's own key)."""
+
+    model_config = SettingsConfigDict(env_prefix="LORAPLEX_", extra="ignore")
+
+    gateway_url: str | None = Field(None, description="The gateway the CLI calls (default: var/stack.json's).")
+    api_key: SecretStr | None = Field(None, description="The tenant key the CLI calls with.")
+

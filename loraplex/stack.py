@@ -30,7 +30,8 @@ def load_secrets(cfg: StackSettings) -> dict:
     """Admin key and S3 credentials of this stack, generated once and kept 0600 under var/."""
     if cfg.secrets_file.exists():
         return json.loads(cfg.secrets_file.read_text())
-    data = {"admin_key": os.environ.get("LORAPLEX_ADMIN_KEY") or "lpx_admin_" + secrets.token_urlsafe(24),
+    chosen = cfg.admin_key.get_secret_value() if cfg.admin_key else None  # LORAPLEX_ADMIN_KEY
+    data = {"admin_key": chosen or "lpx_admin_" + secrets.token_urlsafe(24),
             "s3_access_key": "lpx" + secrets.token_hex(8), "s3_secret_key": secrets.token_urlsafe(30)}
     cfg.var_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(cfg.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
