@@ -1,4 +1,4 @@
-"""Forwarding one tenant request to an engine: quota, fair admission, resolution, relay, finishing.
+"""Forwarding one tenant request to an engine: resolution, quota, fair admission, relay, finishing.
 
 The same for every deployment; only the sending differs (serving/transport/). A `Ticket` holds what one
 request took (an admission slot, an adapter hold) and gives each back exactly once, whichever of stream
@@ -19,7 +19,7 @@ from common.errors import LoraplexError, error_body
 from registry.manifest import Manifest
 from registry.tenants import Tenant
 from serving import metrics
-from serving.admission import Quotas
+from serving.admission import Charge, Quotas
 from serving.gateway import Gateway
 from serving.protocol import estimate_tokens, rewrite_model, rewrite_sse_line, sse_error
 from serving.residency import engine_lora_name
@@ -31,9 +31,11 @@ log = logging.getLogger(__name__)
 class Ticket:
     """One admitted request: its token charge, what it holds, its metrics."""
 
-    def __init__(self, admission, tenant: str, public: str, est_tokens: int, label: str, arrived: float):
+    def __init__(self, admission, tenant: str, public: str, est_tokens: int, label: str, arrived: float,
+                 charge: Charge | None = None):
         self.tenant, self.public, self.est, self.label, self.arrived = tenant, public, est_tokens, label, arrived
         self.admission = admission  # the one that granted the slot gets it back (even if swapped since)
+        self.charge = charge  # the estimate in the tenant's tokens-per-minute window, corrected by the usage
         self.releases: list[Callable[[], None]] = []  # what the transport holds for this request
         self.usage_total = 0  # tokens served, from the engine's usage
         self.events = 0  # streamed chunks with text: about one token each, the charge when usage never came
@@ -74,6 +76,8 @@ class Ticket:
         self.done = True
         for release in self.releases:
             release()
+        if self.usage_total and self.charge is not None:  # the engine said what it served: that is the charge
+            self.charge.settle(self.usage_total)
         self.admission.release(self.tenant, self.est, self.usage_total or self.events or self.est,
                                time.monotonic() - self.granted)
         if status == "ok":
@@ -103,18 +107,26 @@ def _with_usage(body: dict) -> tuple[dict, bool]:
 
 
 async def admit(gw: Gateway, tenant: Tenant, body: dict, resolve: bool = True) -> tuple[Ticket, Manifest | None]:
-    """Quota (429), resolution (404), fair admission: the request's Ticket and its adapter's manifest (None
-    for the base model, or when `resolve` is False: a model the tenant's own engine serves)."""
+    """Resolution (404), quota (429), fair admission (503): the request's Ticket and its adapter's manifest
+    (None for the base model, or when `resolve` is False: a model the tenant's own engine serves).
+
+    Quota is charged only for a request that authenticated (the route's dependency) and resolved, so that a
+    mistyped model name costs nothing; a request the fair queue refuses keeps its place in requests per
+    minute (a flood of retries stays limited) but gives its tokens back: the engine served none."""
     arrived = time.monotonic()
     est = estimate_tokens(body)
     base = gw.settings.base_name
-    gw.admission.check_quota(tenant.name, Quotas.of(tenant.quotas), est,
-                             metrics.LABELS.known(tenant.name, body["model"], base))
     is_base = body["model"] == base
-    manifest = None if is_base or not resolve else await gw.resolve(tenant.name, body["model"])  # 404s first
+    manifest = None if is_base or not resolve else await gw.resolve(tenant.name, body["model"])
+    charge = gw.admission.check_quota(tenant.name, Quotas.of(tenant.quotas), est,
+                                      metrics.LABELS.known(tenant.name, body["model"], base))
     label = metrics.BASE if is_base else metrics.LABELS.admit(tenant.name, manifest.name if manifest else body["model"])
-    await gw.admission.acquire(tenant.name, est, label)
-    return Ticket(gw.admission, tenant.name, body["model"], est, label, arrived), manifest
+    try:
+        await gw.admission.acquire(tenant.name, est, label)
+    except BaseException:  # refused (queue full, draining) or the client left while waiting
+        charge.settle(0)
+        raise
+    return Ticket(gw.admission, tenant.name, body["model"], est, label, arrived, charge), manifest
 
 
 async def forward(gw: Gateway, tenant: Tenant, body: dict, path: str) -> Response:

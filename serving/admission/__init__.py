@@ -19,9 +19,9 @@ from common.errors import Overloaded
 from serving import metrics
 from serving.admission.fair_queue import FairQueue
 from serving.admission.guard import SlowdownGuard
-from serving.admission.quotas import QuotaLedger, Quotas
+from serving.admission.quotas import Charge, QuotaLedger, Quotas
 
-__all__ = ["Admission", "Draining", "Quotas"]
+__all__ = ["Admission", "Charge", "Draining", "Quotas"]
 
 
 class Draining(Overloaded):
@@ -103,10 +103,11 @@ class Admission:
             raise Draining("the gateway is shutting down and takes no new requests: retry in a few seconds "
                            "(another replica, or this one after its restart, will answer)", retry_after=5)
 
-    def check_quota(self, tenant: str, quotas: Quotas, est_tokens: int, label: str = metrics.OTHER) -> None:
-        """429 with Retry-After if this request would exceed one of the tenant's limits."""
+    def check_quota(self, tenant: str, quotas: Quotas, est_tokens: int, label: str = metrics.OTHER) -> Charge:
+        """429 with Retry-After if this request would exceed one of the tenant's limits; otherwise the request
+        is counted and its estimated tokens charged (`Charge.settle` corrects them once served)."""
         self.check_open(tenant, label)
-        self.quotas.check(tenant, quotas, est_tokens, self.queue.active[tenant], label)
+        return self.quotas.check(tenant, quotas, est_tokens, self.queue.active[tenant], label)
 
     async def acquire(self, tenant: str, est_tokens: int, label: str = metrics.OTHER) -> None:
         """Wait for an engine slot in fair order; pair with `release(tenant, est_tokens, tokens)`. The wait is
