@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loraplex import stack
+from loraplex.cli_audit import audit_command
 from loraplex.cli_bench import bench_app
 from loraplex.cli_model import api_call as _api
 from loraplex.cli_model import model_app
@@ -26,6 +27,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(bench_app, name="bench")
 app.add_typer(model_app, name="model")
 adapter_app.command("compose")(compose_command)
+app.command("audit")(audit_command)
 console = Console()
 
 

@@ -40,6 +40,22 @@ class GatewayClient(ApiClient):
                              "(or LORAPLEX_ADMIN_KEY), or run `make up` to write var/stack.json")
         return cls(url, key)
 
+    def audit_events(self, limit: int = 50, **filters) -> list[dict]:
+        """Up to `limit` audit events (admin key), newest first, following the API's pages.
+
+        Args:
+            filters: `tenant`, `action`, `since`, `until` of `GET /admin/audit` (None: no filter).
+        """
+        params = {k: v for k, v in filters.items() if v is not None}
+        events: list[dict] = []
+        while len(events) < limit:
+            page = self.call("GET", "/admin/audit", params={**params, "limit": min(limit - len(events), 1000)})
+            events += page["data"]
+            if not page.get("next"):
+                break
+            params["before"] = page["next"]
+        return events
+
     def push_model(self, directory: Path, name: str, kind: str, *, derived_from: dict | None = None,
                    metadata: dict | None = None, progress: Progress = None) -> dict:
         """Upload a full or merged model directory (`kind` full|merged) to the registry's models/."""

@@ -93,3 +93,6 @@ ENGINE_SLOWDOWN = Gauge("loraplex_engine_slowdown",
 HEAVY_CEILING = Gauge("loraplex_fair_heavy_ceiling",
                       "Slots a tenant sending far more than the others may hold now (fair admission's slowdown guard).")
 DRAINING = Gauge("loraplex_draining", "1 while the gateway drains before exiting (SIGTERM), else 0.")
+AUDIT_WRITE_FAILURES = Counter("loraplex_audit_write_failures_total",
+                               "Audit events the registry did not store (the write they describe stands; the event "
+                               "is in the gateway's error log instead), by action.", ["action"])

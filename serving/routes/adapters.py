@@ -13,7 +13,9 @@ from starlette.formparsers import MultiPartException
 from common.errors import InvalidAdapter, InvalidName, InvalidRequest
 from common.names import check_name
 from common.peft_format import ADAPTER_FILES
+from registry.audit import AuditAction
 from serving import metrics
+from serving.audit_trail import audited
 from serving.deps import GatewayDep, TenantDep
 
 router = APIRouter(prefix="/v1/adapters")
@@ -73,16 +75,19 @@ def json_field(name: str, raw: str) -> dict:
 
 @router.post("/{name}/versions", status_code=201)
 async def upload_version(name: str, request: Request, tenant: TenantDep, gw: GatewayDep) -> dict:
-    check_name(name, "adapter name")
-    if name == gw.settings.base_name:
-        raise InvalidName(f"'{name}' is reserved for the base model: choose another adapter name", param="name")
-    try:
-        files, metadata = await read_upload(request, gw.settings.max_upload_bytes)
-        manifest = await asyncio.to_thread(gw.adapters.publish, tenant.name, name, files, uploader=tenant.name,
-                                           metadata=metadata)
-    except InvalidAdapter:
-        metrics.UPLOADS.labels("refused").inc()
-        raise
+    async with audited(gw, AuditAction.ADAPTER_UPLOAD, actor=tenant.name, tenant=tenant.name, target=name) as detail:
+        check_name(name, "adapter name")
+        if name == gw.settings.base_name:
+            raise InvalidName(f"'{name}' is reserved for the base model: choose another adapter name", param="name")
+        try:
+            files, metadata = await read_upload(request, gw.settings.max_upload_bytes)
+            manifest = await asyncio.to_thread(gw.adapters.publish, tenant.name, name, files, uploader=tenant.name,
+                                               metadata=metadata)
+        except InvalidAdapter:
+            metrics.UPLOADS.labels("refused").inc()
+            raise
+        detail.update(version=manifest.version, sha256=manifest.sha256, size_bytes=manifest.size_bytes,
+                      rank=manifest.rank)
     metrics.UPLOADS.labels("ok").inc()
     gw.forget_models(tenant.name, name)  # the newest version may be what `name` means now
     return public_version(manifest)
@@ -107,14 +112,22 @@ class AliasMove(BaseModel):
 @router.put("/{name}/aliases/{alias}")
 async def set_alias(name: str, alias: str, body: AliasMove, tenant: TenantDep, gw: GatewayDep) -> dict:
     try:
-        return await asyncio.to_thread(gw.adapters.set_alias, tenant.name, name, alias, body.version,
-                                       body.expected_version)
+        async with audited(gw, AuditAction.ADAPTER_ALIAS, actor=tenant.name, tenant=tenant.name,
+                           target=f"{name}@{alias}") as detail:
+            detail.update(version=body.version, expected_version=body.expected_version)  # what was asked
+            out = await asyncio.to_thread(gw.adapters.set_alias, tenant.name, name, alias, body.version,
+                                          body.expected_version)
+            detail.clear()  # the swap held: the alias moved from expected_version (None: created) to version
+            detail.update(before=out["previous_version"], after=out["version"])
+        return out
     finally:
         gw.forget_models(tenant.name, name)  # also after a conflict: someone else moved it
 
 
 @router.delete("/{name}/versions/{version}", status_code=204)
 async def delete_version(name: str, version: str, tenant: TenantDep, gw: GatewayDep) -> Response:
-    await asyncio.to_thread(gw.adapters.delete_version, tenant.name, name, version)
+    async with audited(gw, AuditAction.ADAPTER_DELETE, actor=tenant.name, tenant=tenant.name,
+                       target=f"{name}@{version}"):
+        await asyncio.to_thread(gw.adapters.delete_version, tenant.name, name, version)
     gw.forget_models(tenant.name, name)  # never replayed, not even during an S3 outage
     return Response(status_code=204)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
+from registry.audit import MAX_LIMIT, AuditAction, AuditQuery, parse_time
+from serving.audit_trail import ADMIN, audit_log_of, audited
 from serving.deps import AdminDep, GatewayDep
 
 router = APIRouter(prefix="/admin", dependencies=[AdminDep])
@@ -19,7 +21,9 @@ class TenantCreate(BaseModel):
 
 @router.post("/tenants", status_code=201)
 async def create_tenant(body: TenantCreate, gw: GatewayDep) -> dict:
-    tenant, key = await asyncio.to_thread(gw.tenants.create, body.name, body.quotas)
+    async with audited(gw, AuditAction.TENANT_CREATE, actor=ADMIN, tenant=body.name) as detail:
+        detail["quotas"] = body.quotas
+        tenant, key = await asyncio.to_thread(gw.tenants.create, body.name, body.quotas)
     return {"name": tenant.name, "api_key": key, "quotas": tenant.quotas}
 
 
@@ -31,13 +35,28 @@ async def list_tenants(gw: GatewayDep) -> dict:
 
 @router.post("/tenants/{name}/keys")
 async def rotate_key(name: str, gw: GatewayDep) -> dict:
-    key = await asyncio.to_thread(gw.tenants.rotate_key, name)
+    async with audited(gw, AuditAction.TENANT_ROTATE_KEY, actor=ADMIN, tenant=name):  # the key: never
+        key = await asyncio.to_thread(gw.tenants.rotate_key, name)
     gw.forget_tenant(name)
     return {"name": name, "api_key": key}
 
 
 @router.delete("/tenants/{name}", status_code=204)
 async def delete_tenant(name: str, gw: GatewayDep) -> Response:
-    await asyncio.to_thread(gw.tenants.delete, name)
+    async with audited(gw, AuditAction.TENANT_DELETE, actor=ADMIN, tenant=name):
+        await asyncio.to_thread(gw.tenants.delete, name)
     gw.forget_tenant(name)
     return Response(status_code=204)
+
+
+@router.get("/audit")
+async def audit(gw: GatewayDep, tenant: str | None = None, action: AuditAction | None = None,
+                since: str | None = None, until: str | None = None,
+                before: str | None = Query(None, description="cursor: the `next` of the previous page"),
+                limit: int = Query(100, ge=1, le=MAX_LIMIT)) -> dict:
+    """Audit events, newest first; `since` inclusive, `until` exclusive (ISO-8601, UTC unless an offset is
+    given); `next` is the cursor of the following page (null on the last)."""
+    q = AuditQuery(tenant=tenant, action=action, since=parse_time(since, "since"), until=parse_time(until, "until"),
+                   before=before, limit=limit)
+    events, cursor = await asyncio.to_thread(audit_log_of(gw).query, q)
+    return {"data": [e.model_dump(mode="json") for e in events], "next": cursor}

@@ -17,7 +17,9 @@ from starlette.formparsers import MultiPartException
 
 from common.errors import IntegrityError, InvalidAdapter, InvalidRequest
 from common.names import check_name
+from registry.audit import AuditAction
 from registry.model_registry import MAX_FILES, ModelRegistry
+from serving.audit_trail import audited
 from serving.deps import GatewayDep, TenantDep
 from serving.routes.adapters import json_field
 
@@ -46,6 +48,15 @@ def public_model(info) -> dict:
 async def upload_model_version(name: str, request: Request, tenant: TenantDep, gw: GatewayDep) -> dict:
     """Multipart: one file part per file of the model directory (by file name), a `kind` field (`full` or
     `merged`), optional `metadata` and `derived_from` JSON fields. 201 with the version; 422 names the rule."""
+    async with audited(gw, AuditAction.MODEL_UPLOAD, actor=tenant.name, tenant=tenant.name, target=name) as detail:
+        manifest = await _publish_upload(name, request, tenant, gw)
+        detail.update(version=manifest.version, sha256=manifest.sha256, size_bytes=manifest.size_bytes,
+                      kind=manifest.kind)
+    return public_model_version(manifest)
+
+
+async def _publish_upload(name: str, request: Request, tenant, gw):
+    """The upload's form read, checked and published; its manifest."""
     check_name(name, "model name")
     models = registry_of(gw)
     limit = models.settings.max_model_upload_bytes
@@ -77,7 +88,7 @@ async def upload_model_version(name: str, request: Request, tenant: TenantDep, g
             derived_from=json_field("derived_from", fields["derived_from"]) if "derived_from" in fields else None)
     finally:
         await form.close()
-    return public_model_version(manifest)
+    return manifest
 
 
 @router.get("")
@@ -118,11 +129,19 @@ class AliasMove(BaseModel):
 
 @router.put("/{name}/aliases/{alias}")
 async def set_alias(name: str, alias: str, body: AliasMove, tenant: TenantDep, gw: GatewayDep) -> dict:
-    return await asyncio.to_thread(registry_of(gw).set_alias, tenant.name, name, alias, body.version,
-                                   body.expected_version)
+    async with audited(gw, AuditAction.MODEL_ALIAS, actor=tenant.name, tenant=tenant.name,
+                       target=f"{name}@{alias}") as detail:
+        detail.update(version=body.version, expected_version=body.expected_version)  # what was asked
+        out = await asyncio.to_thread(registry_of(gw).set_alias, tenant.name, name, alias, body.version,
+                                      body.expected_version)
+        detail.clear()  # the swap held: the alias moved from expected_version (None: created) to version
+        detail.update(before=out["previous_version"], after=out["version"])
+    return out
 
 
 @router.delete("/{name}/versions/{version}", status_code=204)
 async def delete_version(name: str, version: str, tenant: TenantDep, gw: GatewayDep) -> Response:
-    await asyncio.to_thread(registry_of(gw).delete_version, tenant.name, name, version)
+    async with audited(gw, AuditAction.MODEL_DELETE, actor=tenant.name, tenant=tenant.name,
+                       target=f"{name}@{version}"):
+        await asyncio.to_thread(registry_of(gw).delete_version, tenant.name, name, version)
     return Response(status_code=204)
