@@ -146,3 +146,20 @@ def test_cli_audit_through_the_api(gateway):
     assert [(e["actor"], e["action"], e["outcome"]) for e in events] == [("admin", "tenant.create", "ok")]
     table = CliRunner().invoke(app, ["audit", "--action", "tenant.create", "--limit", "2"], env=env)
     assert table.exit_code == 0 and "tenant.create" in table.output and "clitenant" in table.output, table.output
+
+
+def test_quota_changes_are_audited(gateway):
+    st = gateway
+    st.add_tenant("quotaed")
+    with st.client(st.admin_key) as admin:
+        r = admin.patch("/admin/tenants/quotaed", json={"quotas": {"requests_per_minute": 5}})
+        if r.status_code == 405:
+            pytest.skip("this checkout has no PATCH /admin/tenants/{name}")
+        assert r.status_code == 200, r.text
+        missing = admin.patch("/admin/tenants/ghost", json={"quotas": {"requests_per_minute": 5}})
+        assert missing.status_code >= 400
+    (event,) = _audit(st, tenant="quotaed", action="tenant.set_quotas")["data"]
+    assert (event["actor"], event["outcome"]) == ("admin", "ok")
+    assert event["detail"] == {"quotas": {"requests_per_minute": 5}}
+    (refused,) = _audit(st, tenant="ghost")["data"]
+    assert refused["action"] == "tenant.set_quotas" and refused["outcome"] == missing.json()["error"]["code"]
