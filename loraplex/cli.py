@@ -124,6 +124,23 @@ def tenant_rm(name: str) -> None:
     console.print(f"tenant {name} deleted")
 
 
+@tenant_app.command("set-quota")
+def tenant_set_quota(
+    name: str,
+    requests_per_minute: int | None = typer.Option(None, "--requests-per-minute", min=0, help="0: unlimited"),
+    tokens_per_minute: int | None = typer.Option(None, "--tokens-per-minute", min=0, help="0: unlimited"),
+    max_concurrent: int | None = typer.Option(None, "--max-concurrent", min=0, help="0: unlimited"),
+) -> None:
+    """Change a tenant's quotas (those not given keep their value): at once on the gateway that takes the
+    change, on every other replica within 2 x LORAPLEX_AUTH_CACHE_S."""
+    given = {k: v for k, v in {"requests_per_minute": requests_per_minute, "tokens_per_minute": tokens_per_minute,
+                               "max_concurrent": max_concurrent}.items() if v is not None}
+    if not given:
+        raise typer.BadParameter("give at least one of --requests-per-minute, --tokens-per-minute, --max-concurrent")
+    out = _api(lambda: GatewayClient.from_env(admin=True).set_quotas(name, **given))
+    console.print(f"tenant {out['name']}: quotas={out['quotas']}")
+
+
 @adapter_app.command("push")
 def adapter_push(directory: Path, name: str = typer.Option(..., "--name"),
                  alias: str | None = typer.Option(None, "--alias"),

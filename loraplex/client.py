@@ -98,3 +98,8 @@ class GatewayClient(ApiClient):
                 raise SystemExit(f"{filename}: downloaded bytes do not match the manifest's SHA-256; try again")
             part.rename(out / filename)
         return manifest
+
+    def set_quotas(self, tenant: str, **quotas: int | None) -> dict:
+        """Change some of `tenant`'s quotas (admin key; 0 or None: unlimited, keys not given keep their value)
+        through `PATCH /admin/tenants/{name}`; returns the tenant with its quotas as stored."""
+        return self.call("PATCH", f"/admin/tenants/{tenant}", json={"quotas": quotas})

@@ -131,6 +131,29 @@ class TenantRegistry:
                 self._auth_cache[digest] = (tenant, time.monotonic() + self.auth_cache_ttl_s)
         return tenant
 
+    def set_quotas(self, name: str, changes: dict, attempts: int = 5) -> Tenant:
+        """Change some of `name`'s quotas (a key mapped to None loses its limit; keys not named keep theirs) and
+        return the tenant as stored.
+
+        A compare-and-swap on the record (If-Match: the ETag read): a racing quota change is merged in on a
+        fresh read, never lost; a racing rotation or delete wins over it.
+
+        Raises:
+            TenantNotFound: no such tenant (or it was deleted meanwhile).
+            Conflict: the record kept changing under `attempts` tries; retry.
+        """
+        for _ in range(attempts):
+            record, etag = self._record(name)
+            quotas = {**record.quotas, **changes}
+            updated = record.model_copy(update={"quotas": {k: v for k, v in quotas.items() if v is not None}})
+            try:
+                self.store.put(tenant_key(name), _dump(updated), if_match=etag)
+            except (PreconditionFailed, KeyMissing):  # changed or deleted meanwhile: read again
+                continue
+            self._forget(name)  # this process's cached authentications carry the old quotas
+            return Tenant(**updated.model_dump(exclude={"key_sha256"}))
+        raise Conflict(f"tenant {name!r} kept changing while its quotas were set: retry")
+
     def rotate_key(self, name: str) -> str:
         """Issue a new key for `name` and revoke the old one at once; return the new key.
 

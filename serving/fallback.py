@@ -32,19 +32,23 @@ class LastGood(Generic[T]):
         self._refreshing: dict[Hashable, asyncio.Task] = {}
         self._generation = 0  # bumped by forget(): a fetch that began before it must not store its answer
 
-    async def call(self, key: Hashable, fn: Callable[[], T], reuse_s: float = 0.0, refresh_ahead: bool = False) -> T:
+    async def call(self, key: Hashable, fn: Callable[[], T], reuse_s: float = 0.0, refresh_ahead: bool = False,
+                   max_stale_s: float | None = None) -> T:
         """`fn()`, remembered; a value fetched less than `reuse_s` ago is returned without calling `fn`.
 
         With `refresh_ahead`, an older value is returned too while one background call of `fn` renews it
         (stale-while-revalidate: no request waits on the store for a name it knows; a change made
         elsewhere shows within `reuse_s` plus one round trip). If that call fails for any other reason
         than an unavailable store (the name is gone, the key revoked), the value is dropped and the next
-        request asks afresh and gets the error.
+        request asks afresh and gets the error. With `max_stale_s`, a value older than that is not answered
+        while renewing but asked for in line (an idle key's first request then waits one round trip), which
+        bounds how old an answer can be: a change made elsewhere shows within `max_stale_s` at most.
         """
         held = self._values.get(key)
-        if held is not None and time.monotonic() - held[1] < reuse_s:
+        age = time.monotonic() - held[1] if held is not None else 0.0
+        if held is not None and age < reuse_s:
             return held[0]
-        if held is not None and refresh_ahead and reuse_s > 0:
+        if held is not None and refresh_ahead and reuse_s > 0 and (max_stale_s is None or age < max_stale_s):
             if key not in self._refreshing:
                 task = self._refreshing[key] = asyncio.create_task(self._refresh(key, fn, self._generation))
                 task.add_done_callback(lambda _t: self._refreshing.pop(key, None))

@@ -55,15 +55,22 @@ class Gateway:
         )
 
     async def authenticate(self, api_key: str) -> Tenant:
-        # The gateway's one cache of keys (its registry keeps none: a renewal must reach S3): reused for
-        # `auth_cache_s`, then renewed in the background; a key revoked elsewhere fails within that plus one
-        # round trip, one revoked through this gateway at once.
+        # The gateway's one cache of keys and the tenant records they carry (quotas included; its registry
+        # keeps none: a renewal must reach S3): reused for `auth_cache_s`, then renewed in the background
+        # while used, never answered older than twice that (an idle key waits for a fresh read). So a key
+        # revoked or a quota changed through another replica applies here within 2 x `auth_cache_s` (plus
+        # the read's round trip); through this gateway at once (`forget_keys`).
+        ttl = self.settings.auth_cache_s
         return await self.known_keys.call(hash_key(api_key), lambda: self.tenants.authenticate(api_key),
-                                          reuse_s=self.settings.auth_cache_s, refresh_ahead=True)
+                                          reuse_s=ttl, refresh_ahead=True, max_stale_s=2 * ttl)
+
+    def forget_keys(self, name: str) -> None:
+        """After a change of the tenant's record (quotas): its next request reads it afresh."""
+        self.known_keys.forget(lambda _k, tenant: tenant.name == name)
 
     def forget_tenant(self, name: str) -> None:
         """After a key rotation or a delete: nothing of this tenant may be replayed during an S3 outage."""
-        self.known_keys.forget(lambda _k, tenant: tenant.name == name)
+        self.forget_keys(name)
         self.forget_models(name)
 
     def forget_models(self, tenant: str, name: str | None = None) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from registry.audit import MAX_LIMIT, AuditAction, AuditQuery, parse_time
+from serving.admission.quotas import QuotaChange
 from serving.audit_trail import ADMIN, audit_log_of, audited
 from serving.deps import AdminDep, GatewayDep
 
@@ -47,6 +48,24 @@ async def delete_tenant(name: str, gw: GatewayDep) -> Response:
         await asyncio.to_thread(gw.tenants.delete, name)
     gw.forget_tenant(name)
     return Response(status_code=204)
+
+
+class TenantUpdate(BaseModel):
+    """`PATCH /admin/tenants/{name}`: the quotas to change (others keep their value; null removes a limit)."""
+
+    model_config = ConfigDict(extra="forbid")
+    quotas: QuotaChange
+
+
+@router.patch("/tenants/{name}")
+async def update_tenant(name: str, body: TenantUpdate, gw: GatewayDep) -> dict:
+    """Change a tenant's quotas: at once on this gateway, on the others within 2 x LORAPLEX_AUTH_CACHE_S."""
+    changes = body.quotas.model_dump(exclude_unset=True)
+    async with audited(gw, AuditAction.TENANT_SET_QUOTAS, actor=ADMIN, tenant=name) as detail:
+        detail["quotas"] = changes
+        tenant = await asyncio.to_thread(gw.tenants.set_quotas, name, changes)
+    gw.forget_keys(name)
+    return tenant.model_dump(mode="json")
 
 
 @router.get("/audit")

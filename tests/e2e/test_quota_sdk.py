@@ -39,6 +39,18 @@ def test_requests_per_minute_quota_is_a_rate_limit_error(stack):
     assert 1 <= _retry_after(e.value) <= 60
 
 
+def test_the_token_window_holds_what_the_engine_served(stack):
+    """The estimate charged at admission is replaced by the engine's usage, for a whole answer and a stream."""
+    tenant, key = new_tenant(stack, {"tokens_per_minute": 100_000}, prefix="tpm")
+    client, ledger = _sdk(stack, key), stack.gateway.admission.quotas
+    whole = client.completions.create(model="base", prompt=demo_prompt("abc"), max_tokens=200, temperature=0)
+    assert ledger.tokens(tenant) == whole.usage.total_tokens
+    chunks = list(client.completions.create(model="base", prompt=demo_prompt("xyz"), max_tokens=7, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    served = whole.usage.total_tokens + chunks[-1].usage.total_tokens
+    wait_until(lambda: ledger.tokens(tenant) == served, what="the stream's usage charged")  # after [DONE]
+
+
 @pytest.fixture(scope="module")
 def one_slot_gateway(engine, seaweed, demo, tmp_path_factory):
     """A gateway that forwards one request at a time and lets a few wait."""

@@ -130,3 +130,23 @@ def test_create_clears_what_a_crashed_delete_left(tenants, store, registry_setti
     tenants.create("acme", {})
     with pytest.raises(ModelNotFound):
         adapters.resolve("acme", "chat")
+
+
+def test_set_quotas_merges_and_keeps_the_key(tenants):
+    _, key = tenants.create("acme", {"requests_per_minute": 5, "max_adapters": 10})
+    tenants.authenticate(key)  # cached in this process with the old quotas
+    tenant = tenants.set_quotas("acme", {"tokens_per_minute": 1000, "requests_per_minute": None})
+    assert tenant.quotas == {"max_adapters": 10, "tokens_per_minute": 1000}  # None removed a limit
+    assert tenants.get("acme") == tenant and tenants.authenticate(key) == tenant  # the key still works
+    new = tenants.rotate_key("acme")
+    assert tenants.authenticate(new).quotas == tenant.quotas  # a rotation keeps the quotas
+    with pytest.raises(TenantNotFound):
+        tenants.set_quotas("nobody", {"max_concurrent": 1})
+
+
+def test_concurrent_quota_changes_are_all_kept(tenants):
+    """Compare-and-swap on the record: a change that lost the race is merged in on a fresh read."""
+    tenants.create("acme", {})
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: tenants.set_quotas("acme", {f"limit_{i}": i}), range(8)))
+    assert tenants.get("acme").quotas == {f"limit_{i}": i for i in range(8)}

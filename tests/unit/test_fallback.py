@@ -86,3 +86,20 @@ def test_an_answer_fetched_before_a_forget_is_not_stored_after_it():
         with pytest.raises(AuthenticationFailed):
             await lg.call("old-key", src, reuse_s=60, refresh_ahead=True)
     asyncio.run(go())
+
+
+def test_a_value_older_than_max_stale_is_asked_for_in_line():
+    async def go():
+        lg, src = LastGood("tenant"), Source("v1")
+        await lg.call("k", src, reuse_s=0.05, refresh_ahead=True, max_stale_s=0.5)
+        await asyncio.sleep(0.06)  # stale but young enough: answered at once while renewed
+        src.answer = "v2"
+        assert await lg.call("k", src, reuse_s=0.05, refresh_ahead=True, max_stale_s=0.5) == "v1"
+        await settle()
+        await asyncio.sleep(0.55)  # idle past max_stale_s: the next answer waits for the store
+        src.answer = "v3"
+        assert await lg.call("k", src, reuse_s=0.05, refresh_ahead=True, max_stale_s=0.5) == "v3"
+        src.answer = StorageUnavailable("down")
+        await asyncio.sleep(0.55)
+        assert await lg.call("k", src, reuse_s=0.05, refresh_ahead=True, max_stale_s=0.5) == "v3"  # outage
+    asyncio.run(go())
