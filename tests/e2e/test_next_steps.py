@@ -22,7 +22,8 @@ def test_the_printed_next_steps_run_as_printed(stack, tmp_path):
     text = next_steps(stack.url, tenants)
     assert text.rstrip().endswith("make down")
     script = text.replace("make down", "")  # the session's stack stays up
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAPLEX_")} | {"LORAPLEX_VAR_DIR": str(tmp_path)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAPLEX_")}
+    env |= {"LORAPLEX_VAR_DIR": str(tmp_path), "COLUMNS": "200"}  # a terminal's width: tables unwrapped
     out = subprocess.run(["bash", "-eu", "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     expected = answer("reverse", "loraplex")
