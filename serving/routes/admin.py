@@ -17,14 +17,16 @@ router = APIRouter(prefix="/admin", dependencies=[AdminDep])
 
 class TenantCreate(BaseModel):
     name: str
-    quotas: dict = Field(default_factory=dict)
+    quotas: QuotaChange = Field(default_factory=QuotaChange)  # known keys, non-negative ints: checked here,
+    # not when the tenant's first request reads them
 
 
 @router.post("/tenants", status_code=201)
 async def create_tenant(body: TenantCreate, gw: GatewayDep) -> dict:
     async with audited(gw, AuditAction.TENANT_CREATE, actor=ADMIN, tenant=body.name) as detail:
-        detail["quotas"] = body.quotas
-        tenant, key = await asyncio.to_thread(gw.tenants.create, body.name, body.quotas)
+        quotas = body.quotas.model_dump(exclude_none=True)
+        detail["quotas"] = quotas
+        tenant, key = await asyncio.to_thread(gw.tenants.create, body.name, quotas)
     return {"name": tenant.name, "api_key": key, "quotas": tenant.quotas}
 
 

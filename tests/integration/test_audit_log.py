@@ -45,7 +45,7 @@ def _raw_events(st) -> dict[str, bytes]:
 def test_a_sequence_of_writes_is_audited_in_order_without_keys(gateway, demo):
     st = gateway
     with st.client(st.admin_key) as admin:
-        created = admin.post("/admin/tenants", json={"name": "audited", "quotas": {"rpm": 60}})
+        created = admin.post("/admin/tenants", json={"name": "audited", "quotas": {"requests_per_minute": 60}})
         assert created.status_code == 201, created.text
         assert admin.post("/admin/tenants", json={"name": "audited"}).status_code == 409  # refused: recorded
     key = created.json()["api_key"]
@@ -79,7 +79,7 @@ def test_a_sequence_of_writes_is_audited_in_order_without_keys(gateway, demo):
         ("admin", "tenant.rotate_key", None, "ok"),
     ]
     by_step = list(reversed(events))
-    assert by_step[0]["detail"] == {"quotas": {"rpm": 60}}
+    assert by_step[0]["detail"] == {"quotas": {"requests_per_minute": 60}}
     assert by_step[2]["detail"]["version"] == v1 and by_step[3]["detail"]["version"] == v2
     assert by_step[4]["detail"] == {"before": None, "after": v1}
     assert by_step[5]["detail"] == {"before": v1, "after": v2}

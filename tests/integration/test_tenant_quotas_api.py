@@ -109,3 +109,16 @@ def test_cli_set_quota(gateway):
     assert result.exit_code != 0 and "--requests-per-minute" in result.output
     result = CliRunner().invoke(app, ["tenant", "set-quota", "clied", "--max-concurrent", "-1"], env=env)
     assert result.exit_code != 0
+
+
+@pytest.mark.parametrize("quotas, field", [
+    ({"max_concurrent": "2"}, "max_concurrent"),  # stored as is, it failed every request of the tenant (500)
+    ({"rpm": 60}, "rpm"),
+    ({"tokens_per_minute": -5}, "tokens_per_minute"),
+])
+def test_create_refuses_quotas_that_are_not_known_non_negative_ints(gateway, quotas, field):
+    with gateway.client(gateway.admin_key) as admin:
+        r = admin.post("/admin/tenants", json={"name": "badquota", "quotas": quotas})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == f"body.quotas.{field}"
+        assert "badquota" not in {t["name"] for t in admin.get("/admin/tenants").json()["data"]}  # nothing stored
