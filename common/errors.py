@@ -57,6 +57,12 @@ class InvalidRequest(LoraplexError):
     status, type, code = 400, "invalid_request_error", "invalid_request"
 
 
+class RequestTooLarge(LoraplexError):
+    """A request body over the gateway's size limit (LORAPLEX_MAX_REQUEST_BYTES)."""
+
+    status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
 class InvalidName(LoraplexError):
     status, type, code = 422, "invalid_request_error", "invalid_name"
 

@@ -1,7 +1,6 @@
-"""Wire-level rules of the OpenAI-compatible API: which request fields pass, what `model` may say.
+"""Wire-level helpers of the OpenAI-compatible API: token estimates, the `model` the client sees, SSE lines.
 
-Only known OpenAI fields (and a few sampling extras) reach the engine: vLLM accepts more, some of
-them dangerous in tenants' hands (a request-supplied chat template, for instance).
+Which request bodies pass is serving/openai_requests.py's job.
 """
 
 from __future__ import annotations
@@ -9,40 +8,7 @@ from __future__ import annotations
 import json
 import time
 
-from common.errors import InvalidRequest, error_body
-
-_COMMON = {
-    "model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed",
-    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "user",
-    # vLLM sampling extras that are plain numbers
-    "top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos",
-}
-COMPLETION_FIELDS = _COMMON | {"prompt", "echo", "best_of", "suffix"}
-CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens", "top_logprobs", "response_format",
-                         "tools", "tool_choice", "parallel_tool_calls"}
-
-
-def check_body(body: object, allowed: set[str], required: str) -> dict:
-    """Return `body` if it is a JSON object of allowed fields with a string `model`, else InvalidRequest."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise InvalidRequest(f"unsupported field(s) {', '.join(unknown)}: remove them "
-                             f"(supported: {', '.join(sorted(allowed))})", param=unknown[0])
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise InvalidRequest("'model' is required: an adapter name, NAME@ALIAS, NAME@VERSION, or 'base'",
-                             param="model")
-    if required not in body:
-        raise InvalidRequest(f"'{required}' is required", param=required)
-    return body
-
-
-def read_json(raw: bytes) -> object:
-    try:
-        return json.loads(raw)
-    except ValueError as e:
-        raise InvalidRequest(f"the request body is not valid JSON: {e}") from e
+from common.errors import error_body
 
 
 def estimate_tokens(body: dict) -> int:

@@ -40,6 +40,8 @@ class ServingSettings(RegistrySettings):
                                    "(alias -> version) before asking the registry again; uploads and alias moves "
                                    "through this gateway take effect at once, through another replica within "
                                    "this time. 0: every request asks the registry.")
+    max_request_bytes: int = Field(1024 * 1024, gt=0, description="Largest body of one inference request; "
+                                   "larger ones get 413 (counted while reading, chunked bodies included).")
     max_inflight: int = Field(32, description="Requests forwarded to the engine at once; the rest wait, fairly.")
     max_queue: int = Field(512, description="Requests allowed to wait; beyond it 503 with Retry-After.")
     fair_admission: bool = Field(True, description="Order waiting requests by tokens served per tenant (VTC); "

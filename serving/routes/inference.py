@@ -8,7 +8,9 @@ from fastapi import APIRouter, Request
 
 from serving.deps import GatewayDep, TenantDep
 from serving.forwarding import forward
-from serving.protocol import CHAT_FIELDS, COMPLETION_FIELDS, check_body, model_card, read_json
+from serving.openai_requests import model_limits, parse_body
+from serving.protocol import model_card
+from serving.request_body import read_limited
 
 router = APIRouter()
 
@@ -26,13 +28,21 @@ async def list_models(tenant: TenantDep, gw: GatewayDep) -> dict:
     return {"object": "list", "data": cards}
 
 
+async def _checked_body(request: Request, gw, path: str) -> dict:
+    """The request's body if it is a valid OpenAI request (413 over the size limit, else 400 naming the
+    field): what reaches the engine, as the client sent it."""
+    settings = gw.settings
+    raw = await read_limited(request, settings.max_request_bytes)
+    return parse_body(raw, path, model_limits(settings.base_model, settings.max_model_len))
+
+
 @router.post("/v1/completions")
 async def completions(request: Request, tenant: TenantDep, gw: GatewayDep):
-    body = check_body(read_json(await request.body()), COMPLETION_FIELDS, "prompt")
+    body = await _checked_body(request, gw, "/v1/completions")
     return await forward(gw, tenant, body, "/v1/completions")
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, tenant: TenantDep, gw: GatewayDep):
-    body = check_body(read_json(await request.body()), CHAT_FIELDS, "messages")
+    body = await _checked_body(request, gw, "/v1/chat/completions")
     return await forward(gw, tenant, body, "/v1/chat/completions")

@@ -4,27 +4,9 @@ import json
 
 import pytest
 
-from common.errors import InvalidName, InvalidRequest
+from common.errors import InvalidName
 from common.names import check_name
-from serving.protocol import COMPLETION_FIELDS, check_body, rewrite_sse_line
-
-
-def test_check_body_accepts_openai_fields():
-    body = {"model": "m", "prompt": "p", "max_tokens": 3, "temperature": 0, "stream": True}
-    assert check_body(body, COMPLETION_FIELDS, "prompt") is body
-
-
-@pytest.mark.parametrize("body, word", [
-    ([], "JSON object"),
-    ({"prompt": "p"}, "'model' is required"),
-    ({"model": "m"}, "'prompt' is required"),
-    ({"model": "m", "prompt": "p", "chat_template": "x"}, "chat_template"),
-    ({"model": 3, "prompt": "p"}, "'model' is required"),
-])
-def test_check_body_refuses_with_a_reason(body, word):
-    with pytest.raises(InvalidRequest) as e:
-        check_body(body, COMPLETION_FIELDS, "prompt")
-    assert word in e.value.message
+from serving.protocol import rewrite_sse_line
 
 
 def test_sse_rewrite_hides_engine_name():
