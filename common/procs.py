@@ -90,6 +90,7 @@ def stop_group(pid: int, timeout: float = 20.0) -> None:
         while time.monotonic() < deadline:
             _reap(pid)
             if not pid_alive(pid) and not _group_alive(pid):
+                _reap(pid)  # it may have died after the first look: a zombie leader keeps its group alive
                 return
             time.sleep(0.2)
 

@@ -44,3 +44,12 @@ def test_a_zombie_is_not_alive_and_stop_group_reaps_it():
     assert not pid_alive(proc.pid) and start_ticks(proc.pid) is None
     stop_group(proc.pid, timeout=2)
     assert proc_stat(proc.pid) is None
+
+
+def test_stop_group_leaves_no_zombie_leader():
+    """A zombie leader keeps its process group alive for killpg(0): watchdogs waiting for the group to go
+    would wait forever. stop_group reaps its child whenever it died (also after the first look)."""
+    for _ in range(5):  # the leader may die before or after stop_group's first look
+        proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        stop_group(proc.pid, 5)
+        assert proc_stat(proc.pid) is None  # reaped: no /proc entry, not even a zombie
