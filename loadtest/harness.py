@@ -10,6 +10,8 @@ Example:
         gw.add_tenants(DEMO_TENANTS, demo.adapter_dirs)
         ...
         gw.close()
+
+`gw.url` is the tenants' plane, `gw.admin_url` the operators' (admin API, /metrics).
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def running_s3(data_dir: str | Path, *, log_path: str | Path | None = None, key_
 
 @dataclass
 class RunningGateway:
-    """A gateway reachable at `url` with its admin key; `gateway` and `server` when it runs in this process.
+    """A gateway reachable at `url` (tenants' plane) and `admin_url` (operators' plane: admin API, /metrics)
+    with its admin key; `gateway` and `server` when it runs in this process.
 
     `tenants`: what `add_tenants` registered, tenant -> {"key", "adapter", "task", "version"}.
     """
@@ -98,14 +101,27 @@ class RunningGateway:
     gateway: Any = None  # serving.gateway.Gateway
     server: Any = None  # the uvicorn server of serving.embedded.serve_in_thread
     tenants: dict = field(default_factory=dict)
+    admin_url: str | None = None
 
     def client(self, key: str, **kw) -> httpx.Client:
-        """A raw HTTP client with `key` (for callers that check status codes themselves)."""
+        """A raw HTTP client with `key` on the tenants' plane (for callers that check status codes themselves)."""
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=120, **kw)
 
+    def admin(self, key: str | None = None, **kw) -> httpx.Client:
+        """A raw HTTP client on the operators' plane with `key` (default: the admin key)."""
+        return httpx.Client(base_url=self.admin_url, headers={"Authorization": f"Bearer {key or self.admin_key}"},
+                            timeout=120, **kw)
+
     def api(self, key: str | None = None) -> ApiClient:
-        """The API client with `key` (default: the admin key)."""
-        return ApiClient(self.url, key or self.admin_key)
+        """The API client with `key` on the tenants' plane; without a key, the admin key on the operators'."""
+        return ApiClient(self.url, key) if key else ApiClient(self.admin_url, self.admin_key)
+
+    def metrics_text(self) -> str:
+        """The gateway's /metrics (operators' plane, admin key)."""
+        with self.admin() as c:
+            r = c.get("/metrics", timeout=30)
+        r.raise_for_status()
+        return r.text
 
     def add_tenant(self, name: str, quotas: dict | None = None) -> str:
         """Create tenant `name`; returns its API key."""
@@ -150,12 +166,14 @@ def start_gateway(engine, s3_endpoint: str, base_dir: Path, cache_dir: Path, *,
     from serving.app import create_app
     from serving.embedded import serve_in_thread
     from serving.gateway import Gateway
+    from serving.operator_app import create_operator_app
 
-    admin_key, port = "admin-" + secrets.token_hex(8), free_port()
+    admin_key, port, admin_port = "admin-" + secrets.token_hex(8), free_port(), free_port()
     settings = engine.model_copy(update={
         "s3_endpoint": s3_endpoint, "s3_bucket": f"{bucket_prefix}-{secrets.token_hex(4)}", "cache_dir": cache_dir,
-        "base_model": base_dir, "admin_key": SecretStr(admin_key), "gateway_port": port})
+        "base_model": base_dir, "admin_key": SecretStr(admin_key), "gateway_port": port, "admin_port": admin_port})
     ObjectStore(settings).ensure_bucket()
     gateway = Gateway.from_settings(settings)
-    server = serve_in_thread(create_app(gateway), port)
-    return RunningGateway(f"http://127.0.0.1:{port}", admin_key, gateway, server)
+    server = serve_in_thread(create_app(gateway), port, operator=create_operator_app(gateway), admin_port=admin_port)
+    return RunningGateway(f"http://127.0.0.1:{port}", admin_key, gateway, server,
+                          admin_url=f"http://127.0.0.1:{admin_port}")

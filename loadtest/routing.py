@@ -154,6 +154,7 @@ def run_routing(out: Path, spec: RoutingSpec | None = None, console: Console | N
         os.environ.update(LORAPLEX_S3_ENDPOINT=weed.endpoint, LORAPLEX_S3_BUCKET=bucket,
                           LORAPLEX_BASE_MODEL=str(demo.base_dir.resolve()), LORAPLEX_ADMIN_KEY=admin,
                           LORAPLEX_CACHE_DIR=str((out / "cache").resolve()), LORAPLEX_GATEWAY_PORT=str(free_port()),
+                          LORAPLEX_ADMIN_PORT=str(free_port()),
                           LORAPLEX_MAX_LORAS=str(min(4, spec.capacity)),
                           LORAPLEX_MAX_CPU_LORAS=str(max(spec.capacity, 4)))
         rs = RaySettings(engine_replicas=spec.replicas, adapters_per_replica=spec.capacity,
@@ -168,7 +169,8 @@ def run_routing(out: Path, spec: RoutingSpec | None = None, console: Console | N
         t0 = time.monotonic()
         url = ray_app.deploy(rs, ServingSettings())
         console.print(f"up in {time.monotonic() - t0:.0f}s; publishing {spec.adapters} adapters …")
-        adapters = _publish(RunningGateway(url, admin), demo, DEMO_TENANTS, spec.adapters)
+        gw = RunningGateway(url, admin, admin_url=ray_app.admin_url(ServingSettings()))  # the ingress' operator plane
+        adapters = _publish(gw, demo, DEMO_TENANTS, spec.adapters)
         loras = [dict(a, lora=engine_lora_name(a["tenant"], a["name"], a["version"])) for a in adapters]
         order = zipf_sequence(len(loras), spec.warmup + spec.requests, spec.zipf_s, spec.seed)
         words = random.Random(spec.seed + 1).choices(DEMO_WORDS, k=len(order))

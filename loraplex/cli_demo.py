@@ -53,7 +53,7 @@ def run_demo(cfg: StackSettings | None = None) -> list[dict]:
     artifacts = build_demo(cfg.var_dir)
     info = up(cfg)
     url = info["gateway_url"]
-    admin = GatewayClient(url, info["admin_key"])
+    admin = GatewayClient(info["admin_url"], info["admin_key"])  # the operator plane
     tenants, rows = {}, []
     for spec in DEMO_TENANTS:
         tenant, adapter = spec["tenant"], spec["adapter"]

@@ -25,13 +25,23 @@ def stack_info(cfg: StackSettings | None = None) -> dict:
 class GatewayClient(ApiClient):
     @classmethod
     def from_env(cls, *, admin: bool = False, tenant: str | None = None) -> GatewayClient:
-        """LORAPLEX_GATEWAY_URL / LORAPLEX_API_KEY, else var/stack.json (admin key or a tenant's key)."""
+        """LORAPLEX_GATEWAY_URL / LORAPLEX_API_KEY, else var/stack.json (admin key or a tenant's key).
+
+        `admin`: the operator plane, LORAPLEX_ADMIN_URL, else var/stack.json's `admin_url` (unless
+        LORAPLEX_GATEWAY_URL names another gateway than the stack's)."""
         cfg, client = StackSettings(), ClientSettings()
         info = stack_info(cfg)
         url = client.gateway_url or info.get("gateway_url")
         if admin:
+            ours = client.gateway_url in (None, info.get("gateway_url"))
+            url = client.admin_url or (info.get("admin_url") if ours else None)
             key = _secret(cfg.admin_key) or info.get("admin_key")
-        elif tenant:
+            if not url or not key:
+                raise SystemExit("no operator plane or admin key: set LORAPLEX_ADMIN_URL (the gateway's admin port, "
+                                 "LORAPLEX_ADMIN_PORT) and LORAPLEX_ADMIN_KEY, or run `make up` to write "
+                                 "var/stack.json")
+            return cls(url, key)
+        if tenant:
             key = info.get("tenants", {}).get(tenant, {}).get("api_key")
         else:
             key = _secret(client.api_key)

@@ -45,5 +45,7 @@ class ClientSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LORAPLEX_", extra="ignore")
 
     gateway_url: str | None = Field(None, description="The gateway the CLI calls (default: var/stack.json's).")
+    admin_url: str | None = Field(None, description="The gateway's operator plane, where the CLI's admin commands "
+                                  "go (default: var/stack.json's).")
     api_key: SecretStr | None = Field(None, description="The tenant key the CLI calls with.")
 

@@ -54,8 +54,8 @@ def _record(cfg: StackSettings, name: str, pid: int) -> None:
     (cfg.run_dir / f"{name}.pid").write_text(str(pid))
 
 
-def _pick_port(preferred: int) -> int:
-    return preferred if not port_open(preferred) else free_port()
+def _pick_port(preferred: int, taken: tuple[int, ...] = ()) -> int:
+    return preferred if preferred and preferred not in taken and not port_open(preferred) else free_port()
 
 
 def base_model_dir(cfg: StackSettings) -> Path:
@@ -116,19 +116,22 @@ def _start_all(cfg: StackSettings, keys: dict, base: Path, aws: dict) -> dict:
     engine_url = f"http://127.0.0.1:{engine_port}"
     if port_open(cfg.gateway_port):
         raise RuntimeError(f"port {cfg.gateway_port} is taken: stop what uses it or set LORAPLEX_GATEWAY_PORT")
-    console.print(f"starting the gateway on 127.0.0.1:{cfg.gateway_port}; it starts and supervises the vLLM "
-                  f"engine on 127.0.0.1:{engine_port} (about a minute on CPU) …")
+    admin_port = _pick_port(cfg.admin_port, taken=(cfg.gateway_port, engine_port))
+    console.print(f"starting the gateway on 127.0.0.1:{cfg.gateway_port} (operators: 127.0.0.1:{admin_port}); it "
+                  f"starts and supervises the vLLM engine on 127.0.0.1:{engine_port} (about a minute on CPU) …")
     env = {**os.environ, **aws, "LORAPLEX_S3_ENDPOINT": weed.endpoint, "LORAPLEX_S3_BUCKET": cfg.s3_bucket,
            "LORAPLEX_BASE_MODEL": str(base), "LORAPLEX_ENGINE_URL": engine_url,
            "LORAPLEX_ENGINE_MANAGED": "true", "LORAPLEX_ENGINE_LOG": str((cfg.log_dir / "engine.log").resolve()),
            "LORAPLEX_ENGINE_PID_FILE": str((cfg.run_dir / "engine.pid").resolve()),
            "LORAPLEX_ADMIN_KEY": keys["admin_key"], "LORAPLEX_GATEWAY_PORT": str(cfg.gateway_port),
+           "LORAPLEX_ADMIN_PORT": str(admin_port),
            "LORAPLEX_CACHE_DIR": str((cfg.var_dir / "cache" / "adapters").resolve())}
     gw = spawn([sys.executable, "-m", "serving"], log=cfg.log_dir / "gateway.log", env=env)
     _record(cfg, "gateway", gw.pid)
     gateway_url = f"http://127.0.0.1:{cfg.gateway_port}"
     _wait_ready(gateway_url, cfg.ready_timeout_s, procs={"gateway": gw})
-    return {"gateway_url": gateway_url, "engine_url": engine_url, "admin_key": keys["admin_key"],
+    return {"gateway_url": gateway_url, "engine_url": engine_url, "admin_url": f"http://127.0.0.1:{admin_port}",
+            "admin_key": keys["admin_key"],
             "s3_endpoint": weed.endpoint, "bucket": cfg.s3_bucket, "base_model": _shown(base),
             "tenants": _previous_tenants(cfg)}
 
@@ -142,11 +145,13 @@ def _start_all_ray(cfg: StackSettings, keys: dict, base: Path, aws: dict) -> dic
         raise RuntimeError(f"port {cfg.gateway_port} is taken: stop what uses it or set LORAPLEX_GATEWAY_PORT")
     info_file = (cfg.run_dir / "ray.json").resolve()
     info_file.unlink(missing_ok=True)
+    admin_port = _pick_port(cfg.admin_port, taken=(cfg.gateway_port,))  # the ingress replica's operator plane
     console.print(f"starting Ray Serve on 127.0.0.1:{cfg.gateway_port}: the gateway as ingress and the engine "
                   "replicas, each with its own vLLM engine (a few minutes on CPU) …")
     env = {**os.environ, **aws, "LORAPLEX_S3_ENDPOINT": weed.endpoint, "LORAPLEX_S3_BUCKET": cfg.s3_bucket,
            "LORAPLEX_BASE_MODEL": str(base), "LORAPLEX_ADMIN_KEY": keys["admin_key"],
            "LORAPLEX_GATEWAY_PORT": str(cfg.gateway_port), "LORAPLEX_RAY_INFO_FILE": str(info_file),
+           "LORAPLEX_ADMIN_PORT": str(admin_port),
            "LORAPLEX_RAY_LOG_DIR": str(cfg.log_dir.resolve()),
            "LORAPLEX_CACHE_DIR": str((cfg.var_dir / "cache" / "adapters").resolve())}
     driver = spawn([sys.executable, "-m", "serving.ray_app"], log=cfg.log_dir / "gateway.log", env=env)
@@ -159,7 +164,8 @@ def _start_all_ray(cfg: StackSettings, keys: dict, base: Path, aws: dict) -> dic
         time.sleep(0.5)
     replicas = json.loads(info_file.read_text())["replicas"] if info_file.exists() else {}
     engine_url = next(iter(replicas.values()))["engine_url"] if replicas else ""  # one replica's engine
-    return {"gateway_url": gateway_url, "engine_url": engine_url, "admin_key": keys["admin_key"],
+    return {"gateway_url": gateway_url, "engine_url": engine_url, "admin_url": f"http://127.0.0.1:{admin_port}",
+            "admin_key": keys["admin_key"],
             "s3_endpoint": weed.endpoint, "bucket": cfg.s3_bucket, "base_model": _shown(base),
             "tenants": _previous_tenants(cfg)}
 
@@ -229,6 +235,8 @@ def status(cfg: StackSettings | None = None) -> dict:
     if cfg.stack_file.exists():
         info = json.loads(cfg.stack_file.read_text())
         out["gateway_url"] = info["gateway_url"]
+        if "admin_url" in info:
+            out["admin_url"] = info["admin_url"]
         try:
             r = httpx.get(f"{info['gateway_url']}/ready", timeout=15)
             out["ready"], out["detail"] = r.status_code == 200, r.json()

@@ -1,7 +1,9 @@
-"""`python -m serving`: run the gateway with settings from the environment.
+"""`python -m serving`: run the gateway with settings from the environment: the tenants' plane on
+LORAPLEX_GATEWAY_HOST:PORT and the operators' plane on LORAPLEX_ADMIN_HOST:PORT, in one process and loop.
 
 SIGTERM drains: new requests get 503 + Retry-After and /ready 503, admitted requests (streams too)
-finish, up to LORAPLEX_DRAIN_TIMEOUT_S; then the server stops, a managed engine is stopped, exit 0.
+finish, up to LORAPLEX_DRAIN_TIMEOUT_S; then the tenants' server stops, then the operators' (it answers
+/metrics and the admin API during the drain), a managed engine is stopped, exit 0.
 A second SIGTERM, or Ctrl-C, exits at once (uvicorn's own handling).
 """
 
@@ -17,6 +19,9 @@ from fastapi import FastAPI
 
 from serving import logs
 from serving.app import create_app, drain
+from serving.gateway import Gateway
+from serving.listeners import bind, operator_server, serve_planes
+from serving.operator_app import create_operator_app
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -51,11 +56,19 @@ class DrainingServer(uvicorn.Server):
 
 def main() -> None:
     settings = ServingSettings()
+    if settings.admin_port and settings.admin_port == settings.gateway_port:
+        raise SystemExit(f"LORAPLEX_ADMIN_PORT must differ from LORAPLEX_GATEWAY_PORT ({settings.gateway_port}): "
+                         "the operators' plane has its own listener")
     logs.configure()
-    app = create_app()
-    config = uvicorn.Config(app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning",
-                            timeout_graceful_shutdown=5)  # the drain already waited for requests
-    DrainingServer(config, app, settings.drain_timeout_s).run()
+    # both sockets first: a taken port fails here, before an engine is started
+    tenant_sock = bind(settings.gateway_host, settings.gateway_port, "tenant")
+    operator_sock = bind(settings.admin_host, settings.admin_port, "operator")
+    gateway = Gateway.from_settings(settings)
+    app = create_app(gateway)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)  # the drain already waited
+    server = DrainingServer(config, app, settings.drain_timeout_s)
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(serve_planes(server, tenant_sock, operator_server(create_operator_app(gateway)), operator_sock))
 
 
 if __name__ == "__main__":

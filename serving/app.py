@@ -1,4 +1,5 @@
-"""The gateway's FastAPI application: routes, one error handler, start-up and shutdown."""
+"""The tenants' plane: the FastAPI app of the OpenAI API, adapters, files and models, /health and /ready; it
+owns the shared gateway's start-up and shutdown. The operators' plane is serving/operator_app.py."""
 
 from __future__ import annotations
 
@@ -6,42 +7,17 @@ import gc
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI
 
-from common.errors import LoraplexError, error_body
 from serving import metrics
 from serving.gateway import Gateway
 from serving.heap import freeze_startup_heap, watch_gc
-from serving.logs import RequestLog
-from serving.routes import adapters, admin, inference, model_artifacts, ops
+from serving.http_app import new_app
+from serving.routes import adapters, inference, model_artifacts, ops
 from serving.settings import ServingSettings
 from serving.supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)
-
-
-def error_response(status: int, message: str, type_: str, code: str, param=None, headers=None) -> JSONResponse:
-    return JSONResponse(error_body(message, type_, code, param), status_code=status, headers=headers)
-
-
-async def on_loraplex_error(request: Request, exc: LoraplexError) -> JSONResponse:
-    headers = {"Retry-After": str(int(exc.retry_after))} if exc.retry_after else None
-    return JSONResponse(exc.to_body(), status_code=exc.status, headers=headers)
-
-
-async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {}
-    where = ".".join(str(p) for p in first.get("loc", ()))
-    return error_response(400, f"invalid request at {where}: {first.get('msg', 'malformed')}",
-                          "invalid_request_error", "invalid_request", param=where or None)
-
-
-async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, str(exc.detail), "invalid_request_error", code)
 
 
 async def drain(app: FastAPI, timeout: float) -> bool:
@@ -62,7 +38,9 @@ async def drain(app: FastAPI, timeout: float) -> bool:
 
 
 def create_app(gateway: Gateway | None = None) -> FastAPI:
-    """Build the app; without `gateway`, one is built from the environment at start-up."""
+    """Build the tenants' app; without `gateway`, one is built from the environment at start-up. Its lifespan
+    starts and stops the gateway (engine supervisor, transport): an operator app sharing the gateway must
+    run no longer than this one (serving/listeners.py)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -86,11 +64,5 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
             await supervisor.stop()
         await gw.transport.aclose()
 
-    app = FastAPI(title="loraplex gateway", lifespan=lifespan)
-    app.add_middleware(RequestLog)
-    app.add_exception_handler(LoraplexError, on_loraplex_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    for module in (ops, inference, adapters, admin, model_artifacts):
-        app.include_router(module.router)
-    return app
+    routers = (m.router for m in (ops, inference, adapters, model_artifacts))
+    return new_app("loraplex gateway", routers, lifespan)

@@ -1,4 +1,4 @@
-"""Request dependencies: the gateway state, the caller's tenant, the admin check."""
+"""Request dependencies: the gateway state, the caller's tenant, the admin check, who may read /metrics."""
 
 from __future__ import annotations
 
@@ -39,6 +39,17 @@ async def require_admin(request: Request, gw: GatewayDep) -> None:
     admin = gw.settings.admin_key
     if admin is None or not hmac.compare_digest(key.encode(), admin.get_secret_value().encode()):
         raise AuthenticationFailed("invalid admin key: admin routes need LORAPLEX_ADMIN_KEY as the bearer key")
+
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+
+
+async def require_metrics_reader(request: Request, gw: GatewayDep) -> None:
+    """/metrics names every tenant and adapter with traffic: the admin key, or (LORAPLEX_METRICS_AUTH=loopback)
+    a caller on this host. The peer address is the socket's: behind a proxy on this host, use `key`."""
+    if gw.settings.metrics_auth == "loopback" and request.client is not None and request.client.host in LOOPBACK:
+        return
+    await require_admin(request, gw)
 
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]

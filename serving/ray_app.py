@@ -25,6 +25,8 @@ from ray import serve
 
 from serving.app import create_app
 from serving.gateway import Gateway
+from serving.listeners import bind, operator_server, start_operator
+from serving.operator_app import create_operator_app
 from serving.ray_engine import build_engine_deployment
 from serving.ray_settings import FORWARDED_ENV_PREFIXES, RaySettings
 from serving.settings import ServingSettings
@@ -35,14 +37,27 @@ log = logging.getLogger("loraplex.ray")
 
 @serve.ingress()
 class GatewayIngress:
-    """Ray Serve's HTTP ingress: the single-machine app (auth, quotas, fair admission, resolution, adapters and
-    admin routes) with inference sent to the engine deployment; one gateway per replica, all sharing S3."""
+    """Ray Serve's HTTP ingress: the single-machine tenants' app (auth, quotas, fair admission, resolution,
+    adapters) with inference sent to the engine deployment; one gateway per replica, all sharing S3.
+
+    Serve's proxy carries the tenants' plane only. Each replica serves the operators' plane (admin API, its own
+    /metrics) itself on LORAPLEX_ADMIN_HOST:LORAPLEX_ADMIN_PORT of its node, on the replica's event loop; a
+    second ingress replica on the same node finds the port taken and goes without one (logged)."""
 
     def __init__(self, engines, ray_settings: dict):
         settings = ServingSettings().model_copy(update={"engine_managed": False})
         self.gateway = Gateway.from_settings(settings, transport=RayTransport(engines, RaySettings(**ray_settings)))
+        self.operator_task = None
 
-    def __serve_build_asgi_app__(self) -> FastAPI:
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        # async: Serve awaits it on the replica's event loop, the loop the operator server must share
+        s = self.gateway.settings
+        try:
+            sock = bind(s.admin_host, s.admin_port, "operator")
+        except OSError as e:
+            log.warning("this ingress replica serves no operator plane", extra={"fields": {"error": str(e)}})
+        else:
+            self.operator_task = await start_operator(operator_server(create_operator_app(self.gateway)), sock)
         return create_app(self.gateway)
 
 
@@ -92,6 +107,12 @@ def deploy(ray_settings: RaySettings | None = None, serving: ServingSettings | N
     return f"http://{ray_settings.http_host}:{serving.gateway_port}"
 
 
+def admin_url(serving: ServingSettings | None = None) -> str:
+    """The operators' plane of the ingress replica on this node (serving/listeners.py)."""
+    serving = serving or ServingSettings()
+    return f"http://{serving.admin_host}:{serving.admin_port}"
+
+
 def engine_handle(ray_settings: RaySettings | None = None):
     ray_settings = ray_settings or RaySettings()
     return serve.get_deployment_handle("LoraEngine", app_name=ray_settings.app_name)
@@ -122,7 +143,8 @@ def run_local(info_file: Path | None = None, ray_settings: RaySettings | None = 
     infos = replica_infos(ray_settings)
     if info_file is not None:
         info_file.parent.mkdir(parents=True, exist_ok=True)
-        info_file.write_text(json.dumps({"gateway_url": url, "replicas": infos}, indent=2))
+        info_file.write_text(json.dumps({"gateway_url": url, "admin_url": admin_url(), "replicas": infos},
+                                        indent=2))
     log.info("loraplex on Ray Serve is up", extra={"fields": {"url": url, "replicas": len(infos)}})
     while not stop.is_set():
         time.sleep(0.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -14,7 +15,16 @@ class ServingSettings(RegistrySettings):
     registry in its own process) plus the gateway's and its engine's own, declared here."""
 
     gateway_host: str = Field("127.0.0.1", description="Address the gateway binds to.")
-    gateway_port: int = Field(8000, description="Port of the tenants' API.")
+    gateway_port: int = Field(8000, description="Port of the tenants' API (OpenAI API, adapters, files, "
+                              "/health, /ready; nothing of the operators').")
+    admin_host: str = Field("127.0.0.1", description="Address of the operator plane (admin API, /metrics): "
+                            "loopback unless operators reach it from elsewhere.")
+    admin_port: int = Field(8001, ge=0, description="Port of the operator plane, never the tenants' port. "
+                            "0: a free port, logged at start-up.")
+    metrics_auth: Literal["key", "loopback"] = Field(
+        "key", description="Who may read /metrics on the operator plane. key: the admin key as bearer; "
+                           "loopback: also a caller on 127.0.0.1/::1 without a key (a scraper on the same "
+                           "host); others still need the key.")
     admin_key: SecretStr | None = Field(None, description="Key that manages tenants; admin routes refuse all if unset.")
     engine_url: str = Field("http://127.0.0.1:8100", description="The vLLM server, on loopback only.")
     base_name: str = Field("base", description="Model id under which tenants reach the base model.")

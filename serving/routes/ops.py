@@ -1,10 +1,9 @@
-"""Operations: liveness, readiness (a real generate and S3), Prometheus metrics."""
+"""Liveness and readiness (a real generate and S3), served on both planes (tenants' and operators')."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.deps import GatewayDep
 
@@ -24,8 +23,3 @@ async def ready(gw: GatewayDep) -> Response:
     ok, detail = await gw.readiness()
     return JSONResponse({"status": "ready" if ok else "not_ready", **detail}, status_code=200 if ok else 503,
                         headers=None if ok else {"Retry-After": "5"})
-
-
-@router.get("/metrics")
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -12,7 +12,7 @@ from training.tasks import answer
 
 
 def _new_tenant(stack, name: str) -> str:
-    with stack.client(stack.admin_key) as admin:
+    with stack.admin() as admin:
         r = admin.post("/admin/tenants", json={"name": name, "quotas": {"requests_per_minute": 60}})
     assert r.status_code == 201, r.text
     return r.json()["api_key"]
@@ -109,7 +109,7 @@ def test_a_key_revoked_by_another_replica_stops_working_within_the_auth_cache_ti
 def test_tenant_admin_rotate_and_delete(stack, demo):
     key = _new_tenant(stack, "rotor")
     upload(stack, key, "rev", demo.adapter_dirs["reverse"])
-    with stack.client(stack.admin_key) as admin:
+    with stack.admin() as admin:
         assert admin.post("/admin/tenants", json={"name": "rotor"}).status_code == 409
         assert "rotor" in {t["name"] for t in admin.get("/admin/tenants").json()["data"]}
         new_key = admin.post("/admin/tenants/rotor/keys").json()["api_key"]

@@ -68,9 +68,9 @@ def test_more_adapters_than_slots_all_answers_equal_solo(churn_gateway, demo):
     solo = [_complete(st, key, body) for key, body in jobs]  # one at a time: the reference
     for out, (task, word) in zip(solo, expected_task):
         assert out.strip().startswith(answer(task, word)), (task, word, out)  # routed to the right weights
-    before = scrape(st.url)
+    before = scrape(st)
     mixed = asyncio.run(_concurrently(st, jobs[::-1]))[::-1]  # another order than the solo pass
-    after = scrape(st.url)
+    after = scrape(st)
     for i, (out, ref) in enumerate(zip(mixed, solo)):
         assert out == ref, (jobs[i][1]["model"], expected_task[i], out, ref)
     # churn really happened: adapters were evicted and loaded again while traffic ran

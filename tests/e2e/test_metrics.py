@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import secrets
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.helpers import upload
+from tests.e2e.helpers import Stack, upload
 from training.demo import demo_prompt
 
 
-def scrape(url: str) -> dict[tuple[str, frozenset], float]:
-    """Every sample of the gateway's /metrics, keyed by (sample name, labels), parsed by prometheus_client."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
+def scrape(st: Stack) -> dict[tuple[str, frozenset], float]:
+    """Every sample of the gateway's /metrics (operators' plane, admin key), keyed by (sample name, labels),
+    parsed by prometheus_client."""
+    text = st.metrics_text()
     return {(s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
@@ -31,7 +31,7 @@ def delta(before: dict, after: dict, name: str, **labels) -> float:
 def new_tenant(st, quotas: dict | None = None, prefix: str = "met") -> tuple[str, str]:
     """A tenant no other test uses (the metrics registry is shared by every in-process gateway)."""
     name = f"{prefix}-{secrets.token_hex(4)}"
-    with st.client(st.admin_key) as c:
+    with st.admin() as c:
         r = c.post("/admin/tenants", json={"name": name, "quotas": quotas or {}})
     assert r.status_code == 201, r.text
     return name, r.json()["api_key"]
@@ -40,7 +40,7 @@ def new_tenant(st, quotas: dict | None = None, prefix: str = "met") -> tuple[str
 def test_per_tenant_and_per_adapter_series_move_by_what_was_sent(stack, demo):
     tenant, key = new_tenant(stack)
     version = upload(stack, key, "speak", demo.adapter_dirs["reverse"])["version"]
-    before = scrape(stack.url)
+    before = scrape(stack)
     usages = []
     with stack.client(key) as c:
         for model in ("speak", "speak", f"speak@{version}", "base"):
@@ -58,7 +58,7 @@ def test_per_tenant_and_per_adapter_series_move_by_what_was_sent(stack, demo):
         # a model that does not exist, and another tenant's would-be name: 404, and no label for them
         for model in ("ghost", "ghost@prod"):
             assert c.post("/v1/completions", json={"model": model, "prompt": "x", "max_tokens": 1}).status_code == 404
-    after = scrape(stack.url)
+    after = scrape(stack)
 
     adapter_usage = [u for m, u in usages if m != "base"] + [usages[0][1]]  # the stream = the first request
     base_usage = usages[3][1]
@@ -82,13 +82,13 @@ def test_per_tenant_and_per_adapter_series_move_by_what_was_sent(stack, demo):
 def test_quota_refusals_are_counted_under_the_adapter_name(stack, demo):
     tenant, key = new_tenant(stack, {"requests_per_minute": 1})
     upload(stack, key, "speak", demo.adapter_dirs["shout"])
-    before = scrape(stack.url)
+    before = scrape(stack)
     with stack.client(key) as c:
         body = {"model": "speak", "prompt": demo_prompt("quota"), "max_tokens": 4, "temperature": 0}
         assert c.post("/v1/completions", json=body).status_code == 200
         assert c.post("/v1/completions", json=body).status_code == 429
         assert c.post("/v1/completions", json={**body, "model": "speak@prod"}).status_code == 429
-    after = scrape(stack.url)
+    after = scrape(stack)
     assert delta(before, after, "loraplex_rejected_total", tenant=tenant, adapter="speak", status="429",
                  reason="quota") == 2
     assert delta(before, after, "loraplex_requests_total", tenant=tenant, adapter="speak") == 1

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 def test_the_printed_next_steps_run_as_printed(stack, tmp_path):
     entry = stack.tenants["acme"]
     tenants = {"acme": {"api_key": entry["key"], "adapters": [entry["adapter"]]}}
-    info = {"gateway_url": stack.url, "admin_key": stack.admin_key, "tenants": tenants}
+    info = {"gateway_url": stack.url, "admin_url": stack.admin_url, "admin_key": stack.admin_key, "tenants": tenants}
     (tmp_path / "stack.json").write_text(json.dumps(info))
     text = next_steps(stack.url, tenants)
     assert text.rstrip().endswith("make down")

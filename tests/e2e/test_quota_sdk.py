@@ -127,7 +127,7 @@ def test_overload_is_a_503_with_retry_after(tiny_gateway, demo):
     tenant, key = new_tenant(st, prefix="busy")
     upload(st, key, "speak", demo.adapter_dirs["caesar"])
     client = _sdk(st, key)
-    before = scrape(st.url)
+    before = scrape(st)
     e = _refused_while_held(st, client, lambda: client.completions.create(
         model="speak", prompt=demo_prompt("abc"), max_tokens=2))
     assert e.status_code == 503 and e.code == "overloaded"
@@ -136,7 +136,7 @@ def test_overload_is_a_503_with_retry_after(tiny_gateway, demo):
     e = _refused_while_held(st, client, lambda: client.chat.completions.create(
         model="base", messages=[{"role": "user", "content": "abc"}], max_tokens=2))
     assert e.status_code == 503 and e.code == "overloaded"
-    after = scrape(st.url)
+    after = scrape(st)
     assert delta(before, after, "loraplex_rejected_total", tenant=tenant, status="503", reason="overload") == 2
     assert delta(before, after, "loraplex_rejected_total", tenant=tenant, adapter="speak", status="503") == 1
     _wait_idle(st)
@@ -160,7 +160,7 @@ def test_a_flooder_that_fills_the_queue_cannot_lock_another_tenant_out(short_que
     a, b = _sdk(st, ka), _sdk(st, kb)
     for _ in range(3):
         _wait_idle(st)
-        before = scrape(st.url)
+        before = scrape(st)
         holder = a.completions.create(model="speak", prompt=demo_prompt("abc"), **LONG)
         results: dict[str, object] = {}
 
@@ -194,7 +194,7 @@ def test_a_flooder_that_fills_the_queue_cannot_lock_another_tenant_out(short_que
         assert "holds the most" in pushed_out.message
         _retry_after(pushed_out)
         assert results["b"].choices[0].text and results["a0"].choices[0].text
-        after = scrape(st.url)
+        after = scrape(st)
         assert delta(before, after, "loraplex_rejected_total", tenant=ta, status="503", reason="pushed_out") == 1
         assert delta(before, after, "loraplex_rejected_total", tenant=tb) == 0
         return

@@ -42,11 +42,11 @@ def ray_stack(demo, seaweed, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray")
     bucket = "ray-" + secrets.token_hex(4)
     ensure_bucket(seaweed.endpoint, bucket)
-    admin_key, port = "admin-" + secrets.token_hex(8), free_port()
+    admin_key, port, admin_port = "admin-" + secrets.token_hex(8), free_port(), free_port()
     env = {"LORAPLEX_S3_ENDPOINT": seaweed.endpoint, "LORAPLEX_S3_BUCKET": bucket,
            "LORAPLEX_BASE_MODEL": str(demo.base_dir), "LORAPLEX_ADMIN_KEY": admin_key,
            "LORAPLEX_CACHE_DIR": str(tmp / "cache"), "LORAPLEX_MAX_LORAS": "2", "LORAPLEX_MAX_CPU_LORAS": "4",
-           "LORAPLEX_GATEWAY_PORT": str(port)}
+           "LORAPLEX_GATEWAY_PORT": str(port), "LORAPLEX_ADMIN_PORT": str(admin_port)}
     rs = RaySettings(engine_replicas=2, num_cpus=4, adapters_per_replica=CAPACITY, routing_headers=True,
                      log_dir=tmp / "log", health_check_period_s=1.0, engine_start_timeout_s=420)
     with pytest.MonkeyPatch.context() as mp:
@@ -59,9 +59,9 @@ def ray_stack(demo, seaweed, tmp_path_factory):
             tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs)
             _shutdown()
             pytest.fail(f"the Ray Serve deployment did not come up:\n{tails}")
-        st = Stack(url, admin_key)
+        st = Stack(url, admin_key, admin_url=ray_app.admin_url(ServingSettings()))
         try:
-            with st.client(admin_key) as admin:
+            with st.admin() as admin:
                 for spec in DEMO_TENANTS:
                     r = admin.post("/admin/tenants", json={"name": spec["tenant"], "quotas": {}})
                     assert r.status_code == 201, r.text
@@ -130,7 +130,8 @@ def test_ready_and_each_tenant_gets_its_adapter(ray_stack):
         # the ingress records the gateway's token series and streams' TTFT from the engines' usage
         tenant, t = next(iter(ray_stack.tenants.items()))
         labels = frozenset({"tenant": tenant, "adapter": t["adapters"][0]}.items())
-        series = scrape(ray_stack.url)
+        series = scrape(ray_stack)  # the ingress replica's operators' plane
+        assert c.get("/metrics").status_code == 404 and c.get("/admin/tenants").status_code == 404
         assert series[("loraplex_completion_tokens_total", labels)] > 0
         assert series[("loraplex_time_to_first_token_seconds_count", labels)] >= 1
 

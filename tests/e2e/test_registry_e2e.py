@@ -18,7 +18,7 @@ from training.tasks import dataset
 
 
 def _new_tenant(stack, name: str) -> str:
-    with stack.client(stack.admin_key) as admin:
+    with stack.admin() as admin:
         r = admin.post("/admin/tenants", json={"name": name, "quotas": {}})
     assert r.status_code == 201, r.text
     return r.json()["api_key"]

@@ -39,7 +39,7 @@ def test_dedicated_tenant_is_routed_to_its_own_engine(engine, merged_engine, sea
     shared = engine.model_copy(update={"dedicated_engines": {"solo": {"model": "rev-merged", "url": merged_engine}}})
     st = start_gateway(shared, seaweed.endpoint, demo.base_dir, tmp_path / "cache")
     try:
-        with st.client(st.admin_key) as admin:
+        with st.admin() as admin:
             solo = admin.post("/admin/tenants", json={"name": "solo"}).json()["api_key"]
             other = admin.post("/admin/tenants", json={"name": "other"}).json()["api_key"]
         upload(st, other, "shout", demo.adapter_dirs["shout"])

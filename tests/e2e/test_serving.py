@@ -95,8 +95,11 @@ def test_bad_or_missing_key_is_401(stack):
             assert r.status_code == 401, headers
             assert set(r.json()["error"]) == {"message", "type", "param", "code"}
             assert c.get("/v1/models", headers=headers).status_code == 401
-    with stack.client(next(iter(stack.tenants.values()))["key"]) as c:
+    tenant_key = next(iter(stack.tenants.values()))["key"]
+    with stack.admin(tenant_key) as c:  # the operators' plane refuses a tenant key
         assert c.get("/admin/tenants").status_code == 401
+    with stack.client(tenant_key) as c:  # the tenants' plane has no admin routes
+        assert c.get("/admin/tenants").status_code == 404
 
 
 def test_models_lists_only_the_callers_adapters(stack):
@@ -156,7 +159,11 @@ def test_ops_endpoints(stack):
         assert c.get("/health").json() == {"status": "ok"}
         r = c.get("/ready")
         assert r.status_code == 200, r.text
-        assert "loraplex_requests_total" in c.get("/metrics").text
+        assert c.get("/metrics").status_code == 404  # the operators' plane only
+    assert "loraplex_requests_total" in stack.metrics_text()
+    with httpx.Client(base_url=stack.admin_url) as c:
+        assert c.get("/health").json() == {"status": "ok"} and c.get("/ready").status_code == 200
+        assert c.get("/metrics").status_code == 401  # LORAPLEX_METRICS_AUTH=key: the admin key, from anywhere
 
 
 def _engine_counter(engine_url: str, name: str) -> float:

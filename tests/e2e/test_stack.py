@@ -14,6 +14,7 @@ import pytest
 
 from common.procs import free_port, pid_alive, port_open
 from registry.seaweed import free_port_pair
+from tests.e2e.helpers import Stack
 from tests.e2e.test_metrics import delta, scrape
 from tests.waiting import wait_until
 from training.demo import DEMO_TENANTS, DEMO_WORDS
@@ -33,7 +34,8 @@ def test_demo_up_status_down(tmp_path, demo):
     # reuse the session's demo model and adapters (the build itself is tested in tests/integration)
     (var / "models").symlink_to(demo.base_dir.parent)
     (var / "adapters").symlink_to(demo.base_dir.parent.parent / "adapters")
-    ports = {"GATEWAY": free_port(), "S3": free_port_pair(), "ENGINE": free_port()}  # S3 needs port+10000 too
+    ports = {"GATEWAY": free_port(), "ADMIN": free_port(), "S3": free_port_pair(),  # S3 needs port+10000 too
+             "ENGINE": free_port()}
     env = {**os.environ, "LORAPLEX_VAR_DIR": str(var), "COLUMNS": "200",
            **{f"LORAPLEX_{k}_PORT": str(p) for k, p in ports.items()}}
     for k in ("LORAPLEX_GATEWAY_URL", "LORAPLEX_API_KEY", "LORAPLEX_ADMIN_KEY", "LORAPLEX_BASE_MODEL"):
@@ -42,13 +44,18 @@ def test_demo_up_status_down(tmp_path, demo):
         out = _cli(["demo"], env)
         assert out.returncode == 0, out.stdout + out.stderr
         info = json.loads((var / "stack.json").read_text())
-        assert {"gateway_url", "engine_url", "admin_key", "s3_endpoint", "bucket", "base_model", "tenants"} <= set(info)
+        assert {"gateway_url", "engine_url", "admin_url", "admin_key", "s3_endpoint", "bucket", "base_model",
+                "tenants"} <= set(info)
         assert info["gateway_url"] == f"http://127.0.0.1:{ports['GATEWAY']}"
+        assert info["admin_url"] == f"http://127.0.0.1:{ports['ADMIN']}"
+        _two_planes(info)
         for spec in DEMO_TENANTS:
             assert info["tenants"][spec["tenant"]]["adapters"] == [spec["adapter"]]
             assert answer(spec["task"], DEMO_WORDS[0]) in out.stdout
         assert httpx.get(f"{info['gateway_url']}/ready", timeout=30).status_code == 200
         assert _cli(["status"], env).returncode == 0
+        listed = _cli(["tenant", "ls"], env)  # an admin command: var/stack.json's admin_url
+        assert listed.returncode == 0 and DEMO_TENANTS[0]["tenant"] in listed.stdout, listed.stdout + listed.stderr
         # a second demo run reuses everything (idempotent) and keeps working keys
         again = _cli(["demo"], env)
         assert again.returncode == 0, again.stderr
@@ -62,6 +69,17 @@ def test_demo_up_status_down(tmp_path, demo):
     assert not any(pid_alive(p) for p in pids)
     assert not any(port_open(p) for p in ports.values())
     assert _cli(["status"], env).returncode == 1
+
+
+def _two_planes(info):
+    """The tenants' port has no operator routes; the operators' port has them, with the admin key; the CLI's
+    admin commands find it through var/stack.json."""
+    admin = {"Authorization": f"Bearer {info['admin_key']}"}
+    for path in ("/metrics", "/admin/tenants"):
+        assert httpx.get(info["gateway_url"] + path, headers=admin, timeout=30).status_code == 404
+    assert httpx.get(info["admin_url"] + "/metrics", timeout=30).status_code == 401
+    assert "loraplex_requests_total" in httpx.get(info["admin_url"] + "/metrics", headers=admin, timeout=30).text
+    assert httpx.get(info["admin_url"] + "/ready", timeout=30).status_code == 200
 
 
 def _engine_crash_and_recovery(var, info):
@@ -87,9 +105,10 @@ def _engine_crash_and_recovery(var, info):
         wait_until(lambda: c.get("/ready").status_code == 200, timeout=420, interval=2,
                    what="the engine came back")
         assert int((var / "run" / "engine.pid").read_text()) != engine_pid
-        before = scrape(url)
+        st = Stack(url, info["admin_key"], admin_url=info["admin_url"])
+        before = scrape(st)
         r = c.post("/v1/completions", json={"model": spec["adapter"], "prompt": "word: hello\nanswer:",
                                             "max_tokens": 16, "temperature": 0})
         assert r.status_code == 200 and r.json()["choices"][0]["text"].strip() == answer(spec["task"], "hello")
         # the supervisor loaded the hot adapter back: this request found it resident
-        assert delta(before, scrape(url), "loraplex_adapter_residency_total", result="miss") == 0
+        assert delta(before, scrape(st), "loraplex_adapter_residency_total", result="miss") == 0

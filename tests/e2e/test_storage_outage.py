@@ -20,7 +20,7 @@ def test_known_adapters_survive_an_s3_outage(engine, demo, tmp_path, seaweed):
                    secret_key=os.environ["AWS_SECRET_ACCESS_KEY"])
     st = start_gateway(engine, own.endpoint, demo.base_dir, tmp_path / "cache")
     try:
-        with st.client(st.admin_key) as admin:
+        with st.admin() as admin:
             key = admin.post("/admin/tenants", json={"name": "outage"}).json()["api_key"]
         upload(st, key, "warm", demo.adapter_dirs["reverse"])
         upload(st, key, "cold", demo.adapter_dirs["shout"])

@@ -31,7 +31,7 @@ def gateway(seaweed, demo, tmp_path_factory):
 
 
 def _audit(st, **params) -> dict:
-    with st.client(st.admin_key) as admin:
+    with st.admin() as admin:
         r = admin.get("/admin/audit", params=params)
     assert r.status_code == 200, r.text
     return r.json()
@@ -44,7 +44,7 @@ def _raw_events(st) -> dict[str, bytes]:
 
 def test_a_sequence_of_writes_is_audited_in_order_without_keys(gateway, demo):
     st = gateway
-    with st.client(st.admin_key) as admin:
+    with st.admin() as admin:
         created = admin.post("/admin/tenants", json={"name": "audited", "quotas": {"requests_per_minute": 60}})
         assert created.status_code == 201, created.text
         assert admin.post("/admin/tenants", json={"name": "audited"}).status_code == 409  # refused: recorded
@@ -59,7 +59,7 @@ def test_a_sequence_of_writes_is_audited_in_order_without_keys(gateway, demo):
         assert stale.status_code == 409
         assert c.delete(f"/v1/adapters/rev/versions/{v2}").status_code == 409  # prod points at it
         assert c.delete(f"/v1/adapters/rev/versions/{v1}").status_code == 204
-    with st.client(st.admin_key) as admin:
+    with st.admin() as admin:
         rotated = admin.post("/admin/tenants/audited/keys")
         assert rotated.status_code == 200
     new_key = rotated.json()["api_key"]
@@ -110,11 +110,14 @@ def test_a_sequence_of_writes_is_audited_in_order_without_keys(gateway, demo):
 def test_only_the_admin_key_reads_the_audit_log(gateway):
     st = gateway
     key = st.add_tenant("snoop")
-    with st.client(key) as c:
+    with st.admin(key) as c:
         r = c.get("/admin/audit")
         assert r.status_code == 401 and "admin" in r.json()["error"]["message"]
-    assert httpx.get(f"{st.url}/admin/audit").status_code == 401  # no key at all
-    with st.client(st.admin_key) as admin:
+    assert httpx.get(f"{st.admin_url}/admin/audit").status_code == 401  # no key at all
+    for k in (key, st.admin_key):  # the tenants' port has no admin routes at all
+        with st.client(k) as c:
+            assert c.get("/admin/audit").status_code == 404
+    with st.admin() as admin:
         assert admin.get("/admin/audit", params={"since": "yesterday"}).status_code == 400
         assert admin.get("/admin/audit", params={"action": "tenant.steal"}).status_code == 400
 
@@ -137,7 +140,8 @@ def test_events_are_never_overwritten(gateway):
 def test_cli_audit_through_the_api(gateway):
     st = gateway
     st.add_tenant("clitenant")
-    env = {"LORAPLEX_GATEWAY_URL": st.url, "LORAPLEX_ADMIN_KEY": st.admin_key, "COLUMNS": "250"}
+    env = {"LORAPLEX_GATEWAY_URL": st.url, "LORAPLEX_ADMIN_URL": st.admin_url, "LORAPLEX_ADMIN_KEY": st.admin_key,
+           "COLUMNS": "250"}
     from loraplex.cli import app
 
     result = CliRunner().invoke(app, ["audit", "--tenant", "clitenant", "--json"], env=env)
@@ -151,7 +155,7 @@ def test_cli_audit_through_the_api(gateway):
 def test_quota_changes_are_audited(gateway):
     st = gateway
     st.add_tenant("quotaed")
-    with st.client(st.admin_key) as admin:
+    with st.admin() as admin:
         r = admin.patch("/admin/tenants/quotaed", json={"quotas": {"requests_per_minute": 5}})
         if r.status_code == 405:
             pytest.skip("this checkout has no PATCH /admin/tenants/{name}")

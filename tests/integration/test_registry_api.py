@@ -26,7 +26,7 @@ def gateway(seaweed, demo, tmp_path_factory):
     """A gateway built as `loraplex up` builds it (so with the probe), on a fresh bucket; no engine behind it."""
     engine = ServingSettings(base_model=demo.base_dir, engine_url=f"http://127.0.0.1:{free_port()}")
     st = start_gateway(engine, seaweed.endpoint, demo.base_dir, tmp_path_factory.mktemp("cache"))
-    with st.client(st.admin_key) as admin:
+    with st.admin() as admin:
         for name in ("acme", "other"):
             st.tenants[name] = admin.post("/admin/tenants", json={"name": name}).json()["api_key"]
     yield st

@@ -29,7 +29,7 @@ def gateway(seaweed, tiny_base, tmp_path_factory):
 
 
 def _patch(st, name: str, body, key: str | None = None):
-    with st.client(key or st.admin_key) as c:
+    with st.admin(key) as c:
         return c.patch(f"/admin/tenants/{name}", json=body)
 
 
@@ -43,7 +43,7 @@ def test_patch_changes_only_the_named_quotas(gateway):
     r = _patch(gateway, "patchy", {"quotas": {"tokens_per_minute": 900, "max_concurrent": None}})
     assert r.status_code == 200, r.text
     assert r.json()["name"] == "patchy" and r.json()["quotas"] == {"requests_per_minute": 5, "tokens_per_minute": 900}
-    with gateway.client(gateway.admin_key) as c:
+    with gateway.admin() as c:
         listed = {t["name"]: t["quotas"] for t in c.get("/admin/tenants").json()["data"]}
     assert listed["patchy"] == r.json()["quotas"]
 
@@ -97,7 +97,8 @@ def test_cli_set_quota(gateway):
     from loraplex.cli import app
 
     gateway.add_tenant("clied", {"max_concurrent": 4})
-    env = {"LORAPLEX_GATEWAY_URL": gateway.url, "LORAPLEX_ADMIN_KEY": gateway.admin_key, "COLUMNS": "200"}
+    env = {"LORAPLEX_GATEWAY_URL": gateway.url, "LORAPLEX_ADMIN_URL": gateway.admin_url,
+           "LORAPLEX_ADMIN_KEY": gateway.admin_key, "COLUMNS": "200"}
     result = CliRunner().invoke(app, ["tenant", "set-quota", "clied", "--requests-per-minute", "60",
                                       "--tokens-per-minute", "0"], env=env)
     assert result.exit_code == 0, result.output
@@ -117,7 +118,7 @@ def test_cli_set_quota(gateway):
     ({"tokens_per_minute": -5}, "tokens_per_minute"),
 ])
 def test_create_refuses_quotas_that_are_not_known_non_negative_ints(gateway, quotas, field):
-    with gateway.client(gateway.admin_key) as admin:
+    with gateway.admin() as admin:
         r = admin.post("/admin/tenants", json={"name": "badquota", "quotas": quotas})
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == f"body.quotas.{field}"
