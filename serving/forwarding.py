@@ -14,12 +14,14 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
+from starlette.types import Receive
 
 from common.errors import LoraplexError, error_body
 from registry.manifest import Manifest
 from registry.tenants import Tenant
 from serving import metrics
 from serving.admission import Charge, Quotas
+from serving.disconnect import unless_client_leaves
 from serving.gateway import Gateway
 from serving.protocol import estimate_tokens, rewrite_model, rewrite_sse_line, sse_error
 from serving.residency import engine_lora_name
@@ -123,14 +125,22 @@ async def admit(gw: Gateway, tenant: Tenant, body: dict, resolve: bool = True) -
     label = metrics.BASE if is_base else metrics.LABELS.admit(tenant.name, manifest.name if manifest else body["model"])
     try:
         await gw.admission.acquire(tenant.name, est, label)
-    except BaseException:  # refused (queue full, draining) or the client left while waiting
+    except BaseException as e:  # refused (queue full, draining) or the client left while waiting
         charge.settle(0)
+        if isinstance(e, asyncio.CancelledError):
+            metrics.REJECTED.labels(tenant.name, label, "499", "disconnected").inc()
         raise
     return Ticket(gw.admission, tenant.name, body["model"], est, label, arrived, charge), manifest
 
 
-async def forward(gw: Gateway, tenant: Tenant, body: dict, path: str) -> Response:
-    """The inference routes' one call: admit, send through the gateway's transport, relay the answer."""
+async def forward(gw: Gateway, tenant: Tenant, body: dict, path: str, receive: Receive | None = None) -> Response:
+    """The inference routes' one call: admit, send through the gateway's transport, relay the answer. With the
+    request's ASGI `receive`, a client that disconnects before the response starts cancels it (queued: it
+    leaves the queue; admitted: the engine request is aborted), see serving/disconnect.py."""
+    return await unless_client_leaves(receive, _forward(gw, tenant, body, path))
+
+
+async def _forward(gw: Gateway, tenant: Tenant, body: dict, path: str) -> Response:
     transport = gw.transport
     ticket, manifest = await admit(gw, tenant, body, resolve=not transport.serves_as_is(tenant.name, body["model"]))
     stream = bool(body.get("stream"))

@@ -80,7 +80,8 @@ UPLOADS = Counter("loraplex_adapter_uploads_total", "Adapter uploads by result."
 STALE_SERVED = Counter("loraplex_stale_registry_reads_total",
                        "Registry reads answered from the last good value while S3 was unavailable.", ["what"])
 REJECTED = Counter("loraplex_rejected_total",
-                   "Requests refused before the engine: 429 quota, 503 overload (queue full) or draining (shutdown).",
+                   "Requests refused before the engine: 429 quota, 503 overload (queue full) or draining (shutdown), "
+                   "or 499 disconnected (the client left while queued).",
                    ["tenant", "adapter", "status", "reason"])
 INFLIGHT = Gauge("loraplex_inflight_requests", "Requests forwarded to the engine now.")
 QUEUED = Gauge("loraplex_queued_requests", "Requests waiting for admission now.")

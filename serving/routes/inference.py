@@ -39,10 +39,10 @@ async def _checked_body(request: Request, gw, path: str) -> dict:
 @router.post("/v1/completions")
 async def completions(request: Request, tenant: TenantDep, gw: GatewayDep):
     body = await _checked_body(request, gw, "/v1/completions")
-    return await forward(gw, tenant, body, "/v1/completions")
+    return await forward(gw, tenant, body, "/v1/completions", request.receive)
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, tenant: TenantDep, gw: GatewayDep):
     body = await _checked_body(request, gw, "/v1/chat/completions")
-    return await forward(gw, tenant, body, "/v1/chat/completions")
+    return await forward(gw, tenant, body, "/v1/chat/completions", request.receive)

@@ -70,9 +70,7 @@ class HttpTransport(Transport):
         if http is None:
             http, model = self.engine.http, self.settings.base_name
             if call.lora is not None:
-                manifest = call.manifest
-                await self.residency.acquire(call.lora, lambda: asyncio.to_thread(self.cache.ensure_local, manifest))
-                call.releases.append(lambda: self.residency.release(call.lora))
+                await self._hold_adapter(call)
                 model = call.lora
         try:
             req = http.build_request("POST", call.path, json={**call.body, "model": model})
@@ -80,6 +78,21 @@ class HttpTransport(Transport):
         except httpx.HTTPError as e:
             raise EngineUnavailable(f"the engine did not answer ({type(e).__name__}); retry shortly",
                                     retry_after=5) from e
+
+    async def _hold_adapter(self, call: EngineCall) -> None:
+        """Make the call's adapter resident and hold it until the request ends. A load is shared by every
+        request waiting for that adapter and leaves the engine in a known state only when it completes, so a
+        client that disconnects meanwhile does not cancel it: the hold it gets is given back at once."""
+        manifest, residency = call.manifest, self.residency
+        holding = asyncio.ensure_future(residency.acquire(
+            call.lora, lambda: asyncio.to_thread(self.cache.ensure_local, manifest)))
+        try:
+            await asyncio.shield(holding)
+        except asyncio.CancelledError:
+            holding.add_done_callback(
+                lambda f: None if f.cancelled() or f.exception() else residency.release(call.lora))
+            raise
+        call.releases.append(lambda: residency.release(call.lora))
 
     async def probe(self) -> None:
         await self.engine.probe()

@@ -106,7 +106,12 @@ class RayTransport(Transport):
                     except BaseException:
                         gen.cancel()
                         raise
-                return await handle.generate.remote(path, body, lora)
+                response = handle.generate.remote(path, body, lora)
+                try:
+                    return await response
+                except asyncio.CancelledError:
+                    response.cancel()  # the client left: the replica's call is cancelled, closing its engine request
+                    raise
             except Exception as e:
                 if not isinstance(_cause(e), EngineDown) or time.monotonic() >= deadline:
                     raise
