@@ -30,6 +30,10 @@ class LoraplexError(Exception):
     def to_body(self) -> dict:
         return error_body(self.message, self.type, self.code, self.param)
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers of the error response."""
+        return {"Retry-After": str(int(self.retry_after))} if self.retry_after else {}
+
 
 class AuthenticationFailed(LoraplexError):
     status, type, code = 401, "authentication_error", "invalid_api_key"
@@ -58,9 +62,15 @@ class InvalidRequest(LoraplexError):
 
 
 class RequestTooLarge(LoraplexError):
-    """A request body over the gateway's size limit (LORAPLEX_MAX_REQUEST_BYTES)."""
+    """A request body over the gateway's size limit (LORAPLEX_MAX_REQUEST_BYTES for inference,
+    LORAPLEX_MAX_UPLOAD_BYTES / LORAPLEX_MAX_MODEL_UPLOAD_BYTES for uploads); the message names which."""
 
     status, type, code = 413, "invalid_request_error", "request_too_large"
+
+    def headers(self) -> dict[str, str]:
+        # The rest of the body is left unread: closing the connection ends the upload at once (kept open,
+        # the server would have to read and discard it, forever for an endless chunked body).
+        return {**super().headers(), "Connection": "close"}
 
 
 class InvalidName(LoraplexError):
@@ -91,6 +101,18 @@ class VersionInUse(Conflict):
 
 class TenantExists(Conflict):
     code = "tenant_exists"
+
+
+class TenantLimitExceeded(Conflict):
+    """A new version would pass a per-tenant count limit (adapters per tenant, versions per adapter)."""
+
+    code = "tenant_limit_exceeded"
+
+
+class TenantStorageFull(LoraplexError):
+    """A new version would pass the tenant's stored-bytes limit (LORAPLEX_MAX_TENANT_STORED_BYTES)."""
+
+    status, type, code = 413, "invalid_request_error", "tenant_storage_full"
 
 
 class QuotaExceeded(LoraplexError):

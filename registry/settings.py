@@ -49,3 +49,12 @@ class RegistrySettings(BaseSettings):
     model_cache_max_bytes: int = Field(20 * GIB, gt=0, description="Bytes the local model cache may hold (LRU).")
     max_model_upload_bytes: int = Field(16 * GIB, gt=0, description="Largest total size of one full/merged model "
                                         "version (the gateway holds one file at a time in memory).")
+    # Per-tenant storage limits, checked when a new version is published (0: unlimited); docs/registry.md.
+    max_adapters_per_tenant: int = Field(100, ge=0, description="Adapters (names with a version) one tenant may "
+                                         "hold; its full/merged models are counted separately against the same "
+                                         "limit. A new name over it is refused with 409. 0: unlimited.")
+    max_versions_per_adapter: int = Field(50, ge=0, description="Versions one adapter (or model) may hold; a new "
+                                          "version over it is refused with 409. 0: unlimited.")
+    max_tenant_stored_bytes: int = Field(64 * GIB, ge=0, description="Bytes of all versions (adapters and models) "
+                                         "one tenant may store; a new version that would pass it is refused with "
+                                         "413. 0: unlimited.")

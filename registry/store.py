@@ -108,13 +108,17 @@ class ObjectStore:
 
     def list(self, prefix: str) -> list[str]:
         """Return every key starting with `prefix`, sorted."""
-        keys: list[str] = []
+        return sorted(self.list_sizes(prefix))
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        """Return every key starting with `prefix` with its size in bytes (the same listing calls)."""
+        sizes: dict[str, int] = {}
         token: dict = {}
         while True:
             page = self._call(prefix, self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix, **token)
-            keys += [item["Key"] for item in page.get("Contents", [])]
+            sizes.update((item["Key"], item["Size"]) for item in page.get("Contents", []))
             if not page.get("IsTruncated"):
-                return sorted(keys)
+                return sizes
             token = {"ContinuationToken": page["NextContinuationToken"]}
 
     def delete(self, key: str) -> None:

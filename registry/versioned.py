@@ -22,7 +22,9 @@ from common.names import NAME_RE, check_name
 from registry import layout
 from registry.aliases import list_aliases, read_alias, swap_alias
 from registry.errors import KeyMissing, PreconditionFailed
+from registry.limits import check_limits
 from registry.manifest import FileEntry, content_digest, is_version, version_of
+from registry.settings import RegistrySettings
 from registry.store import ObjectStore
 
 DEFAULT_ALIAS = "prod"
@@ -41,6 +43,7 @@ class VersionedRegistry(Generic[M]):
     INFO: type[BaseModel]
 
     store: ObjectStore
+    settings: RegistrySettings
 
     def names(self, tenant: str) -> list[str]:
         """Names of `tenant`'s artifacts with any object stored (versions or leftovers), sorted."""
@@ -171,12 +174,16 @@ class VersionedRegistry(Generic[M]):
 
         Returns:
             The version's manifest; the existing one if these bytes were published before.
+
+        Raises:
+            TenantLimitExceeded, TenantStorageFull: a new version over one of the tenant's storage limits.
         """
         digest = content_digest(entries)
         version = version_of(digest)
         existing = self._published(tenant, name, version, digest)
-        if existing is not None:
+        if existing is not None:  # identical bytes: idempotent, and never counted against a limit twice
             return existing
+        check_limits(self.store, self.settings, tenant, self.ROOT, name, sum(e.size for e in entries.values()))
         for filename in sorted(entries):
             self._put_file(layout.file_key(tenant, name, version, filename, self.ROOT), read(filename))
         return self._put_manifest(make_manifest(version, digest), digest)

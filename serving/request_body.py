@@ -1,34 +1,48 @@
-"""Reading an inference request's body: a size limit enforced while reading, then UTF-8 JSON that can be
-forwarded to the engine as it is (finite numbers, bounded nesting, encodable strings)."""
+"""Reading a request's body with a size limit enforced while the bytes arrive (inference bodies here, uploads
+in serving/upload_form.py), and an inference body's UTF-8 JSON that can be forwarded to the engine as it is
+(finite numbers, bounded nesting, encodable strings)."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from starlette.requests import Request
 
 from common.errors import InvalidRequest, RequestTooLarge
 
+INFERENCE_LIMIT = ("LORAPLEX_MAX_REQUEST_BYTES", "send a shorter prompt or fewer messages")
+
 
 async def read_limited(request: Request, limit: int) -> bytes:
     """The body of `request`, or RequestTooLarge (413) as soon as it exceeds `limit` bytes: counted while
     reading, so a chunked body without Content-Length is stopped too, before it is held in memory."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit, f"Content-Length {declared}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit, f"more than {limit} bytes")
-        chunks.append(chunk)
+    chunks = []
+    async with aclosing(limited_stream(request, limit, *INFERENCE_LIMIT)) as stream:
+        async for chunk in stream:
+            chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _too_large(limit: int, got: str) -> RequestTooLarge:
-    return RequestTooLarge(f"the request body is too large ({got}); the limit is {limit} bytes "
-                           "(LORAPLEX_MAX_REQUEST_BYTES): send a shorter prompt or fewer messages")
+async def limited_stream(request: Request, limit: int, setting: str, fix: str) -> AsyncIterator[bytes]:
+    """The chunks of `request`'s body as they arrive; RequestTooLarge (413, naming `setting` and saying `fix`)
+    before the first chunk if Content-Length is over `limit`, else as soon as more than `limit` bytes came
+    (a chunked body has no Content-Length to trust)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(limit, f"Content-Length {declared}", setting, fix)
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit, f"more than {limit} bytes", setting, fix)
+        yield chunk
+
+
+def too_large(limit: int, got: str, setting: str, fix: str) -> RequestTooLarge:
+    return RequestTooLarge(f"the request body is too large ({got}); the limit is {limit} bytes ({setting}): {fix}")
 
 
 def load_json(raw: bytes, max_depth: int) -> object:

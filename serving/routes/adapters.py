@@ -8,15 +8,22 @@ import json
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException
 
-from common.errors import InvalidAdapter, InvalidName, InvalidRequest
+from common.errors import (
+    InvalidAdapter,
+    InvalidName,
+    InvalidRequest,
+    RequestTooLarge,
+    TenantLimitExceeded,
+    TenantStorageFull,
+)
 from common.names import check_name
 from common.peft_format import ADAPTER_FILES
 from registry.audit import AuditAction
 from serving import metrics
 from serving.audit_trail import audited
 from serving.deps import GatewayDep, TenantDep
+from serving.upload_form import read_form
 
 router = APIRouter(prefix="/v1/adapters")
 
@@ -32,33 +39,33 @@ def public_adapter(info) -> dict:
     return {"name": info.name, "aliases": info.aliases, "versions": [public_version(v) for v in info.versions]}
 
 
+ADAPTER_LIMIT = ("LORAPLEX_MAX_UPLOAD_BYTES", "shrink the adapter (a lower rank, fewer target modules)")
+
+
 async def read_upload(request: Request, limit: int) -> tuple[dict[str, bytes], dict | None]:
     """The two PEFT files of a multipart upload by file name, and the optional `metadata` JSON field.
 
-    Any other file is refused (the validation gate names it); other fields are refused here.
+    Over `limit` bytes of files → RequestTooLarge (413), counted as the bytes arrive. Any other file is
+    refused (the validation gate names it); other fields are refused here.
     """
-    if int(request.headers.get("content-length") or 0) > limit + 1_000_000:
-        raise InvalidAdapter("size", f"the upload is larger than {limit} bytes: shrink the adapter (lower rank)")
+    form = await read_form(request, limit, *ADAPTER_LIMIT, expected=" and ".join(ADAPTER_FILES), max_files=8,
+                           max_fields=8)
     try:
-        form = await request.form(max_files=8, max_fields=8)
-    except (MultiPartException, AssertionError) as e:
-        raise InvalidRequest(f"expected a multipart/form-data upload of {' and '.join(ADAPTER_FILES)}: {e}") from e
-    files: dict[str, bytes] = {}
-    metadata = None
-    for field, value in form.multi_items():
-        if not isinstance(value, UploadFile):
-            if field != "metadata":
-                raise InvalidRequest(f"unexpected form field {field!r}: send only the two files and an optional "
-                                     "'metadata' field (a JSON object)", param=field)
-            metadata = json_field("metadata", value)
-            continue
-        fname = value.filename or ""
-        if fname in files:
-            raise InvalidAdapter("files", f"{fname} was sent twice: send each file once")
-        files[fname] = await value.read(limit + 1)
-        if len(files[fname]) > limit:
-            raise InvalidAdapter("size", f"{fname} is larger than {limit} bytes: shrink the adapter")
-    await form.close()
+        files: dict[str, bytes] = {}
+        metadata = None
+        for field, value in form.multi_items():
+            if not isinstance(value, UploadFile):
+                if field != "metadata":
+                    raise InvalidRequest(f"unexpected form field {field!r}: send only the two files and an optional "
+                                         "'metadata' field (a JSON object)", param=field)
+                metadata = json_field("metadata", value)
+                continue
+            fname = value.filename or ""
+            if fname in files:
+                raise InvalidAdapter("files", f"{fname} was sent twice: send each file once")
+            files[fname] = await value.read()
+    finally:
+        await form.close()
     return files, metadata
 
 
@@ -83,7 +90,7 @@ async def upload_version(name: str, request: Request, tenant: TenantDep, gw: Gat
             files, metadata = await read_upload(request, gw.settings.max_upload_bytes)
             manifest = await asyncio.to_thread(gw.adapters.publish, tenant.name, name, files, uploader=tenant.name,
                                                metadata=metadata)
-        except InvalidAdapter:
+        except (InvalidAdapter, RequestTooLarge, TenantLimitExceeded, TenantStorageFull):
             metrics.UPLOADS.labels("refused").inc()
             raise
         detail.update(version=manifest.version, sha256=manifest.sha256, size_bytes=manifest.size_bytes,

@@ -13,7 +13,6 @@ import hashlib
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException
 
 from common.errors import IntegrityError, InvalidAdapter, InvalidRequest
 from common.names import check_name
@@ -22,6 +21,7 @@ from registry.model_registry import MAX_FILES, ModelRegistry
 from serving.audit_trail import audited
 from serving.deps import GatewayDep, TenantDep
 from serving.routes.adapters import json_field
+from serving.upload_form import read_form
 
 router = APIRouter(prefix="/v1/artifacts/models")
 
@@ -59,14 +59,10 @@ async def _publish_upload(name: str, request: Request, tenant, gw):
     """The upload's form read, checked and published; its manifest."""
     check_name(name, "model name")
     models = registry_of(gw)
-    limit = models.settings.max_model_upload_bytes
-    if int(request.headers.get("content-length") or 0) > limit + 1_000_000:
-        raise InvalidAdapter("size", f"the upload is larger than {limit} bytes (LORAPLEX_MAX_MODEL_UPLOAD_BYTES)")
-    try:
-        # File parts are spooled to disk by Starlette; publish reads them one at a time.
-        form = await request.form(max_files=MAX_FILES + 1, max_fields=len(FIELDS))
-    except (MultiPartException, AssertionError) as e:
-        raise InvalidRequest(f"expected a multipart/form-data upload of the model's files: {e}") from e
+    # File parts are spooled to disk by Starlette; publish reads them one at a time.
+    form = await read_form(request, models.settings.max_model_upload_bytes, "LORAPLEX_MAX_MODEL_UPLOAD_BYTES",
+                           "publish an adapter instead, or ask the operator to raise the limit",
+                           expected="the model's files", max_files=MAX_FILES + 1, max_fields=len(FIELDS))
     try:
         files, fields = {}, {}
         for field, value in form.multi_items():
