@@ -54,6 +54,13 @@ class AdapterResidency:
             self._lru.setdefault(name, None)
         metrics.RESIDENT.set(len(self._lru))
 
+    def forget(self, name: str) -> None:
+        """The engine no longer has `name` (unloaded by someone else): the next acquire loads it again.
+        Requests holding it keep their count and release it as usual."""
+        self._lru.pop(name, None)
+        self._paths.pop(name, None)
+        metrics.RESIDENT.set(len(self._lru))
+
     def take_hot(self) -> list[tuple[str, Path]]:
         """The engine died: forget what it held, returning it (most recent last) to load back later."""
         hot = [(n, self._paths[n]) for n in self._lru if n in self._paths]

@@ -72,6 +72,18 @@ class HttpTransport(Transport):
             if call.lora is not None:
                 await self._hold_adapter(call)
                 model = call.lora
+        reply = await self._post(http, call, model)
+        if call.lora is not None and reply.status == 404 and await _names(reply, call.lora):
+            # The engine lost the adapter the residency LRU counts as loaded (another client unloaded it,
+            # or another gateway sharing the engine evicted it): load it again and send once more.
+            log.warning("the engine no longer had %s: loading it again", call.lora)
+            await reply.close()
+            self.residency.forget(call.lora)
+            await self._hold_adapter(call)
+            reply = await self._post(http, call, model)
+        return reply
+
+    async def _post(self, http: httpx.AsyncClient, call: EngineCall, model: str) -> HttpReply:
         try:
             req = http.build_request("POST", call.path, json={**call.body, "model": model})
             return HttpReply(await http.send(req, stream=call.stream))
@@ -107,3 +119,13 @@ class HttpTransport(Transport):
     async def aclose(self) -> None:
         for http in (self.engine.http, *self.own_engines.values()):
             await http.aclose()
+
+
+async def _names(reply: HttpReply, lora: str) -> bool:
+    """Whether an engine error answer is about `lora` (vLLM: "The model `<name>` does not exist.")."""
+    try:
+        await reply.upstream.aread()
+    except httpx.HTTPError:
+        return False
+    return f"`{lora}`" in reply.upstream.text
+

@@ -81,13 +81,15 @@ def test_per_tenant_and_per_adapter_series_move_by_what_was_sent(stack, demo):
 
 def test_quota_refusals_are_counted_under_the_adapter_name(stack, demo):
     tenant, key = new_tenant(stack, {"requests_per_minute": 1})
-    upload(stack, key, "speak", demo.adapter_dirs["shout"])
+    version = upload(stack, key, "speak", demo.adapter_dirs["shout"])["version"]
     before = scrape(stack)
     with stack.client(key) as c:
         body = {"model": "speak", "prompt": demo_prompt("quota"), "max_tokens": 4, "temperature": 0}
         assert c.post("/v1/completions", json=body).status_code == 200
         assert c.post("/v1/completions", json=body).status_code == 429
-        assert c.post("/v1/completions", json={**body, "model": "speak@prod"}).status_code == 429
+        assert c.post("/v1/completions", json={**body, "model": f"speak@{version}"}).status_code == 429
+        # a model that does not resolve is a 404 before any quota is charged
+        assert c.post("/v1/completions", json={**body, "model": "speak@prod"}).status_code == 404
     after = scrape(stack)
     assert delta(before, after, "loraplex_rejected_total", tenant=tenant, adapter="speak", status="429",
                  reason="quota") == 2
