@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import random
 import secrets
 import threading
 import time
@@ -131,7 +132,7 @@ class TenantRegistry:
                 self._auth_cache[digest] = (tenant, time.monotonic() + self.auth_cache_ttl_s)
         return tenant
 
-    def set_quotas(self, name: str, changes: dict, attempts: int = 5) -> Tenant:
+    def set_quotas(self, name: str, changes: dict, attempts: int = 16) -> Tenant:
         """Change some of `name`'s quotas (a key mapped to None loses its limit; keys not named keep theirs) and
         return the tenant as stored.
 
@@ -142,7 +143,9 @@ class TenantRegistry:
             TenantNotFound: no such tenant (or it was deleted meanwhile).
             Conflict: the record kept changing under `attempts` tries; retry.
         """
-        for _ in range(attempts):
+        for attempt in range(attempts):
+            if attempt:  # each round of racers has one winner: back off a little, with jitter, and re-read
+                time.sleep(random.uniform(0, 0.01 * min(2 ** attempt, 32)))
             record, etag = self._record(name)
             quotas = {**record.quotas, **changes}
             updated = record.model_copy(update={"quotas": {k: v for k, v in quotas.items() if v is not None}})
