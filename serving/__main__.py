@@ -22,6 +22,7 @@ from serving.app import create_app, drain
 from serving.gateway import Gateway
 from serving.listeners import bind, operator_server, serve_planes
 from serving.operator_app import create_operator_app
+from serving.server_config import server_config
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def main() -> None:
     operator_sock = bind(settings.admin_host, settings.admin_port, "operator")
     gateway = Gateway.from_settings(settings)
     app = create_app(gateway)
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)  # the drain already waited
+    config = server_config(app, timeout_graceful_shutdown=5)  # the drain already waited
     server = DrainingServer(config, app, settings.drain_timeout_s)
     with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
         runner.run(serve_planes(server, tenant_sock, operator_server(create_operator_app(gateway)), operator_sock))

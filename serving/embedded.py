@@ -10,6 +10,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from serving.listeners import bind, operator_server, serve_planes
+from serving.server_config import server_config
 
 
 def serve_in_thread(app: FastAPI, port: int, host: str = "127.0.0.1", timeout: float = 30, *,
@@ -20,7 +21,7 @@ def serve_in_thread(app: FastAPI, port: int, host: str = "127.0.0.1", timeout: f
     Stop both with `server.should_exit = True`.
     """
     tenant_sock, operator_sock = bind(host, port, "tenant"), bind(admin_host, admin_port, "operator")
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(server_config(app))
     ops = operator_server(operator)
 
     def run() -> None:

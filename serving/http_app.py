@@ -16,8 +16,7 @@ def error_response(status: int, message: str, type_: str, code: str, param=None,
 
 
 async def on_loraplex_error(request: Request, exc: LoraplexError) -> JSONResponse:
-    headers = {"Retry-After": str(int(exc.retry_after))} if exc.retry_after else None
-    return JSONResponse(exc.to_body(), status_code=exc.status, headers=headers)
+    return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
 
 
 async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

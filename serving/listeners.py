@@ -12,6 +12,8 @@ import socket
 import uvicorn
 from fastapi import FastAPI
 
+from serving.server_config import server_config
+
 log = logging.getLogger(__name__)
 
 
@@ -41,7 +43,7 @@ class OperatorServer(uvicorn.Server):
 
 
 def operator_server(app: FastAPI) -> OperatorServer:
-    return OperatorServer(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    return OperatorServer(server_config(app, lifespan="off"))
 
 
 async def start_operator(server: OperatorServer, sock: socket.socket) -> asyncio.Task:
