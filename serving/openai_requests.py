@@ -16,7 +16,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from common.errors import InvalidRequest
 from serving.request_body import load_json
@@ -105,7 +114,8 @@ class _Sampling(_Strict):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]],
-                          Field(max_length=MAX_LOGIT_BIAS)] | None = None
+                          Field(max_length=MAX_LOGIT_BIAS,  # keys: token ids (checked by _bias_keys)
+                                json_schema_extra={"propertyNames": {"pattern": "^[0-9]{1,10}$"}})] | None = None
     user: Short | None = None
     # vLLM sampling extras that are plain numbers
     top_k: Annotated[int, Field(ge=-1, le=2**31 - 1)] | None = None
@@ -137,8 +147,19 @@ class _Sampling(_Strict):
         return self
 
 
+_TOKEN_IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+# what _prompt accepts, for /openapi.json (the validator also checks the context and the vocabulary)
+_PROMPT_SCHEMA = {"anyOf": [
+    {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
+    {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
+     "minItems": 1, "maxItems": MAX_PROMPTS},
+    _TOKEN_IDS,
+    {"type": "array", "items": _TOKEN_IDS, "minItems": 1, "maxItems": MAX_PROMPTS},
+]}
+
+
 class CompletionBody(_Sampling):
-    prompt: Any
+    prompt: Annotated[Any, WithJsonSchema(_PROMPT_SCHEMA)]
     echo: bool | None = None
     best_of: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
     suffix: Text | None = None

@@ -8,11 +8,31 @@ from fastapi import APIRouter, Request
 
 from serving.deps import GatewayDep, TenantDep
 from serving.forwarding import forward
-from serving.openai_requests import model_limits, parse_body
+from serving.openai_requests import BODIES, model_limits, parse_body
 from serving.protocol import model_card
 from serving.request_body import read_limited
 
 router = APIRouter()
+
+
+def _inline_defs(node, defs: dict):
+    """`node` with each `{"$ref": "#/$defs/X"}` replaced by X (the models nest without cycles)."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _inline_defs(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
+        return {k: _inline_defs(v, defs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline_defs(v, defs) for v in node]
+    return node
+
+
+def documented_body(path: str) -> dict:
+    """The `openapi_extra` of an inference route: its request body as the JSON schema of its pydantic model.
+    Documentation only: the route reads the raw body itself (a size limit while reading, then parse_body),
+    so FastAPI does not parse it; the schema is inlined since /openapi.json has no place for `$defs`."""
+    schema = BODIES[path].model_json_schema()
+    body = _inline_defs({k: v for k, v in schema.items() if k != "$defs"}, schema.get("$defs", {}))
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}
 
 
 @router.get("/v1/models")
@@ -36,13 +56,13 @@ async def _checked_body(request: Request, gw, path: str) -> dict:
     return parse_body(raw, path, model_limits(settings.base_model, settings.max_model_len))
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=documented_body("/v1/completions"))
 async def completions(request: Request, tenant: TenantDep, gw: GatewayDep):
     body = await _checked_body(request, gw, "/v1/completions")
     return await forward(gw, tenant, body, "/v1/completions", request.receive)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=documented_body("/v1/chat/completions"))
 async def chat_completions(request: Request, tenant: TenantDep, gw: GatewayDep):
     body = await _checked_body(request, gw, "/v1/chat/completions")
     return await forward(gw, tenant, body, "/v1/chat/completions", request.receive)
