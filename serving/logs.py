@@ -10,6 +10,8 @@ from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common.errors import error_body
+
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 access = logging.getLogger("loraplex.access")
 
@@ -45,15 +47,27 @@ class RequestLog:
         token = request_id.set(rid)
         started, status = time.monotonic(), 500
 
+        started_reply = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_reply
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started_reply = message["status"], True
                 message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            if started_reply:
+                raise
+            # A bug, not the client's mistake: still OpenAI's error shape, with the id that finds it here.
+            logging.getLogger(__name__).exception("unhandled error")
+            body = json.dumps(error_body(f"internal error (request id {rid}): the operators can look it up",
+                                         "server_error", "internal_error")).encode()
+            await send_with_id({"type": "http.response.start", "status": 500,
+                                "headers": [(b"content-type", b"application/json")]})
+            await send_with_id({"type": "http.response.body", "body": body})
         finally:
             tenant = scope.get("state", {}).get("tenant", "-")
             access.info("request", extra={"fields": {

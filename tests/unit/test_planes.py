@@ -97,3 +97,21 @@ def test_the_gateway_refuses_one_port_for_both_planes(monkeypatch):
     monkeypatch.setenv("LORAPLEX_ADMIN_PORT", "8123")
     with pytest.raises(SystemExit, match="must differ"):
         main()
+
+
+def test_an_unexpected_error_is_a_500_in_openai_shape_with_the_request_id():
+    from fastapi import APIRouter
+    from fastapi.testclient import TestClient
+
+    from serving.http_app import new_app
+
+    router = APIRouter()
+
+    @router.get("/boom")
+    async def boom():
+        raise RuntimeError("a bug")
+
+    with TestClient(new_app("t", [router]), raise_server_exceptions=False) as client:
+        r = client.get("/boom")
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    assert r.headers["x-request-id"] in r.json()["error"]["message"]
