@@ -45,8 +45,10 @@ def test_ordinary_models_count_as_before():
 
 
 def test_memory_watch_reports_the_total_peak_too():
+    # 64 MB: above glibc's largest mmap threshold (32 MiB), so fresh pages whatever the test session freed
+    # before (a 20 MB block could reuse resident heap pages and leave the RSS where it was)
     with MemoryWatch(interval=0.005) as watch:
-        block = bytearray(20_000_000)
+        block = bytearray(64_000_000)
         block[::4096] = b"x" * len(block[::4096])  # touch the pages so they are resident
     assert watch.total_peak_mb >= watch.peak_mb > 0
     assert watch.total_peak_mb > 20  # the process's own resident set is in it
