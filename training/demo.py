@@ -8,7 +8,7 @@ directory, and `var/adapters/demo/<adapter>.build.json` next to each adapter (an
 holds exactly its two files).
 
 The build is reproducible: it runs in a process of its own with pinned kernels, one thread and
-deterministic algorithms (training.reproducible), so any x86-64 machine with AVX2 builds the same
+deterministic algorithms (training.reproducible), so an x86-64 machine with AVX2 builds the same
 bytes. Each model trains until it reaches the quality goal (QUALITY_FLOOR on held-out words, every
 demo word right) rather than for a step count that happens to be enough on one machine.
 """
