@@ -1,7 +1,7 @@
 """A gateway per admission mode (through the stack harness), and the time requests waited for admission.
 
 The waits are the gateway's own metric, `loraplex_admission_wait_seconds` (a histogram per tenant and
-adapter), read from this process's Prometheus registry: the gateways run here, one slice at a time,
+adapter), read from the metric in this process: the gateways run here, one slice at a time,
 so the difference of two readings around a slice is that slice's waits.
 """
 
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-
-from prometheus_client import REGISTRY
 
 from loadtest.harness import RunningGateway, start_gateway
 from serving.metrics import ADMISSION_WAIT
@@ -57,9 +55,7 @@ class BenchGateway:
 def admission_waits() -> dict[str, Buckets]:
     """Cumulative admission-wait bucket counts per tenant (adapters summed), as /metrics shows them now."""
     out: dict[str, Buckets] = defaultdict(lambda: defaultdict(float))
-    for metric in REGISTRY.collect():
-        if metric.name != ADMISSION_WAIT._name:
-            continue
+    for metric in ADMISSION_WAIT.collect():
         for sample in metric.samples:
             if sample.name.endswith("_bucket"):
                 out[sample.labels["tenant"]][float(sample.labels["le"])] += sample.value

@@ -49,3 +49,14 @@ def test_failed_requests_are_counted_with_their_reason():
     assert (row["sent"], row["ok"], row["rejected"]) == (6, 4, 1)
     assert row["errors"] == {'503: {"error": {"message": "the server is full"}}': 1,
                              '200: data: {"error": {"message": "engine crashed"}}': 1}
+
+
+def test_admission_waits_are_read_from_the_gateways_histogram():
+    from loadtest.fairness.gateways import admission_waits, waits_between
+    from serving.metrics import ADMISSION_WAIT
+
+    before = admission_waits()
+    ADMISSION_WAIT.labels("fq-reader", "a").observe(0.003)
+    ADMISSION_WAIT.labels("fq-reader", "b").observe(20.0)
+    added = waits_between(before, admission_waits())["fq-reader"]
+    assert added[0.0025] == 0 and added[0.005] == 1 and added[10.0] == 1 and added[30.0] == added[float("inf")] == 2
