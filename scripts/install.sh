@@ -33,6 +33,18 @@ if [ "$ENGINE" = cpu ]; then
   # and text models need none of them.
   "$VENV/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
+# The console's browser tests (tests/e2e/test_console_browser.py) drive Debian's Chromium headless with selenium.
+if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    AS_ROOT=""; [ "$(id -u)" = 0 ] || AS_ROOT="sudo"
+    echo "installing chromium and chromium-driver (browser tests)"
+    $AS_ROOT env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+      || { $AS_ROOT apt-get update -q >/dev/null && $AS_ROOT env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; } \
+      || echo "warning: could not install chromium and chromium-driver: the browser tests will fail until they are" >&2
+  else
+    echo "warning: no apt-get: install Chromium and its ChromeDriver for the browser tests" >&2
+  fi
+fi
 "$VENV/bin/python" - <<'PY'
 import importlib, shutil, sys, os
 for mod in ("vllm", "transformers", "peft", "boto3", "fastapi", "serving", "registry", "training", "ray.serve"):
