@@ -58,3 +58,18 @@ class RegistrySettings(BaseSettings):
     max_tenant_stored_bytes: int = Field(64 * GIB, ge=0, description="Bytes of all versions (adapters and models) "
                                          "one tenant may store; a new version that would pass it is refused with "
                                          "413. 0: unlimited.")
+    # Fine-tuning jobs (docs/fine-tuning.md): read by the gateway (files, job creation) and the job workers.
+    max_file_bytes: int = Field(64 * MIB, gt=0, description="Largest training or validation file a tenant may "
+                                "upload to /v1/files (413 beyond it).")
+    max_active_jobs_per_tenant: int = Field(2, ge=0, description="Fine-tuning jobs one tenant may have queued or "
+                                            "running at once; another gets 429 naming the limit. 0: unlimited.")
+    job_lease_s: float = Field(30.0, gt=0, description="How long a worker's claim on a job lasts unless renewed "
+                               "(renewed every third of it); a job whose lease ran out is resumed by another "
+                               "worker from its last checkpoint.")
+    job_max_attempts: int = Field(3, ge=1, description="Workers a job may lose (lease expired) before it fails "
+                                  "with an error instead of being resumed again.")
+    job_learning_rate: float = Field(2e-4, gt=0, description="The learning rate a job's learning_rate_multiplier "
+                                     "scales (LoRA's customary 2e-4; the tiny demo base learns at ~25x).")
+    job_work_dir: Path = Field(Path("var/jobs"), description="A job worker's scratch directory (data, checkpoints "
+                               "of the running job; deleted when the job ends).")
+    job_poll_s: float = Field(2.0, gt=0, description="How often an idle job worker looks for a queued job.")
