@@ -99,6 +99,12 @@ class VersionInUse(Conflict):
     code = "version_in_use"
 
 
+class BaseMismatch(Conflict):
+    """A version validated against another base model than the one served now (LORAPLEX_BASE_MODEL changed)."""
+
+    code = "base_mismatch"
+
+
 class TenantExists(Conflict):
     code = "tenant_exists"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from common.names import check_name
+from registry.base_check import BY_FINGERPRINT, BY_SHAPES, check_served_base
 from registry.base_spec import BaseModelSpec
 from registry.health import upload_health
 from registry.manifest import Manifest, file_entries, utc_now
@@ -71,16 +72,21 @@ class AdapterRegistry(VersionedRegistry[Manifest]):
         metadata = check_metadata(metadata)
         adapter = self.validator.validate(files)
         entries = file_entries(files)
+        base_check = None if self.base_spec is None else BY_FINGERPRINT if adapter.trained_on else BY_SHAPES
 
         def manifest(version: str, digest: str) -> Manifest:
             return Manifest(
                 tenant=tenant, name=name, version=version, sha256=digest, files=entries,
                 size_bytes=sum(e.size for e in entries.values()), rank=adapter.rank, alpha=adapter.alpha,
                 target_modules=adapter.target_modules,
-                base_model=self.base_spec.fingerprint if self.base_spec else None,
+                base_model=self.base_spec.fingerprint if self.base_spec else None, base_check=base_check,
                 created_at=utc_now(), uploader=uploader, metadata=metadata, health=upload_health(files))
 
         return self._store_version(tenant, name, entries, files.__getitem__, manifest)
+
+    def check_served(self, manifest: Manifest) -> None:
+        """Raise BaseMismatch (409) if `manifest` was validated against another base than the served one."""
+        check_served_base(manifest, self.base_spec.fingerprint if self.base_spec else None)
 
     list_adapters = VersionedRegistry.infos  # every adapter of a tenant with a version, by name
     get_adapter = VersionedRegistry.info  # one adapter's versions (newest first) and aliases

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import UTC, datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -49,7 +50,13 @@ class Manifest(BaseModel):
     rank: int
     alpha: float
     target_modules: list[str]
-    base_model: BaseFingerprint | None = None
+    base_model: BaseFingerprint | None = Field(None, description="The served base the gate validated the "
+                                               "version against; the gateway serves it on this base only.")
+    base_check: Literal["fingerprint", "shapes"] | None = Field(
+        None, description="How the base was checked. fingerprint: the adapter carried the fingerprint of the base "
+                          "it was trained on, and it is `base_model`; shapes: it carried none (trained elsewhere), "
+                          "so the base was not fingerprinted: module names, shapes and the no-op probe only; "
+                          "null: no base was configured.")
     created_at: str = Field(description="ISO-8601 UTC time of the first upload of these bytes.")
     uploader: str
     metadata: dict = Field(default_factory=dict, description="Optional training metadata, free-form.")

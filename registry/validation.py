@@ -22,7 +22,9 @@ from common.peft_format import (
     lora_key,
     parse_key,
 )
+from registry.base_check import adapter_fingerprint, check_trained_base
 from registry.base_spec import BaseModelSpec
+from registry.manifest import BaseFingerprint
 from registry.safetensors_header import HeaderError, SafetensorsHeader, TensorInfo, parse_header
 from registry.settings import RegistrySettings
 from registry.tensor_values import FLOAT_DTYPES, count_non_finite, is_all_zero
@@ -32,6 +34,12 @@ MAX_CONFIG_BYTES = 64 * 1024
 MAX_PATTERN_CHARS = 256
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 SAVE_FIX = "re-save with PEFT's `model.save_pretrained(dir)` (safetensors) and upload that directory's two files"
+# Input embeddings and the LM head: the served engine applies LoRA to linear layers only, so an adapter of
+# these would be served as if that part were absent (vLLM's CPU build has no embedding LoRA kernels).
+EMBEDDING_MODULES = frozenset({"embed_tokens", "lm_head", "wte", "wpe", "embed_in", "embed_out", "word_embeddings",
+                               "tok_embeddings", "embeddings", "output"})
+EMBEDDING_FIX = ("retrain with target_modules=\"all-linear\" (which leaves them out) or a list of attention/MLP "
+                 "projections, without modules_to_save")
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ class ValidatedAdapter:
     header: SafetensorsHeader
     modules: dict[str, LoraModule] = field(default_factory=dict)
     lora: AdapterConfig = field(default_factory=AdapterConfig)  # per-module rank and scale (rank/alpha patterns)
+    trained_on: BaseFingerprint | None = None  # the base fingerprint the adapter carries (trained by loraplex)
 
 
 Probe = Callable[[dict[str, bytes], ValidatedAdapter], None]
@@ -91,12 +100,15 @@ class AdapterValidator:
             header = parse_header(files[WEIGHTS])
         except HeaderError as exc:
             raise InvalidAdapter(exc.rule, f"{WEIGHTS}: {exc}") from None
+        trained_on = adapter_fingerprint(header)
+        if trained_on is not None and self.base is not None:  # before the shapes: the clearer reason
+            check_trained_base(trained_on, self.base.fingerprint)
         modules = _lora_modules(header, targets)
         for module in modules.values():
             self._check_shapes(module, _module_rank(lora, module.name))
         _check_values(files[WEIGHTS], header, modules)
         adapter = ValidatedAdapter(config=config, rank=rank, alpha=alpha, target_modules=targets,
-                                   header=header, modules=modules, lora=lora)
+                                   header=header, modules=modules, lora=lora, trained_on=trained_on)
         for probe in self.probes:
             probe(files, adapter)
         return adapter
@@ -164,6 +176,11 @@ class AdapterValidator:
         if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
             raise InvalidAdapter("target-modules", f"target_modules is {targets!r}; it must be a non-empty list "
                                                    "of module names: pass target_modules=[\"q_proj\", ...]")
+        embeddings = sorted(t for t in targets if _is_embedding(t))
+        if embeddings:
+            raise InvalidAdapter("embedding-target", f"target_modules {embeddings} are embedding or LM-head layers: "
+                                                     "the engine applies LoRA to linear projections only, so they "
+                                                     f"would be served as the base model's; {EMBEDDING_FIX}")
         if self.base is not None:
             unknown = [t for t in targets if not self.base.matches_target(t)]
             if unknown:
@@ -209,6 +226,10 @@ def _check_unsupported(config: dict) -> None:
                                      "retrain with bias=\"none\"")
 
 
+def _is_embedding(target: str) -> bool:
+    return target.rsplit(".", 1)[-1] in EMBEDDING_MODULES
+
+
 def _is_rank(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -232,6 +253,9 @@ def _lora_modules(header: SafetensorsHeader, targets: list[str]) -> dict[str, Lo
     halves: dict[str, dict[str, TensorInfo]] = {}
     for key, info in header.tensors.items():
         parsed = parse_key(key)
+        if "lora_embedding_" in key or (parsed is not None and _is_embedding(parsed.module)):
+            raise InvalidAdapter("embedding-target", f"tensor {key!r} adapts an embedding or the LM head, which the "
+                                                     f"engine does not serve: {EMBEDDING_FIX}")
         if parsed is None:
             raise InvalidAdapter("tensor-keys", f"tensor {key!r} is not a LoRA weight; keys must look like "
                                                 f"{KEY_SHAPE}: {SAVE_FIX}")

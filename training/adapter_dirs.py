@@ -38,7 +38,7 @@ def compact_targets(model, targets: list[str]) -> list[str]:
 
 
 def save_peft_adapter(model, out_dir: Path, base_name: str, adapter_name: str = "default",
-                      config_updates: dict | None = None) -> dict[str, int]:
+                      config_updates: dict | None = None, base_dir: Path | None = None) -> dict[str, int]:
     """Save one adapter of a PEFT model so that `out_dir` holds exactly the two files.
 
     Args:
@@ -47,6 +47,8 @@ def save_peft_adapter(model, out_dir: Path, base_name: str, adapter_name: str = 
         base_name: written as base_model_name_or_path instead of this machine's path.
         adapter_name: which of the model's adapters to save.
         config_updates: keys to overwrite in the adapter's config (e.g. a composed adapter's scaling).
+        base_dir: the base the adapter was trained on: its fingerprint goes into the weights' metadata, so
+            that a gateway serving another base refuses the adapter (registry/base_check.py).
 
     Returns:
         Size in bytes of each file.
@@ -64,6 +66,24 @@ def save_peft_adapter(model, out_dir: Path, base_name: str, adapter_name: str = 
             config["target_modules"] = compact_targets(model, config["target_modules"])
         with staged_dir(out_dir, out_dir.parent / f".{out_dir.name}.staging") as stage:
             (stage / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-            shutil.copyfile(src / WEIGHTS_FILE, stage / WEIGHTS_FILE)
+            if base_dir is None:
+                shutil.copyfile(src / WEIGHTS_FILE, stage / WEIGHTS_FILE)
+            else:
+                _copy_with_fingerprint(src / WEIGHTS_FILE, stage / WEIGHTS_FILE, Path(base_dir))
     shutil.rmtree(out_dir.parent / f".{out_dir.name}.staging", ignore_errors=True)
     return {name: (out_dir / name).stat().st_size for name in ADAPTER_FILES}
+
+
+def _copy_with_fingerprint(src: Path, dst: Path, base_dir: Path) -> None:
+    """Copy the adapter's weights, adding the base's fingerprint to the safetensors metadata (which PEFT
+    and vLLM ignore)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from registry.base_check import fingerprint_metadata
+    from registry.base_spec import BaseModelSpec
+
+    with safe_open(str(src), framework="pt") as fh:
+        metadata = dict(fh.metadata() or {})
+    metadata.update(fingerprint_metadata(BaseModelSpec.from_dir(base_dir).fingerprint))
+    save_file(load_file(str(src)), str(dst), metadata=metadata)

@@ -87,7 +87,8 @@ def compose(base_dir: str | Path, adapters: list[tuple[str | Path, float]], out_
     # PEFT bakes each input's scaling into the new A/B and means scale 1 (alpha = r); with rsLoRA copied
     # from the first input the scale would become sqrt(r), so it is switched off explicitly.
     save_peft_adapter(model, Path(out_dir), base_name=Path(base_dir).name, adapter_name="composed",
-                      config_updates={"lora_alpha": rank, "use_rslora": False, "lora_dropout": 0.0})
+                      config_updates={"lora_alpha": rank, "use_rslora": False, "lora_dropout": 0.0},
+                      base_dir=Path(base_dir))
     return {"out_dir": str(out_dir), "method": method, "rank": rank, "adapters": [str(d) for d in dirs],
             "weights": weights, "density": density if method in DENSITY_METHODS else None,
             "health": adapter_health(Path(out_dir))}

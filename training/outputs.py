@@ -39,7 +39,7 @@ def save_artifact(job: TrainJob, model, tokenizer) -> dict:
     """
     if job.method in LORA_METHODS:
         out = job.out_dir / "adapter"
-        save_peft_adapter(model, out, base_name=Path(job.base_dir).name)
+        save_peft_adapter(model, out, base_name=Path(job.base_dir).name, base_dir=job.base_dir)
         return {"kind": "adapter", "dir": str(out), "size_bytes": dir_bytes(out), "health": adapter_health(out)}
     out = job.out_dir / "model"
     save_full_model(model, tokenizer, out)

@@ -32,7 +32,8 @@ def public_version(m) -> dict:
     return {"name": m.name, "version": m.version, "sha256": m.sha256, "size_bytes": m.size_bytes,
             "rank": m.rank, "alpha": m.alpha, "target_modules": m.target_modules,
             "created_at": m.created_at, "files": {k: v.model_dump() for k, v in m.files.items()},
-            "metadata": m.metadata, "health": m.health}
+            "metadata": m.metadata, "health": m.health,
+            "base_model": m.base_model.model_dump() if m.base_model else None, "base_check": m.base_check}
 
 
 def public_adapter(info) -> dict:
