@@ -144,3 +144,32 @@ def model_rm(name: str, version: str, tenant: str | None = typer.Option(None)) -
     """Delete a model version (409 while an alias points at it)."""
     api_call(lambda: _client(tenant).call("DELETE", f"/v1/artifacts/models/{name}/versions/{version}"))
     console.print(f"deleted model {name} version {version}")
+
+
+@model_app.command("zoo")
+def model_zoo(
+    family: list[str] = typer.Option(None, "--family", help="llama, qwen2, mistral, gemma2 or phi3 (repeatable; "
+                                     "default: all)"),
+    out: Path | None = typer.Option(None, "--out", help="parent directory of the built bases (default: the "
+                                    "cache var/models/zoo/)"),
+    force: bool = typer.Option(False, "--force", help="rebuild even if a complete build is there"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Build small random-weight bases of real architectures (bf16, sharded, with tokenizer and chat template)."""
+    from loraplex.settings import StackSettings
+    from training.zoo import FAMILIES, build_zoo_model
+
+    unknown = sorted(set(family or []) - set(FAMILIES))
+    if unknown:
+        console.print(f"[red]error[/]: unknown family {', '.join(unknown)}: use {', '.join(FAMILIES)}")
+        raise typer.Exit(2)
+    var_dir = StackSettings().var_dir
+    built = {f: str(build_zoo_model(f, var_dir, out_dir=out / f if out else None, force=force))
+             for f in (family or FAMILIES)}
+    if as_json:
+        print(json.dumps(built, indent=2))
+        return
+    table = Table("family", "directory", "what it exercises")
+    for name, directory in built.items():
+        table.add_row(name, directory, FAMILIES[name].traits)
+    Console().print(table)
