@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -14,10 +13,10 @@ from pathlib import Path
 
 from loadtest.fairness.clients import capacity, drive_tenants, prompts
 from loadtest.fairness.config import MODES, mode_settings
-from loadtest.fairness.gateways import admission_waits, bench_gateway, waits_between
+from loadtest.fairness.gateways import admission_waits, waits_between
 from loadtest.fairness.host import GuardWatch, cpu_cores, cpu_seconds, engine_means, engine_totals, guard_stats
 from loadtest.fairness.report import console, summarise, write_report
-from loadtest.harness import running_s3
+from loadtest.fairness.stack import BenchStack, bench_stack
 from loadtest.traffic import TenantLoad
 
 
@@ -29,7 +28,7 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
                  max_tokens: int = 16, var_dir: Path = Path("var"), slices: int = 3,
                  modes: tuple[str, ...] = tuple(MODES), share_cap: float = 1.0,
                  share_rps: float | None = None, max_queue: int = 4096, gc_freeze: bool = True,
-                 flooder_nice: int = 19) -> dict:
+                 flooder_nice: int = 19, stack: BenchStack | None = None) -> dict:
     """Run every mode, baseline and flood; write fairness.json/.csv/.png/.md under `out`.
 
     The conditions (mode x baseline/flood) get `duration_s` of traffic each, cut into `slices` and run
@@ -51,32 +50,18 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
     phases. A flooder's client runs on its own machine; here it shares the server's cores, and at 40
     requests/s it took ~0.15 of a core from the engine and the gateway (nice 19: it gets what they leave).
     The other tenants' clients, which measure, keep the normal priority.
+    `stack`: a running `BenchStack` to use (None: one is started here and stopped at the end).
     """
-    from common.procs import free_port, stop_group
-    from serving.engine import start_engine, wait_engine_ready
-    from serving.settings import ServingSettings
-    from training.demo import DEMO_TENANTS, build_demo
-
     out.mkdir(parents=True, exist_ok=True)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupted)  # `kill` cleans up the engine and SeaweedFS too
-    demo = build_demo(var_dir)
-    tmp = Path(tempfile.mkdtemp(prefix="lpx-fair-"))
     rows, meta, gateways = [], {}, {}
-    with contextlib.ExitStack() as stack:  # unwinds: the gateways, the engine, SeaweedFS
-        s3 = stack.enter_context(running_s3(tmp / "s3", key_prefix="bench"))
-        port = free_port()
-        engine = ServingSettings(base_model=demo.base_dir, engine_url=f"http://127.0.0.1:{port}")
-        proc = start_engine(engine, port, tmp / "engine.log")
-        stack.callback(stop_group, proc.pid)
-        stack.callback(lambda: [bg.close() for bg in gateways.values()])
-        console.print("starting the vLLM engine …")
-        wait_engine_ready(engine.engine_url, 600, proc)
+    with contextlib.ExitStack() as es:  # unwinds: the gateways, then the stack if started here
+        stack = stack or es.enter_context(bench_stack(var_dir, console))
+        engine, pid = stack.engine, stack.engine_pid
+        es.callback(lambda: [bg.close() for bg in gateways.values()])
         for mode in modes:
-            admission = mode_settings(mode, share_cap)
-            bg = gateways[mode] = bench_gateway(engine, s3.endpoint, demo.base_dir, tmp / mode, admission,
-                                                inflight, max_queue, gc_freeze)
-            bg.add_tenants(DEMO_TENANTS, demo.adapter_dirs)
+            gateways[mode] = stack.gateway(mode, mode_settings(mode, share_cap), inflight, max_queue, gc_freeze)
         first = gateways[modes[0]]
         cap = capacity(first.url, first.tenants, max_tokens)
         share = share_rps or 0.5 * cap / len(first.tenants)  # at their share: half busy (by the calibration)
@@ -95,10 +80,10 @@ def run_fairness(out: Path, duration_s: float = 30, flood_factor: float = 10, in
                              for j, (t, k, m) in enumerate(bg.tenants)]
                     console.print(f"slice {i + 1}/{slices}: {mode}, {phase}, {duration_s / slices:.0f}s …")
                     before, load_before = engine_totals(engine.engine_url), os.getloadavg()[0]
-                    cpu_before = cpu_seconds(proc.pid)
+                    cpu_before = cpu_seconds(pid)
                     started = time.monotonic()
                     with GuardWatch(bg.admission.guard, duration_s / slices,
-                                     at_end=lambda: cpu_seconds(proc.pid)) as watch:
+                                     at_end=lambda: cpu_seconds(pid)) as watch:
                         samples, client_cpu = drive_tenants(bg.url, loads, duration_s / slices, seed=i,
                                                      nice={bg.tenants[0][0]: flooder_nice})
                     a = acc.setdefault((mode, phase), {"samples": [], "waits": {}, "load": 0.0,
