@@ -1,0 +1,1 @@
+"""Fine-tuning job workers: claim jobs from the registry, train with training/sft.py, publish the adapter."""
