@@ -7,6 +7,11 @@ widths and depth scaled down. Each is saved as users' checkpoints are: bf16, *sh
 an index, a tokenizer and a chat template. A build takes about a second and is cached under
 `<var>/models/zoo/<family>/` (a stamp written last marks it complete).
 
+The tokenizer has one token per printable ASCII character (plus newline and tab): whatever ids a
+random model emits decode to whole characters, so vLLM's incremental detokenizer and `tokenizer.decode`
+agree exactly and served answers compare with transformers' as text (a byte-level vocabulary would emit
+partial UTF-8, which vLLM drops and `decode` renders as U+FFFD).
+
 Example:
     >>> from training.zoo import build_zoo_model
     >>> base_dir = build_zoo_model("qwen2", "var")  # doctest: +SKIP
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
@@ -32,10 +38,11 @@ from transformers import (
 )
 
 from training.staged_build import read_stamp, staged_dir, write_stamp
-from training.tokenizer import build_tokenizer
 
-RECIPE = 1  # bump when a family's recipe changes: cached builds are then rebuilt
+RECIPE = 2  # bump when a family's recipe changes: cached builds are then rebuilt
 SEED = 17
+BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
+SPECIALS = (BOS, EOS, PAD, UNK)
 SHARD_SIZE = "1MB"  # several shards even for these tiny models, as a real checkpoint has
 # A role-tagged chat template (the demo's answers only the last user turn); <bos> is part of it because
 # vLLM adds no special tokens to a templated prompt.
@@ -93,11 +100,18 @@ def zoo_dir(var_dir: str | Path, family: str) -> Path:
 
 
 def zoo_tokenizer() -> PreTrainedTokenizerFast:
-    """The project's byte-level tokenizer with the zoo's role-tagged chat template."""
-    tokenizer = build_tokenizer()
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.model_max_length = MAX_POSITIONS
-    return tokenizer
+    """One token per printable ASCII character, newline and tab; <bos> prepended; the role-tagged chat template."""
+    chars = [chr(c) for c in range(32, 127)] + ["\n", "\t"]
+    vocab = {s: i for i, s in enumerate(SPECIALS)} | {c: len(SPECIALS) + i for i, c in enumerate(chars)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character
+    backend.decoder = decoders.Fuse()  # decoding concatenates: exact inverse of encoding
+    backend.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, vocab[BOS])])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                   unk_token=UNK, clean_up_tokenization_spaces=False, chat_template=CHAT_TEMPLATE,
+                                   model_max_length=MAX_POSITIONS)
 
 
 def make_config(family: Family, tokenizer: PreTrainedTokenizerFast) -> PretrainedConfig:
