@@ -2,7 +2,9 @@
 
 Every file is checked against the manifest's SHA-256 before its directory appears; a directory appears
 whole or not at all (download into a temp dir, then one atomic rename). One download per version at
-a time (single-flight), and an LRU bound on bytes.
+a time (single-flight), and a byte budget kept by a scan-resistant segmented LRU (registry/slru.py): a burst
+of versions used once evicts other versions used once, not the popular ones. Files stream from the store
+into the hash and onto disk together, so verifying costs no pass of its own.
 """
 
 from __future__ import annotations
@@ -11,17 +13,18 @@ import hashlib
 import os
 import shutil
 import threading
+import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from common.errors import IntegrityError, ModelNotFound
 from common.names import check_name
 from registry.manifest import Manifest, is_version
 from registry.settings import RegistrySettings
+from registry.slru import SegmentedLRU, TierUsage
 
-Fetch = Callable[[Manifest, str], bytes]
+Fetch = Callable[[Manifest, str], bytes | Iterable[bytes]]  # the whole file, or its chunks as they arrive
 
 
 class ArtifactCache:
@@ -30,7 +33,11 @@ class ArtifactCache:
 
     Args:
         settings: `cache_dir` and `cache_max_bytes`.
-        fetch: returns the stored bytes of one file of a version (`open_file` of the adapter or model registry).
+        fetch: returns the stored bytes of one file of a version (`open_file` of the adapter or model registry),
+            whole or as an iterable of chunks (`stream_file`).
+
+    Attributes set by the owner (the gateway): `keep(key)` says an entry must stay (pinned); `on_change(usage)`
+    hears what the cache holds after each change; `observe(stage, seconds)` hears the download and verify times.
     """
 
     def __init__(self, settings: RegistrySettings, fetch: Fetch):
@@ -40,8 +47,11 @@ class ArtifactCache:
         self.stats = {"hits": 0, "downloads": 0, "refetches": 0, "evictions": 0}
         self._lock = threading.Lock()  # guards _entries, _locks and stats
         self._locks: dict[str, threading.Lock] = {}
-        self._entries: OrderedDict[str, int] = OrderedDict()  # key -> bytes, least recently used first
+        self._entries = SegmentedLRU(self.max_bytes)  # key -> bytes
         self._tmp = self.root / ".tmp"
+        self.keep: Callable[[str], bool] = lambda _key: False
+        self.on_change: Callable[[TierUsage], None] = lambda _usage: None
+        self.observe: Callable[[str, float], None] = lambda _stage, _seconds: None
         self._load()
 
     def ensure_local(self, manifest: Manifest, *, verify: bool = False) -> Path:
@@ -71,20 +81,24 @@ class ArtifactCache:
     def total_bytes(self) -> int:
         """Bytes held by cached versions."""
         with self._lock:
-            return sum(self._entries.values())
+            return self._entries.bytes
+
+    def holds(self, manifest: Manifest) -> bool:
+        """Whether the version is in the cache index (no disk access: cheap enough for every request)."""
+        with self._lock:
+            return _entry_key(manifest) in self._entries
+
+    def usage(self) -> TierUsage:
+        with self._lock:
+            return self._entries.usage(pinned=sum(1 for k in self._entries if self.keep(k)))
 
     def _download(self, manifest: Manifest, path: Path) -> None:
         tmp = self._tmp / uuid.uuid4().hex
         tmp.mkdir(parents=True)
+        started, verify_s = time.monotonic(), 0.0
         try:
             for filename, entry in manifest.files.items():
-                data = self.fetch(manifest, filename)
-                digest = hashlib.sha256(data).hexdigest()
-                if digest != entry.sha256 or len(data) != entry.size:
-                    raise IntegrityError(f"{manifest.ref}/{filename}: the store returned {len(data)} bytes with "
-                                         f"SHA-256 {digest[:16]}..., the manifest says {entry.size} bytes, "
-                                         f"{entry.sha256[:16]}...: not loaded; check the object store")
-                (tmp / filename).write_bytes(data)
+                verify_s += self._fetch_file(manifest, filename, entry, tmp / filename)
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(tmp, path)  # atomic: the directory appears complete or not at all
@@ -94,6 +108,30 @@ class ArtifactCache:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self._count("downloads")
+        self.observe("download", time.monotonic() - started - verify_s)
+        self.observe("verify", verify_s)
+
+    def _fetch_file(self, manifest: Manifest, filename: str, entry, dest: Path) -> float:
+        """Stream one file into `dest`, hashing each chunk as it arrives; returns the seconds spent on the
+        check after the last byte (the digest and its comparison: the rest of verifying overlapped the
+        download). Raises IntegrityError on a mismatch."""
+        data = self.fetch(manifest, filename)
+        chunks = (data,) if isinstance(data, bytes | bytearray) else data
+        sha, size = hashlib.sha256(), 0
+        with open(dest, "wb") as out:
+            for chunk in chunks:
+                sha.update(chunk)
+                size += len(chunk)
+                if size > entry.size:
+                    break  # more than the manifest says: no use reading on
+                out.write(chunk)
+        checked = time.monotonic()
+        digest = sha.hexdigest()
+        if digest != entry.sha256 or size != entry.size:
+            raise IntegrityError(f"{manifest.ref}/{filename}: the store returned {size} bytes with "
+                                 f"SHA-256 {digest[:16]}..., the manifest says {entry.size} bytes, "
+                                 f"{entry.sha256[:16]}...: not loaded; check the object store")
+        return time.monotonic() - checked
 
     def _intact(self, path: Path, manifest: Manifest, verify: bool) -> bool:
         for filename, entry in manifest.files.items():
@@ -114,26 +152,35 @@ class ArtifactCache:
     def _touch(self, key: str, path: Path, size: int) -> None:
         os.utime(path)  # the LRU order survives a restart through the directories' mtimes
         with self._lock:
-            self._entries[key] = size
-            self._entries.move_to_end(key)
+            if key in self._entries and self._entries.size(key) == size:
+                self._entries.touch(key)
+            else:
+                self._entries.add(key, size)
 
     def _evict(self, keep: str) -> None:
-        """Drop least recently used versions until under budget; never `keep` nor one being fetched."""
+        """Drop versions (one-off ones first, least recent first) until under budget; never `keep`, a pinned
+        one, nor one being fetched."""
         with self._lock:
-            total = sum(self._entries.values())
-            for key in list(self._entries):
-                if total <= self.max_bytes:
-                    break
+            held: list[threading.Lock] = []  # locks of the victims: no fetch of theirs starts mid-removal
+
+            def busy(key: str) -> bool:
                 lock = self._locks.get(key)
-                if key == keep or (lock is not None and not lock.acquire(blocking=False)):
-                    continue
-                try:
+                if key == keep or self.keep(key) or (lock is not None and not lock.acquire(blocking=False)):
+                    return True
+                if lock is not None:
+                    held.append(lock)
+                return False
+
+            try:
+                for key in self._entries.victims(keep=busy):
                     _remove(self.root / key, self._tmp)
-                    total -= self._entries.pop(key)
+                    self._entries.remove(key)
                     self.stats["evictions"] += 1
-                finally:
-                    if lock is not None:
-                        lock.release()
+            finally:
+                for lock in held:
+                    lock.release()
+            usage = self._entries.usage()
+        self.on_change(usage)
 
     def _load(self) -> None:
         """Index what a previous process left (oldest mtime first); drop unfinished downloads."""
@@ -141,7 +188,7 @@ class ArtifactCache:
         found = [p for p in self.root.glob("*/*/*") if p.is_dir() and not p.name.startswith(".")]
         for path in sorted(found, key=lambda p: p.stat().st_mtime):
             size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-            self._entries[path.relative_to(self.root).as_posix()] = size
+            self._entries.add(path.relative_to(self.root).as_posix(), size)
 
     def _count(self, stat: str) -> None:
         with self._lock:

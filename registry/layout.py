@@ -63,3 +63,13 @@ def aliases_prefix(tenant: str, name: str, root: str = ADAPTERS) -> str:
 def alias_key(tenant: str, name: str, alias: str, root: str = ADAPTERS) -> str:
     """A small JSON object `{"version", ...}`, changed only by conditional writes."""
     return aliases_prefix(tenant, name, root) + f"{alias}.json"
+
+
+def pin_key(tenant: str, name: str, ref: str) -> str:
+    """An operator's pin of `tenant`'s adapter `name` at `ref` (an alias, followed as it moves, or a version)."""
+    return f"{pins_prefix(tenant)}{name}/{ref}.json"
+
+
+def pins_prefix(tenant: str | None = None) -> str:
+    """Every pin (of one tenant, if given)."""
+    return "pins/" if tenant is None else f"pins/{tenant}/"

@@ -6,6 +6,8 @@ extend those), so each LORAPLEX_* variable is declared once, by the lowest layer
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from pydantic import Field
@@ -13,6 +15,24 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GIB = 1024**3
 MIB = 1024**2
+
+
+def default_disk_cache_bytes() -> int:
+    """A quarter of the free disk where the caches live (the working directory's file system), between
+    256 MiB and 64 GiB: room for thousands of adapters without crowding out the rest of the host."""
+    try:
+        free = shutil.disk_usage(".").free
+    except OSError:
+        return 2 * GIB
+    return max(256 * MIB, min(free // 4, 64 * GIB))
+
+
+def default_engine_adapter_bytes() -> int:
+    """1/32 of the host's physical memory: the engine's CPU-side adapter cache beside its weights and KV cache."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 32
+    except (ValueError, OSError):
+        return 512 * MIB
 
 
 class RegistrySettings(BaseSettings):
@@ -31,7 +51,16 @@ class RegistrySettings(BaseSettings):
     s3_read_timeout_s: float = Field(10.0, gt=0, description="Socket read timeout per attempt.")
     s3_max_attempts: int = Field(3, ge=1, description="Attempts per call, boto3 'standard' retry mode.")
     cache_dir: Path = Field(Path("var/cache/adapters"), description="Local directory of verified adapter files.")
-    cache_max_bytes: int = Field(2 * GIB, gt=0, description="Bytes the local adapter cache may hold (LRU).")
+    cache_max_bytes: int = Field(default_factory=default_disk_cache_bytes, gt=0, description="Bytes the local "
+                                 "adapter cache (the disk tier) may hold (segmented LRU). Default: a quarter of the "
+                                 "free disk at start, between 256 MiB and 64 GiB.")
+    # The residency tiers' budgets together (engine, disk), read by the gateway; docs/residency.md.
+    engine_adapter_max_bytes: int = Field(default_factory=default_engine_adapter_bytes, gt=0,
+                                          description="Bytes of adapters the engine may hold registered (its "
+                                          "CPU-side cache), besides the max_cpu_loras count: adapters of different "
+                                          "ranks share it by their real size. Default: 1/32 of the host's memory.")
+    pins_refresh_s: float = Field(30.0, gt=0, description="How often a gateway re-reads the operators' adapter "
+                                  "pins from the registry (pins and alias moves through that gateway apply at once).")
     base_model: Path | None = Field(None, description="Local Hugging Face model directory the engine serves; "
                                     "enables base-dependent validation of uploads.")
     max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank accepted (the engine's --max-lora-rank).")

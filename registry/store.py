@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import boto3
@@ -100,6 +101,19 @@ class ObjectStore:
             return response["Body"].read(), response["ETag"]
         except BotoCoreError as exc:  # the connection broke mid-body
             raise self._translate(exc, key) from exc
+
+    def get_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The object's bytes as they arrive, in chunks (a reader hashes and writes while the rest downloads);
+        KeyMissing before the first chunk if there is none."""
+        response = self._call(key, self.client.get_object, Bucket=self.bucket, Key=key)
+        body = response["Body"]
+        try:
+            while chunk := body.read(chunk_size):
+                yield chunk
+        except BotoCoreError as exc:  # the connection broke mid-body
+            raise self._translate(exc, key) from exc
+        finally:
+            body.close()
 
     def head(self, key: str) -> ObjectInfo:
         """Return the object's ETag and size; KeyMissing if there is none."""

@@ -11,8 +11,9 @@ own `publish`.
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
@@ -138,16 +139,22 @@ class VersionedRegistry(Generic[M]):
 
     def open_file(self, manifest: M, filename: str) -> bytes:
         """The stored bytes of one file of a version (the cache verifies them against the manifest)."""
+        return b"".join(self.stream_file(manifest, filename))
+
+    def stream_file(self, manifest: M, filename: str) -> Iterator[bytes]:
+        """The stored bytes of one file of a version as they arrive (the cache hashes them on the way)."""
         if filename not in manifest.files or not is_version(manifest.version):
             raise ModelNotFound(f"{filename!r} is not a file of {manifest.ref}")
         check_name(manifest.tenant, "tenant")
         check_name(manifest.name, f"{self.NOUN} name")
+        chunks = self.store.get_chunks(layout.file_key(manifest.tenant, manifest.name, manifest.version, filename,
+                                                       self.ROOT))
         try:
-            return self.store.get(layout.file_key(manifest.tenant, manifest.name, manifest.version, filename,
-                                                  self.ROOT))[0]
+            first = next(chunks, b"")  # the GET happens here: a missing key is a 404 before any byte
         except KeyMissing:
             raise ModelNotFound(f"model {manifest.ref!r} was deleted: list your {self.NOUN}s with GET {self.API}",
                                 param="model") from None
+        return itertools.chain((first,), chunks)
 
     def _manifest(self, tenant: str, name: str, version: str) -> M:
         not_found = ModelNotFound(f"version {str(version)[:40]!r} of {self.NOUN} {name!r} not found: list versions "

@@ -53,6 +53,8 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
             await supervisor.start()
         else:
             await gw.transport.open()
+        if gw.tiers is not None:
+            gw.tiers.refresh_soon()  # the operators' pins: kept and loaded from the start
         watch_gc()
         if gw.settings.gc_freeze:
             frozen = freeze_startup_heap()

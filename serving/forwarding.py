@@ -45,6 +45,7 @@ class Ticket:
         self.token_times: tuple[float, float] | None = None  # first and last streamed token (None: none yet)
         self.completion = 0
         self.client_usage = True  # False: the usage chunk was requested by the gateway and is not relayed
+        self.on_first_token: Callable[[], None] | None = None  # the residency tiers' cold-start sample
         self.done = False
 
     def record_usage(self, usage: dict) -> None:
@@ -67,6 +68,8 @@ class Ticket:
             now = time.monotonic()
             if self.token_times is None:
                 metrics.TTFT.labels(self.tenant, self.label).observe(now - self.arrived)
+                if self.on_first_token is not None:
+                    self.on_first_token()
             self.token_times = (self.token_times[0] if self.token_times else now, now)
         elif isinstance(usage, dict) and not self.client_usage:
             return None
@@ -123,6 +126,9 @@ async def admit(gw: Gateway, tenant: Tenant, body: dict, resolve: bool = True) -
     charge = gw.admission.check_quota(tenant.name, Quotas.of(tenant.quotas), est,
                                       metrics.LABELS.known(tenant.name, body["model"], base))
     label = metrics.BASE if is_base else metrics.LABELS.admit(tenant.name, manifest.name if manifest else body["model"])
+    tiers = getattr(gw, "tiers", None)  # None: no local engine tiers (Ray), or a test's stand-in gateway
+    if manifest is not None and tiers is not None:
+        tiers.prefetch(manifest)  # its files come from S3 while it waits for a slot
     try:
         await gw.admission.acquire(tenant.name, est, label)
     except BaseException as e:  # refused (queue full, draining) or the client left while waiting
@@ -147,6 +153,9 @@ async def _forward(gw: Gateway, tenant: Tenant, body: dict, path: str) -> Respon
     if stream:
         body, ticket.client_usage = _with_usage(body)
     lora = engine_lora_name(tenant.name, manifest.name, manifest.version) if manifest else None
+    tiers = getattr(gw, "tiers", None)
+    if lora is not None and tiers is not None:
+        ticket.on_first_token = lambda: tiers.first_token(lora, ticket.arrived)
     call = EngineCall(tenant.name, path, body, stream, manifest, lora, ticket.releases)
     try:
         reply = await transport.send(call)

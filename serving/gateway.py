@@ -12,6 +12,7 @@ from registry.base_spec import BaseModelSpec
 from registry.cache import ArtifactCache
 from registry.manifest import Manifest
 from registry.noop_probe import default_probes
+from registry.pins import PinRegistry
 from registry.store import ObjectStore
 from registry.tenants import Tenant, TenantRegistry, hash_key
 from serving.admission import Admission
@@ -19,6 +20,7 @@ from serving.engine import EngineClient
 from serving.fallback import LastGood
 from serving.residency import AdapterResidency
 from serving.settings import ServingSettings
+from serving.tiers import Tiers
 from serving.transport.base import Transport
 from serving.transport.http import HttpTransport
 
@@ -34,6 +36,7 @@ class Gateway:
     admission: Admission
     transport: Transport  # how inference requests reach an engine (serving/forwarding.py sends through it)
     supervisor: object | None = None  # an EngineSupervisor when the gateway owns the engine
+    tiers: Tiers | None = None  # pins, prefetch and gauges over the engine and disk tiers
     known_keys: LastGood = field(default_factory=lambda: LastGood("tenant"))
     known_models: LastGood = field(default_factory=lambda: LastGood("manifest"))
     _ready: tuple[float, bool, dict] = field(default=(0.0, False, {}))
@@ -46,12 +49,13 @@ class Gateway:
         base_spec = BaseModelSpec.from_dir(settings.base_model) if settings.base_model else None
         adapters = AdapterRegistry(store, settings, base_spec, probes=default_probes(settings, base_spec, warm=True))
         engine = EngineClient(settings)
-        cache = ArtifactCache(settings, adapters.open_file)
-        residency = AdapterResidency(engine, settings.max_cpu_loras)
+        cache = ArtifactCache(settings, adapters.stream_file)
+        residency = AdapterResidency(engine, settings.max_cpu_loras, settings.engine_adapter_max_bytes)
         return cls(
             settings=settings, store=store, tenants=TenantRegistry(store, auth_cache_ttl_s=0), adapters=adapters,
             cache=cache, residency=residency, admission=Admission.from_settings(settings),
             transport=transport or HttpTransport(settings, engine, residency, cache),
+            tiers=None if transport else Tiers(settings, residency, cache, adapters, PinRegistry(store)),
         )
 
     async def authenticate(self, api_key: str) -> Tenant:

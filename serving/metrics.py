@@ -97,3 +97,16 @@ DRAINING = Gauge("loraplex_draining", "1 while the gateway drains before exiting
 AUDIT_WRITE_FAILURES = Counter("loraplex_audit_write_failures_total",
                                "Audit events the registry did not store (the write they describe stands; the event "
                                "is in the gateway's error log instead), by action.", ["action"])
+TIER_ADAPTERS = Gauge("loraplex_tier_adapters",
+                      "Adapters held per residency tier: engine_active (with requests in the engine now: in its batch "
+                      "slots), engine (registered in the engine's CPU-side cache), disk (the local verified cache), "
+                      "pinned (pinned by an operator).", ["tier"])
+TIER_BYTES = Gauge("loraplex_tier_bytes", "Adapter bytes held per residency tier (see loraplex_tier_adapters).",
+                   ["tier"])
+TIER_BUDGET_BYTES = Gauge("loraplex_tier_budget_bytes", "Byte budget of each residency tier.", ["tier"])
+COLD_START = Histogram("loraplex_cold_start_seconds",
+                       "Stages of an adapter's cold start: download (S3 to disk, hashed as it streams), verify (the "
+                       "digest check left after the last byte), engine_load (registration in the engine), "
+                       "first_token (request arrival to the first streamed token of a request that waited for a "
+                       "load).", ["stage"],
+                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
