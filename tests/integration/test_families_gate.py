@@ -86,3 +86,13 @@ def test_refused_adapters(family, tmp_path, lora, rule):
     with pytest.raises(InvalidAdapter) as info:
         AdapterValidator(base=BaseModelSpec.from_dir(base)).validate(files_of(peft_adapter(base, tmp_path, **lora)))
     assert info.value.rule == rule
+
+
+def test_cli_builds_the_zoo(tmp_path):
+    import json
+
+    from tests.helpers.families import run_cli
+
+    built = json.loads(run_cli("model", "zoo", "--family", "phi3", "--family", "qwen2", "--out", tmp_path, "--json"))
+    assert built == {"phi3": str(tmp_path / "phi3"), "qwen2": str(tmp_path / "qwen2")}
+    assert json.loads((tmp_path / "phi3" / "config.json").read_text())["architectures"] == ["Phi3ForCausalLM"]
