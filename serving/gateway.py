@@ -98,7 +98,7 @@ class Gateway:
     async def readiness(self) -> tuple[bool, dict]:
         """Engine answers a real generate and S3 answers; the verdict is reused for a moment."""
         if getattr(self.supervisor, "down", False):  # never from the cache: a crash is news at once
-            return False, {"engine": "the engine is restarting after a crash; hot adapters are being reloaded"}
+            return False, self.supervisor.ready_detail()  # the engine's root cause where it failed
         at, ok, detail = self._ready
         if time.monotonic() - at < self.settings.ready_cache_s:
             return ok, detail

@@ -7,12 +7,12 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from registry.settings import RegistrySettings
+from serving.engine_settings import EngineSettings
 
 
-class ServingSettings(RegistrySettings):
+class ServingSettings(EngineSettings):
     """The gateway's settings: the registry's (S3, caches, base model, upload limits; the gateway runs the
-    registry in its own process) plus the gateway's and its engine's own, declared here."""
+    registry in its own process), the engine's (serving/engine_settings.py) and the gateway's own, declared here."""
 
     gateway_host: str = Field("127.0.0.1", description="Address the gateway binds to.")
     gateway_port: int = Field(8000, description="Port of the tenants' API (OpenAI API, adapters, files, "
@@ -28,17 +28,9 @@ class ServingSettings(RegistrySettings):
     admin_key: SecretStr | None = Field(None, description="Key that manages tenants; admin routes refuse all if unset.")
     engine_url: str = Field("http://127.0.0.1:8100", description="The vLLM server, on loopback only.")
     base_name: str = Field("base", description="Model id under which tenants reach the base model.")
-    max_loras: int = Field(4, description="Adapters in one engine batch (vLLM --max-loras).")
-    max_cpu_loras: int = Field(8, description="Adapters the engine keeps registered (vLLM --max-cpu-loras).")
-    max_model_len: int = Field(256, description="Context length of the engine.")
     engine_managed: bool = Field(False, description="The gateway starts the engine and restarts it if it dies.")
     engine_log: Path | None = Field(None, description="Log file of a managed engine.")
     engine_pid_file: Path | None = Field(None, description="Where a managed engine's pid is written (for `down`).")
-    engine_kv_cache_gb: int = Field(1, description="VLLM_CPU_KVCACHE_SPACE for the CPU engine.")
-    engine_threads: int = Field(0, ge=0, description="CPU threads of the engine's model worker (OMP_NUM_THREADS). "
-                                "0: OMP_NUM_THREADS if set, else the host's cores less one, which the engine's "
-                                "scheduler and API server and the gateway need (on 2 cores a 2-thread worker "
-                                "made requests several times slower).")
     engine_connect_timeout_s: float = Field(2.0, description="Connect timeout to the engine.")
     engine_timeout_s: float = Field(120.0, description="Timeout of one engine call (also between stream chunks).")
     engine_load_timeout_s: float = Field(60.0, description="Timeout of one adapter load into the engine.")
