@@ -38,7 +38,8 @@ class BenchGateway:
 
     def reset(self) -> None:
         """A fresh admission (no counters, no tenant history) so that every slice starts from the same state;
-        the slowdown guard (the engine's light-load speed, its ceiling) carries on as in a running gateway."""
+        what it learned about the engine (the slowdown guard's light-load speed and ceiling, the measured
+        capacity) carries on as in a running gateway."""
         from serving.admission import Admission
 
         gw = self.running.gateway
@@ -46,6 +47,7 @@ class BenchGateway:
         previous = getattr(gw, "admission", None)
         if previous is not None:  # what the slowdown guard learned is about the engine, not the tenants: a
             admission.guard = previous.guard  # long-running gateway keeps it, so the flood slices do too
+            admission.queue.capacity = previous.queue.capacity
         gw.admission = admission
 
     def close(self) -> None:

@@ -1,9 +1,11 @@
 """Admission control: when a tenant's request may go to the engine.
 
 - `quotas`: per-tenant requests and tokens per minute and concurrent requests (429 + Retry-After).
-- `fair_queue`: engine slots and the bounded queue in front of them, granted in tenant-fair (VTC) order
-  with headroom for light tenants, caps and pacing for heavy ones, longest-queue drop when full (503).
+- `fair_queue`: engine slots and the bounded queue in front of them, granted in tenant-fair (VTC) order,
+  work-conserving; a tenant that overloads the engine gets caps and pacing and leaves headroom for the
+  others; longest-queue drop when full (503).
 - `demand`: what each tenant asked for and was granted lately, which tells a heavy tenant.
+- `capacity`: what the engine serves with every slot busy, which tells an overload.
 - `guard`: the slowdown guard, the ceiling on a heavy tenant's slots steered by the engine's slowdown.
 
 `Admission` puts them together for the gateway, and refuses everything new while it drains (shutdown).
@@ -39,11 +41,12 @@ class Admission:
             mode a newcomer whose tenant waits less pushes out the newest request of the longest queue).
         fair: VTC order and per-tenant headroom; False: plain first-come first-served (the baseline
             the fairness benchmark compares against).
-        active_window_s: how long after its last request a tenant still counts as active (keeps its reserve).
-        share_cap: fair mode, while several tenants are active: a heavy tenant's slots are capped at this
-            multiple of its equal share of the window (0: no cap).
-        slowdown_tolerance: fair mode: the slowdown guard holds heavy tenants back while the engine's time
-            per output token is more than this multiple of its light-load value (0: off).
+        active_window_s: how long after its last request a tenant still counts as active (keeps its reserve
+            while another tenant overloads the engine).
+        share_cap: fair mode, while several tenants are active: the slots of a tenant that overloads the
+            engine are capped at this multiple of its equal share of the window (0: no cap).
+        slowdown_tolerance: fair mode: the slowdown guard holds an overloading tenant back while the engine's
+            time per output token is more than this multiple of its light-load value (0: off).
         heavy_window_s: the window over which demand is compared to tell a heavy tenant.
     """
 
@@ -124,7 +127,7 @@ class Admission:
 
     def observe(self, kind: str, per_token_s: float) -> None:
         """A finished request's seconds per output token since admission (`kind`: "stream" or "whole"), for
-        the guard; it moves its ceiling only while a heavy tenant waits beside others."""
+        the guard; it moves its ceiling only while an overloading tenant waits beside others."""
         if self.guard.tolerance:
             self.guard.observe(kind, per_token_s, contended=self.queue.contended())
 

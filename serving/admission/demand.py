@@ -69,6 +69,20 @@ class Demand:
             return None
         return (self._asked_sum - self._asked_total.get(tenant, 0.0)) / others
 
+    def rate(self, tenant: str, now: float, min_span_s: float = 1.0) -> float:
+        """Estimated tokens per second `tenant` asked for: its total within the window over the time since its
+        oldest ask in it (at least `min_span_s`, at most the window), so a tenant that began a moment ago is
+        measured over its own span, not diluted over the whole window."""
+        asked = self._asked.get(tenant)
+        if not asked:
+            return 0.0
+        span = min(self.window_s, max(min_span_s, now - asked[0][0]))
+        return self._asked_total[tenant] / span
+
+    def tenants(self) -> list[str]:
+        """The tenants that asked for something within the window."""
+        return list(self._asked)
+
     def heavy(self, tenant: str) -> bool:
         """Does `tenant` ask for at least HEAVY_RATIO x the mean of what the other tenants ask for?"""
         mine, mean = self._asked_total.get(tenant, 0.0), self.others_mean(tenant)

@@ -6,25 +6,27 @@ frees, the waiting request of the tenant with the smallest counter goes first. A
 becomes active again is lifted to the smallest active counter, so idling banks no credit. A flood
 from one tenant therefore queues behind its own requests, not in front of everyone else's.
 
-Order alone does not isolate latency: a flooder that holds every engine slot makes each newcomer
-wait for a slot to free. So fair mode also keeps headroom: each tenant that sent a request within
-the last `active_window_s` seconds and has none waiting now keeps one free slot for its next request.
-A tenant with nothing running may always take a free slot; one that already has a request running
-gets another only if a free slot still stays for each such other tenant (at most half the window is
-held back). A tenant alone, or while the others are quiet, may use the whole window.
+Work-conserving: a request never waits while a slot is free for it, unless its tenant *overloads* the
+engine. VTC order decides who goes first when several wait; nothing else holds a tenant back while the
+engine has room, however skewed the traffic (a popular tenant's burst at ordinary load drains at once).
 
-Headroom alone still lets a flooder fill the rest of the window, and on an engine whose step time
-grows with its batch (a CPU engine) that slows every request in it, the others' included. So fair mode
-also holds back a *heavy* tenant: one whose demand (estimated tokens asked for within `heavy_window_s`)
-is at least `HEAVY_RATIO` times the mean demand of the other tenants of that window. While others are active a
-heavy tenant holds at most
-- `share_cap * max_inflight / n` slots (n recent tenants; 1.0 is the equal share of the window), and
-- the slowdown guard's ceiling (serving/admission/guard.py): it shrinks while the engine runs slower than
-  at light load and grows back while it does not. Below one slot it is a duty cycle: after each request
-  the heavy tenant waits in proportion to how long that request took (pacing, woken by a timer).
-The guard never holds a heavy tenant below what the other tenants ask for on average (its equal share).
-Slots beyond stay free. A tenant that is not heavy (bursts of a light tenant, or every tenant of an even
-load) is never capped, so the window stays work-conserving when no one floods; 0 turns each limit off.
+Overload: a *heavy* tenant (estimated tokens asked for within `heavy_window_s` at least `HEAVY_RATIO` x the
+mean of the other tenants of that window, while another was active within `active_window_s`) asking at a
+rate above `OVERLOAD_LOAD` x the engine's measured capacity less what the others ask for
+(serving/admission/capacity.py: throughput while the window was full; unknown until it has been full,
+and then nothing is held back). What such a tenant asks cannot all be served: its backlog grows whatever
+admission does, so admission decides what it costs the others. On an engine whose step time grows with its
+batch (a CPU engine) every extra request slows every request in the batch, so an overloading tenant
+- leaves headroom: each other tenant that sent a request within `active_window_s` and has none waiting
+  keeps one free slot for its next request (at most half the window), so it starts at once instead of
+  waiting for the flooder's requests to finish;
+- holds at most `share_cap * max_inflight / n` slots (n recent tenants; 1.0 is the equal share), and
+- at most the slowdown guard's ceiling (serving/admission/guard.py): it shrinks while the engine runs
+  slower than at light load and grows back while it does not. Below one slot it is a duty cycle: after
+  each request the tenant waits in proportion to how long that request took (pacing, woken by a timer).
+  The guard never holds it below what the other tenants ask for on average (its equal share).
+These act only under contention (others active while the engine is overloaded), and never on a tenant
+alone: it gets the whole window. 0 turns the cap or the guard off.
 A full queue refuses the newest request of the tenant with the longest queue (longest queue drop).
 
 Not thread-safe: every call comes from the gateway's event loop.
@@ -39,6 +41,7 @@ from collections import defaultdict, deque
 
 from common.errors import Overloaded
 from serving import metrics
+from serving.admission.capacity import EngineCapacity
 from serving.admission.demand import Demand
 from serving.admission.guard import SlowdownGuard
 
@@ -61,6 +64,7 @@ class FairQueue:
     """
 
     PACE_SLACK = 4  # requests (of the tenant's mean size) granted beyond an equal share before pacing starts
+    OVERLOAD_LOAD = 0.85  # share of the measured capacity that all tenants' demand may take before it overloads
 
     def __init__(self, max_inflight: int, max_queue: int, guard: SlowdownGuard | None = None, fair: bool = True,
                  active_window_s: float = 5.0, share_cap: float = 0.0, heavy_window_s: float = 20.0):
@@ -72,6 +76,7 @@ class FairQueue:
         self.share_cap = share_cap
         self.guard = guard if guard is not None else SlowdownGuard(max_inflight, 0.0)
         self.demand = Demand(self.heavy_window_s)
+        self.capacity = EngineCapacity(max_inflight)
         self._paused_until: dict[str, float] = {}  # heavy tenant -> when the guard's duty cycle lets it in again
         self._wake: tuple[float, asyncio.TimerHandle] | None = None  # a dispatch when the next pause ends
         self._arrivals = itertools.count()
@@ -147,20 +152,25 @@ class FairQueue:
         self.inflight += 1
         self.running[tenant] += 1
         self.counters[tenant] += est_tokens  # charged up front, corrected on release
-        self.demand.grant(tenant, time.monotonic(), est_tokens)
+        now = time.monotonic()
+        self.demand.grant(tenant, now, est_tokens)
+        self.capacity.note_full(now, self.inflight >= self.max_inflight)
         metrics.INFLIGHT.set(self.inflight)
 
     def release(self, tenant: str, est_tokens: int, tokens: int, held_s: float = 0.0) -> None:
         """The request finished having been served `tokens` tokens after holding its slot `held_s` seconds:
         correct the charge, hand the slot on (a heavy tenant paced by the guard waits before its next)."""
+        now = time.monotonic()
+        self.capacity.completed(now, est_tokens, was_full=self.inflight >= self.max_inflight)
         self.counters[tenant] += tokens - est_tokens
         self.active[tenant] -= 1
         self.running[tenant] -= 1
         self.inflight -= 1
         duty = self.guard.duty
-        if self.fair and duty < 1 and held_s > 0 and self.heavy(tenant):
-            self._paused_until[tenant] = time.monotonic() + held_s * (1 - duty) / duty
+        if self.fair and duty < 1 and held_s > 0 and self.overloading(tenant, now):
+            self._paused_until[tenant] = now + held_s * (1 - duty) / duty
         self._dispatch()
+        self.capacity.note_full(time.monotonic(), self.inflight >= self.max_inflight)
         metrics.INFLIGHT.set(self.inflight)
         metrics.QUEUED.set(self.queued)
 
@@ -237,14 +247,32 @@ class FairQueue:
             return False
         return self.demand.heavy(tenant)
 
+    def overloading(self, tenant: str, now: float | None = None) -> bool:
+        """Is heavy `tenant` asking for more than the engine has room for: more than `OVERLOAD_LOAD` x the
+        measured capacity less what the other tenants ask for (rates over the heavy window)? Never while the
+        capacity is unknown (the window has not been full long enough to measure it). Only such a tenant is
+        held back; any other takes a free slot whenever no one waits before it (work-conserving)."""
+        if not self.heavy(tenant):
+            return False
+        now = time.monotonic() if now is None else now
+        capacity = self.capacity.rate(now)
+        if capacity is None:
+            return False
+        rates = {t: self.demand.rate(t, now) for t in self.demand.tenants()}
+        mine = rates.pop(tenant, 0.0)
+        return mine > self.OVERLOAD_LOAD * capacity - sum(rates.values())
+
     def contended(self) -> bool:
-        """Does a heavy tenant wait while others are active (the only time the guard may move)?"""
-        return len(self._last_seen) >= 2 and any(self.heavy(t) for t in self._waiting)
+        """Does an overloading tenant wait while others are active (the only time the guard may move)?"""
+        if len(self._last_seen) < 2:
+            return False
+        now = time.monotonic()
+        return any(self.overloading(t, now) for t in self._waiting)
 
     def paced(self, tenant: str, now: float | None = None) -> bool:
         """Is heavy `tenant` held back by the guard's duty cycle now (one slot at most, and a pause after each
         request)? Never while it has been granted less than the other tenants ask for on average."""
-        if self.guard.duty >= 1 or len(self._last_seen) < 2 or not self.heavy(tenant):
+        if self.guard.duty >= 1 or len(self._last_seen) < 2 or not self.overloading(tenant, now):
             return False
         slack = self.PACE_SLACK * self.demand.mean_ask(tenant)
         if self.demand.granted(tenant) < (self.demand.others_mean(tenant) or 0.0) + slack:
@@ -255,16 +283,20 @@ class FairQueue:
         return self.running[tenant] > 0 or now < self._paused_until.get(tenant, 0.0)
 
     def _eligible(self, tenant: str, light: set[str], now: float | None = None) -> bool:
-        """May `tenant` take one more slot now? Always in FIFO mode. In fair mode: not while the guard paces
-        it; then if it has nothing running; or if a free slot still stays for each other recent tenant with
-        nothing queued and, when it is heavy, it holds less than `share_limit()`."""
+        """May `tenant` take one more slot now? Always in FIFO mode, and in fair mode unless it is overloading
+        (the dispatch still serves the waiting tenants in VTC order). An overloading tenant: not while the
+        guard paces it; then if it has nothing running; or if it holds less than `share_limit()` and a free
+        slot still stays for each other recent tenant with nothing queued."""
         if not self.fair:
+            return True
+        now = time.monotonic() if now is None else now
+        if not self.overloading(tenant, now):
             return True
         if self.paced(tenant, now):
             return False
         if not self.running[tenant]:
             return True
-        if self.running[tenant] >= self.share_limit() and self.heavy(tenant):
+        if self.running[tenant] >= self.share_limit():
             return False
         reserve = len(light) - (tenant in light)
         reserve = min(reserve, self.max_inflight // 2)  # many quiet tenants must not idle the engine

@@ -1,4 +1,4 @@
-"""The slowdown guard: how many slots a heavy tenant may hold, steered by how much the engine slows down.
+"""The slowdown guard: how many slots an overloading tenant may hold, steered by how much the engine slows.
 
 The gateway reports each finished request's time per output token from admission to its last token;
 while the recent median is more than `tolerance` times its light-load value (the lowest median of the
@@ -22,7 +22,7 @@ from serving import metrics
 
 
 class SlowdownGuard:
-    """The ceiling on a heavy tenant's slots, steered by how much slower than at light load the engine runs.
+    """The ceiling on an overloading tenant's slots, steered by how much slower than at light load the engine runs.
 
     Samples are seconds per output token of finished requests, from admission to the last token (the
     engine's queue, prefill and an adapter load included: whatever a newcomer would wait for), kept per
@@ -32,7 +32,8 @@ class SlowdownGuard:
     `tolerance` times it the ceiling halves, or quarters when far above (at most once per `window_s`, the
     time the samples take to show the last change); at or below it the ceiling grows by one slot, or by
     half below one slot. Below one slot the ceiling is a duty cycle (`duty`), down to `min_duty`.
-    The ceiling moves only while it is *contended* (a heavy tenant waits while others are active): as in
+    The ceiling moves only while it is *contended* (a tenant that overloads the engine waits while others
+    are active; the fair queue applies the ceiling to no one else): as in
     TCP's congestion window validation, a limit nobody presses against is not grown (a quiet spell would
     otherwise hand the next flood the whole window), nor cut by a heavy tenant that is alone.
     """

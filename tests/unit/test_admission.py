@@ -10,6 +10,7 @@ from prometheus_client import REGISTRY, generate_latest
 
 from common.errors import Overloaded, QuotaExceeded
 from serving.admission import Admission, Draining, Quotas, guard
+from tests.unit.test_admission_fair_queue import Measured
 
 
 class _Clock:
@@ -81,7 +82,7 @@ def test_fifo_mode_has_no_guard():
     assert Admission(max_inflight=8, max_queue=100, fair=False, slowdown_tolerance=1.2).guard.limit == 8
 
 
-def test_the_guard_is_fed_only_while_a_heavy_tenant_waits_beside_others(monkeypatch):
+def test_the_guard_is_fed_only_while_an_overloading_tenant_waits_beside_others(monkeypatch):
     """Slow samples with no heavy tenant waiting are measured, not acted on; with a flooder queued beside
     two recent tenants the guard cuts its ceiling."""
     clock = _Clock()
@@ -90,6 +91,7 @@ def test_the_guard_is_fed_only_while_a_heavy_tenant_waits_beside_others(monkeypa
     async def go():
         adm = Admission(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, slowdown_tolerance=1.2)
         adm.guard.window_s, adm.guard.interval_s, adm.guard.ceiling = 0.2, 0.0, 8.0
+        adm.queue.capacity = Measured()  # an engine whose capacity the flood below exceeds
         for t in ("b", "c"):  # recently active, now idle
             await adm.acquire(t, 1)
             adm.release(t, 1, 1)
@@ -102,7 +104,7 @@ def test_the_guard_is_fed_only_while_a_heavy_tenant_waits_beside_others(monkeypa
         flood = [asyncio.create_task(adm.acquire("a", 1)) for _ in range(20)]
         await asyncio.sleep(0)
         adm.observe("stream", 0.050)
-        assert adm.guard.ceiling == 2  # now a heavy tenant waits beside b and c
+        assert adm.guard.ceiling == 2  # now an overloading tenant waits beside b and c
         for task in flood:
             task.cancel()
     asyncio.run(go())

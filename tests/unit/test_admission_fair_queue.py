@@ -18,6 +18,28 @@ def _queue(max_inflight: int, max_queue: int, tolerance: float = 0.0, **kwargs) 
     return FairQueue(max_inflight, max_queue, SlowdownGuard(max_inflight, tolerance), **kwargs)
 
 
+class Measured:
+    """An engine capacity already measured, `rate` estimated tokens per second (1.0: any flood overloads it)."""
+
+    def __init__(self, rate: float = 1.0):
+        self._rate = rate
+
+    def note_full(self, now: float, full: bool) -> None:
+        pass
+
+    def completed(self, now: float, est_tokens: int, was_full: bool) -> None:
+        pass
+
+    def rate(self, now: float) -> float:
+        return self._rate
+
+
+def _overloaded(q: FairQueue) -> FairQueue:
+    """`q` over an engine whose measured capacity every heavy tenant's demand exceeds: its limits apply."""
+    q.capacity = Measured()
+    return q
+
+
 def test_full_queue_is_503():
     async def go():
         q = _queue(max_inflight=1, max_queue=1)
@@ -163,7 +185,7 @@ async def _seen(q: FairQueue, *tenants: str) -> None:
 def test_a_flooder_leaves_a_free_slot_for_each_other_recent_tenant():
     """Window 4, three recent tenants: the flooder fills up to 4 - 2 reserved; b and c get a slot at once."""
     async def go():
-        q = _queue(max_inflight=4, max_queue=100, active_window_s=60)
+        q = _overloaded(_queue(max_inflight=4, max_queue=100, active_window_s=60))
         for t in ("b", "c"):  # b and c were active a moment ago (now idle)
             await q.acquire(t, 1)
             q.release(t, 1, 1)
@@ -226,7 +248,7 @@ def test_share_cap_limits_a_heavy_tenant_to_its_share_of_the_window():
     """Window 8, three recent tenants, cap 1.0: a flooder (heavy: it asks for far more than b and c) keeps
     round(8/3) = 3 slots, even with slots free; a burst of a tenant that is not heavy is not capped."""
     async def go():
-        q = _queue(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0)
+        q = _overloaded(_queue(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0))
         await _seen(q, "b", "c")
         flood = [asyncio.create_task(q.acquire("a", 1)) for _ in range(20)]
         await asyncio.sleep(0)
@@ -263,7 +285,7 @@ def test_share_cap_lifts_when_the_others_go_quiet_and_is_off_at_zero(monkeypatch
     monkeypatch.setattr(fair_queue, "time", clock)
 
     async def go():
-        q = _queue(max_inflight=4, max_queue=100, active_window_s=0.05, share_cap=1.0)
+        q = _overloaded(_queue(max_inflight=4, max_queue=100, active_window_s=0.05, share_cap=1.0))
         await q.acquire("b", 1)
         q.release("b", 1, 1)
         tasks = [asyncio.create_task(q.acquire("a", 1)) for _ in range(6)]
@@ -275,7 +297,7 @@ def test_share_cap_lifts_when_the_others_go_quiet_and_is_off_at_zero(monkeypatch
         assert q.share_limit() == 4 and q.running["a"] == 4
         for task in tasks:
             task.cancel()
-        nocap = _queue(max_inflight=8, max_queue=100, active_window_s=60, share_cap=0)
+        nocap = _overloaded(_queue(max_inflight=8, max_queue=100, active_window_s=60, share_cap=0))
         await _seen(nocap, "b", "c")
         flood = [asyncio.create_task(nocap.acquire("a", 1)) for _ in range(10)]
         await asyncio.sleep(0)
@@ -290,7 +312,7 @@ def test_share_cap_lifts_when_the_others_go_quiet_and_is_off_at_zero(monkeypatch
 
 def test_the_guard_holds_a_heavy_tenant_back_but_never_a_light_one():
     async def go():
-        q = _queue(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, tolerance=1.2)
+        q = _overloaded(_queue(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, tolerance=1.2))
         await _seen(q, "b", "c")
         q.guard.ceiling = 1  # the engine runs slower than at light load
         flood = [asyncio.create_task(q.acquire("a", 1)) for _ in range(20)]
@@ -306,7 +328,7 @@ def test_the_guard_holds_a_heavy_tenant_back_but_never_a_light_one():
 
 def test_a_paced_heavy_tenant_waits_in_proportion_to_its_last_request_but_never_below_an_equal_share():
     async def go():
-        q = _queue(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, tolerance=1.2)
+        q = _overloaded(_queue(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, tolerance=1.2))
         q.PACE_SLACK = 0  # (the slack of a few requests is checked below)
         await _seen(q, "b", "c")  # each asked for 1 token: a's equal share is 1 token within the window
         q.guard.ceiling = 0.25  # holds its slot a quarter of the time
@@ -334,7 +356,7 @@ def test_a_paced_heavy_tenant_waits_in_proportion_to_its_last_request_but_never_
         for task in flood:
             task.cancel()
         # the slack: when activity starts, counts are small; a is paced only once granted b and c's mean + 4
-        slack = _queue(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, tolerance=1.2)
+        slack = _overloaded(_queue(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, tolerance=1.2))
         await _seen(slack, "b", "c")
         slack.guard.ceiling = 0.25
         more = [asyncio.create_task(slack.acquire("a", 1)) for _ in range(10)]
@@ -370,7 +392,7 @@ def test_a_pause_that_ends_between_two_clock_readings_still_wakes_the_queue(monk
     monkeypatch.setattr(fair_queue, "time", clock)  # the queue's clock only; asyncio keeps the real one
 
     async def go():
-        q = _queue(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, tolerance=1.2)
+        q = _overloaded(_queue(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, tolerance=1.2))
         q.PACE_SLACK = 0
         await _seen(q, "b", "c")
         q.guard.ceiling = 0.25
