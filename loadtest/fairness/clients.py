@@ -58,3 +58,39 @@ def capacity(url: str, tenants, max_tokens: int) -> float:
     samples = asyncio.run(drive(url, loads, duration_s=0.05))  # ~150 requests at once
     ok = [s for s in samples if s.status == 200]
     return len(ok) / (time.monotonic() - started)
+
+
+def sustained_capacity(url: str, tenants, max_tokens: int, concurrency: int = 32, seconds: float = 8.0) -> float:
+    """Requests per second the stack keeps completing with `concurrency` requests always open (closed loop,
+    spread over `tenants` in turn) for `seconds`, after a short warm-up. A burst of requests at once (`capacity`)
+    measures how fast a full batch drains, which on a small host is well above what it sustains: the load
+    generator, the gateway and the engine share the cores."""
+    import aiohttp
+
+    texts = prompts()
+
+    async def run() -> float:
+        done = 0
+        async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=120)) as client:
+            async def worker(i: int, until: float, count: bool) -> None:
+                nonlocal done
+                tenant, key, model = tenants[i % len(tenants)]
+                body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+                j = i
+                while time.monotonic() < until:
+                    body["prompt"] = texts[j % len(texts)]
+                    j += concurrency
+                    async with client.post("/v1/completions", json=body,
+                                           headers={"Authorization": f"Bearer {key}"}) as r:
+                        async for _ in r.content:
+                            pass
+                        if r.status == 200 and count:
+                            done += 1
+
+            warm = time.monotonic() + 1.0
+            await asyncio.gather(*(worker(i, warm, False) for i in range(concurrency)))
+            started = time.monotonic()
+            await asyncio.gather(*(worker(i, started + seconds, True) for i in range(concurrency)))
+            return done / (time.monotonic() - started)
+
+    return asyncio.run(run())

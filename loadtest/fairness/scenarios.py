@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from loadtest.fairness.clients import capacity, drive_tenants, prompts
+from loadtest.fairness.clients import drive_tenants, prompts, sustained_capacity
 from loadtest.fairness.config import mode_settings
 from loadtest.fairness.gateways import admission_waits, waits_between
 from loadtest.fairness.stack import BenchStack, bench_stack
@@ -57,9 +57,10 @@ def run_zipf_scenario(stack: BenchStack | None = None, *, tenants: int = 4, zipf
     """Zipf(`zipf_s`) traffic over `tenants` tenants, open-loop Poisson at `load` x the measured capacity, with
     the default admission settings ("fair") and with fair admission off ("fair-off"), same arrivals.
 
-    Capacity: requests per second the stack completes with every tenant busy (closed loop, through the
-    fair-off gateway), unless `capacity_req_s` pins it. Each mode's traffic is cut into `slices`, run
-    alternately, so a noisy host disturbs both alike. `inflight`: the gateways' window (None: the default).
+    Capacity: requests per second the stack sustains with the gateway's window of requests always open
+    (closed loop through the fair-off gateway, `clients.sustained_capacity`), unless `capacity_req_s` pins
+    it. Each mode's traffic is cut into `slices`, run alternately, so a noisy host disturbs both alike.
+    `inflight`: the gateways' window (None: the default).
 
     Returns {"scenario": "zipf", "settings", "capacity_req_s", "rates_req_s": {tenant: rate},
     "modes": {mode: {"tenants": {tenant: {"sent", "ok", "ttft_p50_ms", "ttft_p99_ms", "ttft_max_ms",
@@ -73,7 +74,9 @@ def run_zipf_scenario(stack: BenchStack | None = None, *, tenants: int = 4, zipf
         for bg in gws.values():
             es.callback(bg.close)
         names = [t for t, _, _ in gws["fair-off"].tenants]
-        cap = capacity_req_s or capacity(gws["fair-off"].url, gws["fair-off"].tenants, max_tokens)
+        off = gws["fair-off"]
+        cap = capacity_req_s or sustained_capacity(off.url, off.tenants, max_tokens,
+                                                   off.admission.queue.max_inflight)
         rates = zipf_rates(load * cap, tenants, zipf_s)
         samples = {m: [] for m in gws}
         waits = {m: {} for m in gws}
