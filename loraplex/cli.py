@@ -36,7 +36,10 @@ def up(ray: bool = typer.Option(False, "--ray", help="Serve through Ray Serve on
                                                      "as ingress, LORAPLEX_RAY_ENGINE_REPLICAS engine replicas "
                                                      "(docs/scale-out.md).")) -> None:
     """Start the embedded stack (SeaweedFS, vLLM engine, gateway) in the background; returns when ready."""
-    stack.up(ray=ray)
+    try:
+        stack.up(ray=ray)
+    except stack.StartupFailed:
+        raise typer.Exit(1) from None  # stack.up printed the cause and the log's path
 
 
 serve_app = typer.Typer(help="Run loraplex on a serving framework.", no_args_is_help=True)
@@ -95,7 +98,10 @@ def demo() -> None:
     """Start the stack, register the demo tenants and adapters, and show each tenant's answers."""
     from loraplex.cli_demo import run_demo
 
-    run_demo()
+    try:
+        run_demo()
+    except stack.StartupFailed:
+        raise typer.Exit(1) from None  # stack.up printed the cause and the log's path
 
 
 @tenant_app.command("create")

