@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.loraplex-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test up down status bench loadtest clean
+.PHONY: install demo test up down status bench loadtest gpu-check clean
 
 $(STAMP): pyproject.toml scripts/install.sh
 	bash scripts/install.sh $(VENV)
@@ -42,6 +42,12 @@ loadtest: install      ## locust, headless, against the running stack (var/stack
 	LORAPLEX_LOADTEST_RATE=$(LOADTEST_RATE) $(VENV)/bin/locust -f loadtest/locustfile.py --headless \
 	  -u $$($(PY) -c "import json; print(max(1, len(json.load(open('var/stack.json')).get('tenants') or {})))") -r 100 \
 	  -t $(LOADTEST_TIME) --csv var/loadtest/locust --only-summary $(LOADTEST_ARGS)
+
+# Not behind `install`: the lent GPU machines have torch/transformers/peft but no network and no vLLM.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_CHECK_ARGS ?=
+gpu-check:             ## on a CUDA host: train LoRA + QLoRA on a tiny base, gate and probe them (docs/operations.md)
+	$(GPU_PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:                 ## stop the stack and remove var/ (models, data, keys) — the venv stays
 	-$(PY) -m loraplex.cli down
