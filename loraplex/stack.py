@@ -214,13 +214,16 @@ def update_tenants(cfg: StackSettings, tenants: dict) -> dict:
 
 def _wait_ready(url: str, timeout: float, procs: dict | None = None, engine_log: EngineLog | None = None) -> None:
     """Wait for the gateway's /ready; stop at once, with the root cause, when a process in `procs` (name ->
-    (Popen, its log)) exits, the gateway reports that its engine failed to start, or the engine's log says so."""
+    Popen, or (Popen, its EngineLog) to name the cause) exits, the gateway reports that its engine failed to
+    start, or the engine's log says so."""
     deadline = time.monotonic() + timeout
     with console.status("waiting for the gateway's /ready (engine generate + S3) …"):
         while time.monotonic() < deadline:
-            for name, (p, plog) in (procs or {}).items():
+            for name, watched in (procs or {}).items():
+                p, plog = watched if isinstance(watched, tuple) else (watched, None)
                 if p.poll() is not None:
-                    raise StartupFailed(plog.failure(p.returncode, process=name))
+                    raise StartupFailed(plog.failure(p.returncode, process=name) if plog else
+                                        f"the {name} exited with code {p.returncode} while starting")
             if engine_log is not None and engine_log.fatal():
                 raise StartupFailed(engine_log.failure())
             try:
