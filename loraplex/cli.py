@@ -237,6 +237,41 @@ def adapter_promote(name: str, alias: str, version: str,
     console.print(f"{name}@{alias} → {version}")
 
 
+@adapter_app.command("pin")
+def adapter_pin(model: str = typer.Argument(..., help="NAME@REF: an alias (followed as it moves) or a version; "
+                                                      "NAME alone pins NAME@prod"),
+                tenant: str = typer.Option(..., "--tenant", help="the adapter's tenant")) -> None:
+    """Pin an adapter (operators, admin key): loaded now and never evicted, kept across restarts."""
+    name, _, ref = model.partition("@")
+    out = _api(lambda: GatewayClient.from_env(admin=True).call("PUT", f"/admin/pins/{tenant}/{name}/{ref or 'prod'}"))
+    console.print(f"pinned {tenant}/{out['name']}@{out['ref']} (version {out['version']}, "
+                  f"{'resident' if out['resident'] else 'not resident yet'})")
+
+
+@adapter_app.command("unpin")
+def adapter_unpin(model: str = typer.Argument(..., help="NAME@REF as pinned (NAME alone: NAME@prod)"),
+                  tenant: str = typer.Option(..., "--tenant")) -> None:
+    """Drop a pin: the version becomes evictable again."""
+    name, _, ref = model.partition("@")
+    _api(lambda: GatewayClient.from_env(admin=True).call("DELETE", f"/admin/pins/{tenant}/{name}/{ref or 'prod'}"))
+    console.print(f"unpinned {tenant}/{name}@{ref or 'prod'}")
+
+
+@adapter_app.command("pins")
+def adapter_pins(tenant: str | None = typer.Option(None, "--tenant"),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Pinned adapters and the version each holds now (operators, admin key)."""
+    params = {"tenant": tenant} if tenant else {}
+    out = _api(lambda: GatewayClient.from_env(admin=True).call("GET", "/admin/pins", params=params))
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    table = Table("tenant", "adapter", "ref", "version", "resident")
+    for p in out["data"]:
+        table.add_row(p["tenant"], p["name"], p["ref"], p["version"] or "-", "yes" if p["resident"] else "no")
+    console.print(table)
+
+
 @adapter_app.command("rm")
 def adapter_rm(name: str, version: str, tenant: str | None = typer.Option(None)) -> None:
     _api(lambda: GatewayClient.from_env(tenant=tenant).call("DELETE", f"/v1/adapters/{name}/versions/{version}"))

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from common.errors import EngineError
 from registry.slru import SegmentedLRU, TierUsage
 from serving import metrics
 from serving.engine import EngineClient
@@ -152,7 +153,14 @@ class AdapterResidency:
             path = await local_path()
             size = dir_bytes(path)
             await self._make_room(size)
-            await self._timed_load(name, path)
+            try:
+                await self._timed_load(name, path)
+            except EngineError:
+                if path.exists():
+                    raise
+                # the disk tier evicted the files between their fetch and the engine's read: fetch once more
+                path = await local_path()
+                await self._timed_load(name, path)
             self._lru.add(name, size)
             self._paths[name] = path
             self._hold(name)

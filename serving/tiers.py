@@ -18,13 +18,14 @@ from common.errors import Conflict, LoraplexError
 from registry.adapter_registry import AdapterRegistry
 from registry.cache import ArtifactCache
 from registry.manifest import Manifest
-from registry.pins import Pin, PinRegistry
+from registry.pins import Pin, PinRegistry, check_ref
 from registry.settings import RegistrySettings
 from registry.slru import TierUsage
 from serving import metrics
 from serving.residency import AdapterResidency, engine_lora_name
 
 log = logging.getLogger(__name__)
+MAX_PREFETCHES = 4  # downloads at once for queued requests: more would only evict each other from a full disk tier
 
 
 def cache_key(manifest: Manifest) -> str:
@@ -77,8 +78,8 @@ class Tiers:
         (a no-op when they are there or on their way), so that it pays only the engine load at the front."""
         self.refresh_soon()
         key = cache_key(manifest)
-        if key in self._fetching or self.cache.holds(manifest) or self.residency.holds(
-                engine_lora_name(manifest.tenant, manifest.name, manifest.version)):
+        if key in self._fetching or len(self._fetching) >= MAX_PREFETCHES or self.cache.holds(manifest) or \
+                self.residency.holds(engine_lora_name(manifest.tenant, manifest.name, manifest.version)):
             return
         self._fetching.add(key)
         task = self._spawn(self.local_path(manifest)(), f"prefetching {manifest.ref}")
@@ -91,6 +92,45 @@ class Tiers:
             metrics.COLD_START.labels("first_token").observe(time.monotonic() - arrived)
 
     # --- pins -------------------------------------------------------------------------------------------
+
+    async def pin(self, tenant: str, name: str, ref: str) -> dict:
+        """Pin `tenant`'s `name@ref` (404 if it does not resolve, 409 if pins would crowd the engine), then keep
+        and load its version now. Returns the pin with the version it holds."""
+        check_ref(ref)
+        manifest = await asyncio.to_thread(self.adapters.resolve, tenant, f"{name}@{ref}")
+        self.check_room(manifest)
+        await asyncio.to_thread(self.pins.pin, tenant, name, ref)
+        await self.refresh_pins()
+        return {"tenant": tenant, "name": name, "ref": ref, "version": manifest.version,
+                "resident": self.residency.holds(engine_lora_name(tenant, name, manifest.version))}
+
+    async def unpin(self, tenant: str, name: str, ref: str) -> None:
+        """Drop the pin: its version becomes an ordinary LRU entry (evicted when its turn comes)."""
+        await asyncio.to_thread(self.pins.unpin, tenant, name, ref)
+        await self.refresh_pins()
+
+    async def list_pins(self, tenant: str | None = None) -> list[dict]:
+        """Every pin (of `tenant`) with the version it holds now (null: its alias or adapter is gone)."""
+        rows = []
+        for pin, manifest in await self.refresh_pins():
+            if tenant is None or pin.tenant == tenant:
+                name = engine_lora_name(pin.tenant, pin.name, manifest.version) if manifest else None
+                rows.append({"tenant": pin.tenant, "name": pin.name, "ref": pin.ref,
+                             "version": manifest.version if manifest else None,
+                             "resident": bool(name and self.residency.holds(name))})
+        return rows
+
+    async def after_alias_move(self, manifest: Manifest, warm: bool) -> None:
+        """An alias now points at `manifest`: load it before its traffic if asked (`warm`) or if the alias is
+        pinned (the pin follows the alias: the old version is released, the new one kept)."""
+        pinned = await asyncio.to_thread(self.pins.list, manifest.tenant)
+        try:
+            if any(p.name == manifest.name for p in pinned):
+                await self.refresh_pins()
+            elif warm:
+                await self.warm(manifest)
+        except LoraplexError as e:  # the alias moved all the same: the version loads on its first request
+            log.warning("could not load %s ahead of its traffic: %s", manifest.ref, e.message)
 
     def check_room(self, manifest: Manifest) -> None:
         """Refuse (409) a pin that would leave the engine less than half its room for unpinned adapters."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
@@ -82,7 +82,8 @@ def json_field(name: str, raw: str) -> dict:
 
 
 @router.post("/{name}/versions", status_code=201)
-async def upload_version(name: str, request: Request, tenant: TenantDep, gw: GatewayDep) -> dict:
+async def upload_version(name: str, request: Request, tenant: TenantDep, gw: GatewayDep,
+                         warm: bool = Query(False, description="load the version into the engine now")) -> dict:
     async with audited(gw, AuditAction.ADAPTER_UPLOAD, actor=tenant.name, tenant=tenant.name, target=name) as detail:
         check_name(name, "adapter name")
         if name == gw.settings.base_name:
@@ -98,6 +99,8 @@ async def upload_version(name: str, request: Request, tenant: TenantDep, gw: Gat
                       rank=manifest.rank)
     metrics.UPLOADS.labels("ok").inc()
     gw.forget_models(tenant.name, name)  # the newest version may be what `name` means now
+    if warm and gw.tiers is not None:
+        gw.tiers.warm_soon(manifest)
     return public_version(manifest)
 
 
@@ -115,6 +118,7 @@ async def get_adapter(name: str, tenant: TenantDep, gw: GatewayDep) -> dict:
 class AliasMove(BaseModel):
     version: str
     expected_version: str | None = None
+    warm: bool = False  # load the version into the engine before the alias's traffic arrives
 
 
 @router.put("/{name}/aliases/{alias}")
@@ -127,6 +131,9 @@ async def set_alias(name: str, alias: str, body: AliasMove, tenant: TenantDep, g
                                           body.expected_version)
             detail.clear()  # the swap held: the alias moved from expected_version (None: created) to version
             detail.update(before=out["previous_version"], after=out["version"])
+        if gw.tiers is not None:  # a pinned alias moves its pin; `warm` loads the version before traffic
+            manifest = await asyncio.to_thread(gw.adapters.resolve, tenant.name, f"{name}@{out['version']}")
+            await gw.tiers.after_alias_move(manifest, body.warm)
         return out
     finally:
         gw.forget_models(tenant.name, name)  # also after a conflict: someone else moved it

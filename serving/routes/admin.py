@@ -7,6 +7,7 @@ import asyncio
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.errors import Conflict
 from registry.audit import MAX_LIMIT, AuditAction, AuditQuery, parse_time
 from serving.admission.quotas import QuotaChange
 from serving.audit_trail import ADMIN, audit_log_of, audited
@@ -68,6 +69,32 @@ async def update_tenant(name: str, body: TenantUpdate, gw: GatewayDep) -> dict:
         tenant = await asyncio.to_thread(gw.tenants.set_quotas, name, changes)
     gw.forget_keys(name)
     return tenant.model_dump(mode="json")
+
+
+def _tiers(gw):
+    if gw.tiers is None:
+        raise Conflict("pins apply to the gateway's local engine tiers; this gateway routes through Ray, whose "
+                       "replicas keep their own adapters")
+    return gw.tiers
+
+
+@router.get("/pins")
+async def list_pins(gw: GatewayDep, tenant: str | None = None) -> dict:
+    """Pinned adapters (never evicted from the engine nor the disk cache) with the version each holds now."""
+    return {"data": await _tiers(gw).list_pins(tenant)}
+
+
+@router.put("/pins/{tenant}/{name}/{ref}")
+async def pin_adapter(tenant: str, name: str, ref: str, gw: GatewayDep) -> dict:
+    """Pin `tenant`'s adapter `name` at `ref` (an alias such as prod, followed as it moves, or a version):
+    loaded now, and kept by every gateway of the registry (re-read every LORAPLEX_PINS_REFRESH_S)."""
+    return await _tiers(gw).pin(tenant, name, ref)
+
+
+@router.delete("/pins/{tenant}/{name}/{ref}", status_code=204)
+async def unpin_adapter(tenant: str, name: str, ref: str, gw: GatewayDep) -> Response:
+    await _tiers(gw).unpin(tenant, name, ref)
+    return Response(status_code=204)
 
 
 @router.get("/audit")
