@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.loraplex-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test up down status bench loadtest gpu-check clean
+.PHONY: install demo test up down status bench bench-scale loadtest gpu-check clean
 
 $(STAMP): pyproject.toml scripts/install.sh
 	bash scripts/install.sh $(VENV)
@@ -32,6 +32,9 @@ BENCH_OUT ?= var/bench/hotswap
 BENCH_ARGS ?=
 bench: install         ## hot-swap vs separate-model benchmark (N=2,4,8) into $(BENCH_OUT); updates docs/benchmarks.md
 	$(PY) -m loraplex.cli bench hotswap --out $(BENCH_OUT) --docs docs/benchmarks.md $(BENCH_ARGS)
+
+bench-scale: install   ## one engine, 8/100/1000 adapters of 100 tenants into var/bench/scale; updates docs/benchmarks.md
+	$(PY) -m loraplex.cli bench scale --out var/bench/scale --docs docs/benchmarks.md $(BENCH_ARGS)
 
 LOADTEST_TIME ?= 30s
 LOADTEST_RATE ?= 2

@@ -172,3 +172,43 @@ def fairness(out: Path = typer.Option(Path("var/bench"), "--out"),
     run_fairness(out, duration_s=duration, flood_factor=flood_factor, inflight=inflight, modes=chosen,
                  share_cap=share_cap, slices=slices, share_rps=share_rps or None, max_queue=max_queue,
                  gc_freeze=gc_freeze, flooder_nice=flooder_nice)
+
+
+@bench_app.command("scale")
+def scale(
+    adapters: str = typer.Option("8,100,1000", "--adapters", help="Adapter counts, comma-separated (the smallest "
+                                                                  "is the throughput baseline)."),
+    out: Path = typer.Option(Path("var/bench/scale"), "--out", help="Directory for scale.json/.csv/.md, the PNGs "
+                                                                    "and the logs."),
+    zipf: str = typer.Option("0.8,1.2", "--zipf", help="Zipf exponents of adapter popularity."),
+    duration: float = typer.Option(20.0, "--duration", help="Seconds of traffic per row."),
+    load: float = typer.Option(0.6, "--load", help="The unsaturated rows' rate, as a share of capacity."),
+    concurrency: int = typer.Option(16, "--concurrency", help="Requests in flight in the saturated rows."),
+    per_tenant: int = typer.Option(10, "--per-tenant", help="Adapters per tenant."),
+    max_tokens: int = typer.Option(16, "--max-tokens"),
+    docs: Path | None = typer.Option(None, "--docs", help="Also write the scale section of this markdown file "
+                                                          "(e.g. docs/benchmarks.md)."),
+) -> None:
+    """One engine with 8 to 1,000 adapters of a hundred tenants: throughput, TTFT, residency per tier, RSS, cold
+    starts against their bound, answers against the same request alone."""
+    from loadtest.scale.bench import run_scale
+    from loadtest.scale.config import ScaleConfig, ScaleError
+    from loadtest.scale.report import markdown, publish_docs
+
+    try:
+        cfg = ScaleConfig(adapters=tuple(sorted(int(x) for x in adapters.split(",") if x.strip())),
+                          zipfs=tuple(float(x) for x in zipf.split(",") if x.strip()), duration_s=duration,
+                          load=load, concurrency=concurrency, per_tenant=per_tenant, max_tokens=max_tokens)
+    except ValueError as exc:
+        console.print(f"[red]error[/]: {exc}")
+        raise typer.Exit(2) from None
+    try:
+        report = run_scale(out, cfg, console=console)
+    except (ScaleError, RuntimeError) as exc:
+        console.print(f"[red]error[/]: {exc}")
+        raise typer.Exit(1) from None
+    console.print(markdown(report))
+    if docs is not None:
+        publish_docs(out, docs)
+        console.print(f"updated the scale section of {docs}")
+    console.print(f"wrote {out / 'scale.json'}, scale.csv, scale.md and scale_*.png")

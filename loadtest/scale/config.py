@@ -1,0 +1,42 @@
+"""What one scale run does: adapter counts, popularity, load, request shape, the tiers' budgets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+class ScaleError(RuntimeError):
+    """The benchmark could not run (a stack part did not start, a request failed in set-up)."""
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """Args of `loraplex bench scale` (defaults: the issue's workload at a size a 2-core host runs in minutes)."""
+
+    adapters: tuple[int, ...] = (8, 100, 1000)  # adapter counts, one set of rows each (the smallest: the baseline)
+    zipfs: tuple[float, ...] = (0.8, 1.2)  # Zipf exponents of adapter popularity
+    per_tenant: int = 10  # adapters per tenant: 1,000 adapters = 100 tenants x 10
+    ranks: tuple[int, ...] = (8, 16, 64)  # the adapters' ranks, in turn
+    pool: int = 8  # distinct random weight sets per rank (adapters beyond reuse them under other names)
+    duration_s: float = 20.0  # seconds of traffic per row
+    load: float = 0.6  # the unsaturated rows' rate: this share of the smallest count's saturated throughput
+    concurrency: int = 16  # requests kept in flight in the saturated rows (closed loop)
+    prompt_tokens: int = 24
+    max_tokens: int = 16  # answer length (exact: ignore_eos)
+    prompts: int = 4  # distinct prompts (solo references are taken per adapter and prompt)
+    solo_checks: int = 16  # answers per row compared with the same request sent alone
+    cold_probes: int = 3  # never-used adapters timed cold (and warm) after each count's rows
+    max_loras: int = 8  # the engine's batch slots
+    max_cpu_loras: int = 32  # the engine tier's count bound (the engine's --max-cpu-loras)
+    disk_adapters: int = 200  # the disk tier's budget, in adapters of the largest rank
+    max_inflight: int = 16  # gateway admission window
+
+    def __post_init__(self):
+        if not self.adapters or min(self.adapters) < 1:
+            raise ValueError("--adapters needs positive counts, e.g. 8,100,1000")
+        if any(z < 0 for z in self.zipfs):
+            raise ValueError("--zipf exponents are >= 0 (0: uniform)")
+        if not 0 < self.load <= 1:
+            raise ValueError("--load is a share of capacity in (0, 1], e.g. 0.6")
