@@ -175,6 +175,7 @@ class ArtifactCache:
                 for key in self._entries.victims(keep=busy):
                     _remove(self.root / key, self._tmp)
                     self._entries.remove(key)
+                    self._locks.pop(key, None)  # bounded by what is cached (a late fetch makes a new one)
                     self.stats["evictions"] += 1
             finally:
                 for lock in held:

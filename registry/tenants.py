@@ -94,11 +94,15 @@ class TenantRegistry:
         self.store.put(key_index_key(record.key_sha256), json.dumps({"tenant": name}).encode())
         return Tenant(**record.model_dump(exclude={"key_sha256"})), api_key
 
-    def list(self) -> list[Tenant]:
-        """Every tenant, sorted by name."""
+    def list(self, limit: int | None = None, after: str | None = None) -> list[Tenant]:
+        """Every tenant, sorted by name; a page of at most `limit` with names after `after` (only those read)."""
         names = [k.removeprefix("tenants/").removesuffix(".json") for k in self.store.list("tenants/")]
         tenants = []
         for name in names:
+            if after is not None and name <= after:
+                continue
+            if limit is not None and len(tenants) >= limit:
+                break
             try:
                 tenants.append(self.get(name))
             except TenantNotFound:  # deleted while we listed

@@ -61,10 +61,15 @@ class VersionedRegistry(Generic[M]):
                                 param="name")
         return self.INFO(name=name, versions=versions, aliases=self._aliases(tenant, name))
 
-    def infos(self, tenant: str) -> list:
-        """`info` of every artifact of `tenant` with at least one version, sorted by name."""
+    def infos(self, tenant: str, limit: int | None = None, after: str | None = None) -> list:
+        """`info` of every artifact of `tenant` with at least one version, sorted by name; a page of at most
+        `limit` of them with names after `after` (only those pages' versions are read)."""
         found = []
         for name in self.names(tenant):
+            if after is not None and name <= after:
+                continue
+            if limit is not None and len(found) >= limit:
+                break
             try:
                 found.append(self.info(tenant, name))
             except ModelNotFound:  # only leftovers, or deleted meanwhile

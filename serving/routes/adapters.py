@@ -105,9 +105,14 @@ async def upload_version(name: str, request: Request, tenant: TenantDep, gw: Gat
 
 
 @router.get("")
-async def list_adapters(tenant: TenantDep, gw: GatewayDep) -> dict:
-    infos = await asyncio.to_thread(gw.adapters.list_adapters, tenant.name)
-    return {"data": [public_adapter(i) for i in infos]}
+async def list_adapters(tenant: TenantDep, gw: GatewayDep,
+                        limit: int | None = Query(None, ge=1, le=1000, description="page size (default: all)"),
+                        after: str | None = Query(None, description="cursor: the `next` of the previous page")) -> dict:
+    """The tenant's adapters by name; with `limit`, one page and `next` (null on the last page)."""
+    infos = await asyncio.to_thread(gw.adapters.list_adapters, tenant.name, limit and limit + 1, after)
+    more = limit is not None and len(infos) > limit
+    infos = infos[:limit] if limit else infos
+    return {"data": [public_adapter(i) for i in infos], "has_more": more, "next": infos[-1].name if more else None}
 
 
 @router.get("/{name}")

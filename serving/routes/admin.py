@@ -32,9 +32,15 @@ async def create_tenant(body: TenantCreate, gw: GatewayDep) -> dict:
 
 
 @router.get("/tenants")
-async def list_tenants(gw: GatewayDep) -> dict:
-    tenants = await asyncio.to_thread(gw.tenants.list)
-    return {"data": [t.model_dump(mode="json") for t in tenants]}
+async def list_tenants(gw: GatewayDep,
+                       limit: int | None = Query(None, ge=1, le=1000, description="page size (default: all)"),
+                       after: str | None = Query(None, description="cursor: the `next` of the previous page")) -> dict:
+    """Tenants by name; with `limit`, one page and `next` (null on the last page)."""
+    tenants = await asyncio.to_thread(gw.tenants.list, limit and limit + 1, after)
+    more = limit is not None and len(tenants) > limit
+    tenants = tenants[:limit] if limit else tenants
+    return {"data": [t.model_dump(mode="json") for t in tenants], "has_more": more,
+            "next": tenants[-1].name if more else None}
 
 
 @router.post("/tenants/{name}/keys")

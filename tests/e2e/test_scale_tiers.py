@@ -73,6 +73,15 @@ def test_sixty_adapters_over_small_tiers_answer_as_alone_and_pins_stay(tiered, e
     for t, (_tenant, key) in enumerate(tenants):
         for n, name in enumerate(NAMES):
             versions[(t, n)] = upload(st, key, name, demo.adapter_dirs[_src(t, n)])["version"]
+    names, after = [], None  # the listing by page: 20 adapters in pages of 8
+    with st.client(tenants[2][1]) as c:
+        while True:
+            page = c.get("/v1/adapters", params={"limit": 8, **({"after": after} if after else {})}).json()
+            names += [a["name"] for a in page["data"]]
+            if not page["has_more"]:
+                break
+            after = page["next"]
+    assert names == NAMES
     # pins: tenant 0's ad00 by its prod alias, tenant 1's ad01 by version
     with st.client(tenants[0][1]) as c:
         assert c.put("/v1/adapters/ad00/aliases/prod", json={"version": versions[(0, 0)]}).status_code == 200
