@@ -12,6 +12,7 @@ from rich.table import Table
 from loraplex import stack
 from loraplex.cli_audit import audit_command
 from loraplex.cli_bench import bench_app
+from loraplex.cli_ft import ft_app, worker_command
 from loraplex.cli_model import api_call as _api
 from loraplex.cli_model import model_app
 from loraplex.cli_train import compose_command, train_app
@@ -28,6 +29,8 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(model_app, name="model")
 adapter_app.command("compose")(compose_command)
 app.command("audit")(audit_command)
+app.add_typer(ft_app, name="ft")
+app.command("worker")(worker_command)
 console = Console()
 
 
