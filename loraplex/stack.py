@@ -25,7 +25,7 @@ from registry.seaweed import GRPC_OFFSET, SeaweedServer
 from serving.engine_log import EngineLog
 
 console = Console(stderr=True)
-SERVICES = ("gateway", "engine", "seaweed")
+SERVICES = ("worker", "gateway", "engine", "seaweed")  # stopped in this order
 
 
 class StartupFailed(RuntimeError):
@@ -99,9 +99,19 @@ def up(cfg: StackSettings | None = None, ray: bool = False) -> dict:
         console.print(f"[red]start-up failed[/]; logs are in {cfg.log_dir}/")
         down(cfg, quiet=True)
         raise
+    _start_worker(cfg, info, base, aws)
     _write_stack(cfg, info)
     console.print(f"[green]ready[/]: gateway {info['gateway_url']}  (stack file {cfg.stack_file})")
     return info
+
+
+def _start_worker(cfg: StackSettings, info: dict, base: Path, aws: dict) -> None:
+    """One fine-tuning job worker (CPU) beside the gateway, on the same bucket (docs/fine-tuning.md)."""
+    env = {**os.environ, **aws, "LORAPLEX_S3_ENDPOINT": info["s3_endpoint"], "LORAPLEX_S3_BUCKET": cfg.s3_bucket,
+           "LORAPLEX_BASE_MODEL": str(base), "LORAPLEX_JOB_WORK_DIR": str((cfg.var_dir / "jobs").resolve())}
+    worker = spawn([sys.executable, "-m", "training.jobs"], log=cfg.log_dir / "worker.log", env=env)
+    _record(cfg, "worker", worker.pid)
+    console.print(f"started a fine-tuning job worker (pid {worker.pid}, log {cfg.log_dir / 'worker.log'})")
 
 
 def _start_seaweed(cfg: StackSettings, aws: dict) -> SeaweedServer:
