@@ -104,7 +104,7 @@ def test_a_lease_expires_and_the_job_is_claimed_again_until_its_attempts_run_out
 def test_ids_sort_by_creation_and_are_checked():
     first, second = new_id("ftjob-"), new_id("ftjob-")
     assert is_id(first, "ftjob-") and not is_id("ftjob-../x", "ftjob-") and not is_id(first, "file-")
-    assert first[:18] <= second[:18]
+    assert first[:19] < second[:19]  # microseconds, strictly increasing within a process
     assert model_name(first, "shout") == f"ft-shout-{first[-8:]}" and model_name(first, None) == f"ft-{first[-8:]}"
 
 
