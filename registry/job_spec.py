@@ -148,6 +148,9 @@ def resolve_hyperparameters(asked: dict | None, examples: int) -> dict:
     """OpenAI's supervised hyperparameters with "auto" resolved: n_epochs 3, batch_size 8 (at most the examples
     left after one is held out), learning_rate_multiplier 1."""
     asked = asked or {}
+    if not isinstance(asked, dict):
+        raise InvalidRequest("hyperparameters must be an object: {\"n_epochs\", \"batch_size\", "
+                             "\"learning_rate_multiplier\"}", param="hyperparameters")
     unknown = sorted(set(asked) - {"n_epochs", "batch_size", "learning_rate_multiplier"})
     if unknown:
         raise InvalidRequest(f"unknown hyperparameters {unknown}: use n_epochs, batch_size, learning_rate_multiplier",
@@ -165,7 +168,11 @@ def method_hyperparameters(method: dict | None, legacy: dict | None) -> dict | N
         if not isinstance(method, dict) or method.get("type", "supervised") != "supervised":
             raise InvalidRequest("method.type must be \"supervised\" (the only method loraplex trains)",
                                  param="method.type")
-        nested = (method.get("supervised") or {}).get("hyperparameters")
+        supervised = method.get("supervised") or {}
+        if not isinstance(supervised, dict):
+            raise InvalidRequest("method.supervised must be an object: {\"hyperparameters\": {...}}",
+                                 param="method.supervised")
+        nested = supervised.get("hyperparameters")
         if nested is not None:
             return nested
     return legacy
