@@ -8,7 +8,6 @@ it has lost `job_max_attempts` workers; then it fails with an error saying so.
 
 from __future__ import annotations
 
-import math
 import secrets
 import threading
 import time
@@ -200,12 +199,6 @@ def resolve_lora(asked: dict | None, max_rank: int) -> dict:
         raise InvalidRequest("lora.target_modules must be a list of module names (e.g. [\"q_proj\", \"v_proj\"]) "
                              "or \"all-linear\"", param="lora.target_modules")
     return {"r": r, "alpha": float(alpha), "target_modules": targets}
-
-
-def total_steps(examples: int, hyperparameters: dict, val_examples: int = 1) -> int:
-    """Optimizer steps of a job (as training/sft.py counts them for the training split)."""
-    train = max(1, examples - val_examples)
-    return max(1, hyperparameters["n_epochs"] * math.ceil(train / hyperparameters["batch_size"]))
 
 
 def model_name(job_id: str, suffix: str | None) -> str:

@@ -18,7 +18,7 @@ from common.errors import LoraplexError
 from common.peft_format import ADAPTER_FILES
 from registry.adapter_registry import AdapterRegistry
 from registry.files import FileStore
-from registry.job_spec import SUCCEEDED, JobRecord, LeaseLost
+from registry.job_spec import SUCCEEDED, JobRecord, LeaseLost, model_name
 from registry.jobs import JobStore
 from registry.settings import RegistrySettings
 from training.config import LoraSettings, TrainJob, TrainSettings
@@ -135,7 +135,7 @@ class JobRunner:
 
     def _publish(self, keeper: LeaseKeeper, run_dir: Path, record: dict) -> JobRecord | None:
         job = keeper.job
-        name = job.fine_tuned_model or _model_name(job)
+        name = job.fine_tuned_model or model_name(job.id, job.suffix)
         try:  # from here a cancel is refused: the model is being published
             job = self.jobs.update(job.tenant, job.id, lambda j: _mark_publishing(j, self.worker, name))
         except LeaseLost as e:
@@ -161,12 +161,6 @@ class JobRunner:
                             data={"model": name, "version": manifest.version})
         self.jobs.add_event(job, "The job has successfully completed")
         return job
-
-
-def _model_name(job: JobRecord) -> str:
-    from registry.job_spec import model_name
-
-    return model_name(job.id, job.suffix)
 
 
 def _mark_publishing(job: JobRecord, worker: str, name: str) -> JobRecord:
