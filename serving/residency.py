@@ -11,6 +11,7 @@ adapters evicts other one-off adapters, not the popular set (registry/slru.py). 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -67,6 +68,7 @@ class AdapterResidency:
         self._paths: dict[str, Path] = {}
         self.loads = 0  # engine loads done (cold starts and reloads), for benchmarks and tests
         self.loaded_at: dict[str, float] = {}  # engine name -> monotonic time of its last load
+        self._shrinking: asyncio.Task | None = None
 
     @property
     def resident(self) -> list[str]:
@@ -139,6 +141,11 @@ class AdapterResidency:
         self._inflight[name] -= 1
         if self._inflight[name] <= 0:
             del self._inflight[name]
+            if self._lru.over_budget() and (self._shrinking is None or self._shrinking.done()):
+                # the tier grew past its budget while everything was in flight: back within it now, not at the
+                # next load (an idle engine would keep the excess)
+                with contextlib.suppress(RuntimeError):  # no running loop: the next load makes room
+                    self._shrinking = asyncio.get_running_loop().create_task(self._make_room(0, 0))
         self._publish()
 
     def _hold(self, name: str) -> None:
@@ -190,11 +197,11 @@ class AdapterResidency:
         metrics.ADAPTER_LOAD_SECONDS.labels(*labels).observe(took)
         metrics.COLD_START.labels("engine_load").observe(took)
 
-    async def _make_room(self, size: int) -> None:
-        """Unload victims until `size` more bytes in one more adapter fit; in-flight and pinned ones stay (all
-        kept: exceed the bound for now rather than break a running request or a pin)."""
+    async def _make_room(self, size: int, count: int = 1) -> None:
+        """Unload victims until `size` more bytes in `count` more adapters fit; in-flight and pinned ones stay
+        (all kept: exceed the bound for now rather than break a running request or a pin)."""
         keep = lambda n: bool(self._inflight[n]) or self.pinned(n)  # noqa: E731
-        for victim in self._lru.victims(size, 1, keep=keep):
+        for victim in self._lru.victims(size, count, keep=keep):
             self._lru.remove(victim)
             self._paths.pop(victim, None)
             metrics.ADAPTER_EVICTIONS.labels(*metric_labels(victim)).inc()

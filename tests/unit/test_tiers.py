@@ -178,3 +178,19 @@ def test_disk_tier_keeps_pinned_versions_through_a_scan(tmp_path):
         assert path.exists()
     assert cache.total_bytes() <= 5000 + 1100
     assert cache.usage().pinned == 1
+
+
+def test_engine_tier_returns_within_budget_once_the_requests_holding_it_finish(tmp_path):
+    async def go():
+        eng = Engine()
+        res = AdapterResidency(eng, capacity=8, max_bytes=300)
+        for name in "abcde":  # five requests in flight at once: the tier must hold them all
+            await res.acquire(name, _sized(tmp_path, name, 100))
+        assert res.usage().bytes == 500
+        for name in "abcde":
+            res.release(name)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return eng, res
+    eng, res = asyncio.run(go())
+    assert res.usage().bytes <= 300 and len(eng.unloads) == 2
