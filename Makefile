@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.loraplex-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test up down status bench bench-scale loadtest gpu-check clean
+.PHONY: install demo test up down status bench bench-scale bench-latency loadtest gpu-check clean
 
 $(STAMP): pyproject.toml scripts/install.sh
 	bash scripts/install.sh $(VENV)
@@ -35,6 +35,9 @@ bench: install         ## hot-swap vs separate-model benchmark (N=2,4,8) into $(
 
 bench-scale: install   ## one engine, 8/100/1000 adapters of 100 tenants into var/bench/scale; updates docs/benchmarks.md
 	$(PY) -m loraplex.cli bench scale --out var/bench/scale --docs docs/benchmarks.md $(BENCH_ARGS)
+
+bench-latency: install ## Zipf at 60%, flood, gateway hop, engine ratios into var/bench/latency; updates docs/benchmarks.md
+	$(PY) -m loraplex.cli bench latency --out var/bench/latency --docs docs/benchmarks.md $(BENCH_ARGS)
 
 LOADTEST_TIME ?= 30s
 LOADTEST_RATE ?= 2

@@ -212,3 +212,8 @@ def scale(
         publish_docs(out, docs)
         console.print(f"updated the scale section of {docs}")
     console.print(f"wrote {out / 'scale.json'}, scale.csv, scale.md and scale_*.png")
+
+
+from loraplex.cli_latency import latency  # noqa: E402 - a module of its own: this one is long enough
+
+bench_app.command("latency")(latency)

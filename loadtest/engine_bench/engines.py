@@ -79,8 +79,8 @@ class EngineProcess:
     engine's: an idle vLLM engine sleeps, so only the engine being timed uses the CPU.
     """
 
-    def __init__(self, spec: EngineSpec):
-        env = dict(os.environ)
+    def __init__(self, spec: EngineSpec, env_update: dict[str, str] | None = None):
+        env = {**os.environ, **(env_update or {})}  # env_update: e.g. the launcher's thread settings
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc with functions: this child only

@@ -99,13 +99,15 @@ def run_bench(out: Path, quick: bool = False, console=None) -> list[dict]:
     return rows
 
 
-def _run_engines(matrix: Matrix, model: Path, adapters: dict[int, list[Path]], console) -> list[dict]:
-    """The LoRA-disabled engine, up for the whole run, beside one LoRA engine per rank in turn."""
+def _run_engines(matrix: Matrix, model: Path, adapters: dict[int, list[Path]], console,
+                 env_update: dict[str, str] | None = None) -> list[dict]:
+    """The LoRA-disabled engine, up for the whole run, beside one LoRA engine per rank in turn (both with
+    `env_update` over this process's environment)."""
     from rich.progress import Progress
 
     samples: list[dict] = []
     total = len(matrix.ranks) * matrix.rounds * len(matrix.mixes) * (len(matrix.adapter_counts) * 3 + 1)
-    disabled = EngineProcess(EngineSpec(str(model)))
+    disabled = EngineProcess(EngineSpec(str(model)), env_update)
     try:
         with Progress(console=console) as progress:
             task = progress.add_task("starting engines", total=total)
@@ -117,7 +119,7 @@ def _run_engines(matrix: Matrix, model: Path, adapters: dict[int, list[Path]], c
                                        f"adapters={s['adapters']:<3} ops={s['ops']:7} {s['seconds']:7.2f} s")
 
             for i, rank in enumerate(matrix.ranks):
-                lora = EngineProcess(EngineSpec(str(model), rank, tuple(str(p) for p in adapters[rank])))
+                lora = EngineProcess(EngineSpec(str(model), rank, tuple(str(p) for p in adapters[rank])), env_update)
                 try:
                     if i == 0:
                         disabled.wait_ready()  # the first two engines start together

