@@ -94,15 +94,17 @@ class AdapterValidator:
     def validate(self, files: dict[str, bytes]) -> ValidatedAdapter:
         """Return what was learned about `files`, or raise InvalidAdapter naming the first rule broken."""
         self._check_files(files)
+        try:
+            header, header_error = parse_header(files[WEIGHTS]), None
+        except HeaderError as exc:
+            header, header_error = None, InvalidAdapter(exc.rule, f"{WEIGHTS}: {exc}")
+        trained_on = adapter_fingerprint(header) if header is not None else None
+        if trained_on is not None and self.base is not None:  # before names and shapes: the clearer reason
+            check_trained_base(trained_on, self.base.fingerprint)
         config, rank, alpha, targets = self._check_config(files[CONFIG])
         lora = AdapterConfig.from_dict(config)
-        try:
-            header = parse_header(files[WEIGHTS])
-        except HeaderError as exc:
-            raise InvalidAdapter(exc.rule, f"{WEIGHTS}: {exc}") from None
-        trained_on = adapter_fingerprint(header)
-        if trained_on is not None and self.base is not None:  # before the shapes: the clearer reason
-            check_trained_base(trained_on, self.base.fingerprint)
+        if header_error is not None:
+            raise header_error
         modules = _lora_modules(header, targets)
         for module in modules.values():
             self._check_shapes(module, _module_rank(lora, module.name))

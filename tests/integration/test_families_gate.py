@@ -96,3 +96,23 @@ def test_cli_builds_the_zoo(tmp_path):
     built = json.loads(run_cli("model", "zoo", "--family", "phi3", "--family", "qwen2", "--out", tmp_path, "--json"))
     assert built == {"phi3": str(tmp_path / "phi3"), "qwen2": str(tmp_path / "qwen2")}
     assert json.loads((tmp_path / "phi3" / "config.json").read_text())["architectures"] == ["Phi3ForCausalLM"]
+
+
+def test_saved_adapters_carry_their_base(family, tmp_path):
+    """training's saver records the base; the gate of that base accepts it, another base's gate refuses it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from training.adapter_dirs import save_peft_adapter
+
+    name, base = family
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32),
+                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    save_peft_adapter(model, tmp_path / "a", base_name=base.name, base_dir=base)
+    spec = BaseModelSpec.from_dir(base)
+    assert AdapterValidator(base=spec).validate(files_of(tmp_path / "a")).trained_on == spec.fingerprint
+    other = build_zoo_model(next(f for f in FAMILIES if f != name), tmp_path / "zoo")
+    with pytest.raises(InvalidAdapter) as info:
+        AdapterValidator(base=BaseModelSpec.from_dir(other)).validate(files_of(tmp_path / "a"))
+    assert info.value.rule == "base-mismatch"
