@@ -18,16 +18,22 @@ class EngineCapacity:
     `note_full(now, full)` is called after each grant and release with whether every slot is busy;
     `completed(now, est_tokens, was_full)` for each release. The estimate needs `min_done` completions
     while full (a burst that fills the window for a moment is no measurement); older periods fade by
-    halving the totals once `keep` completions are counted, so the estimate follows the engine.
+    halving the totals once `keep` completions are counted, so the estimate follows the engine. An estimate
+    not refreshed within `horizon_s` is forgotten (as the slowdown guard forgets its light-load value): one
+    measured while the host was busy with something else must not hold tenants back for good; under a
+    lasting flood the window fills again within a second of the limits lifting, and is measured anew.
     """
 
-    def __init__(self, max_inflight: int, min_done: int | None = None, keep: int | None = None):
+    def __init__(self, max_inflight: int, min_done: int | None = None, keep: int | None = None,
+                 horizon_s: float = 300.0):
         self.min_done = min_done if min_done is not None else max_inflight
         self.keep = keep if keep is not None else 20 * max_inflight
         self._since: float | None = None  # when the current full period began
         self._seconds = 0.0  # full time of the periods counted
         self._tokens = 0.0  # estimated tokens completed in them
         self._done = 0
+        self.horizon_s = horizon_s
+        self._last = float("-inf")  # when a completion was last counted
 
     def note_full(self, now: float, full: bool) -> None:
         if full and self._since is None:
@@ -39,6 +45,9 @@ class EngineCapacity:
     def completed(self, now: float, est_tokens: int, was_full: bool) -> None:
         if not was_full:
             return
+        if now - self._last > self.horizon_s:
+            self._tokens, self._seconds, self._done = 0.0, 0.0, 0  # forgotten: measure afresh
+        self._last = now
         self._tokens += est_tokens
         self._done += 1
         if self._done >= self.keep:  # fade the past: the latest periods weigh as much as all before them
@@ -50,6 +59,6 @@ class EngineCapacity:
     def rate(self, now: float) -> float | None:
         """Estimated tokens per second the engine serves with the window full; None until measured."""
         seconds = self._seconds + (now - self._since if self._since is not None else 0.0)
-        if self._done < self.min_done or seconds <= 0:
+        if self._done < self.min_done or seconds <= 0 or now - self._last > self.horizon_s:
             return None
         return self._tokens / seconds

@@ -51,3 +51,18 @@ def test_demand_rate_is_measured_over_the_tenants_own_span():
     d.ask("burst", 20.0, 24)
     assert d.rate("burst", 20.0) == 24  # over at least a second
     assert d.rate("none", 20.0) == 0.0 and sorted(d.tenants()) == ["burst", "new", "old"]
+
+
+def test_an_estimate_not_refreshed_within_the_horizon_is_forgotten():
+    cap = EngineCapacity(max_inflight=2, horizon_s=300)
+    cap.note_full(0.0, True)
+    cap.completed(0.5, 24, was_full=True)
+    cap.completed(1.0, 24, was_full=True)
+    cap.note_full(1.0, False)
+    assert cap.rate(200.0) == pytest.approx(48.0)
+    assert cap.rate(302.0) is None  # measured too long ago: no one is held back on its word
+    cap.note_full(400.0, True)
+    cap.completed(400.5, 24, was_full=True)
+    assert cap.rate(400.5) is None  # the old periods do not count towards the new measurement
+    cap.completed(401.0, 24, was_full=True)
+    assert cap.rate(401.0) == pytest.approx(48.0)
