@@ -72,8 +72,9 @@ async def move_alias(tenant: str, name: str, request: Request, session: SessionD
         return await page(request, session, gw, tenant, e.status, error=e.message)
     finally:
         gw.forget_models(tenant, name)  # also after a conflict: someone else moved it
-    if getattr(gw, "tiers", None) is not None:
-        gw.tiers.refresh_soon()  # a pin on this alias follows it to the new version
+    if gw.tiers is not None:  # as the tenants' route: a pinned alias moves its pin; `warm` loads the version now
+        manifest = await asyncio.to_thread(gw.adapters.resolve, tenant, f"{name}@{version}")
+        await gw.tiers.after_alias_move(manifest, form.get("warm") == "on")
     was = f" (was {expected})" if expected else ""
     return done(f"/tenants/{tenant}", f"{name}@{alias} now points to {version}{was}")
 

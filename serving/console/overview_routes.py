@@ -71,7 +71,7 @@ async def chart_fragment(request: Request, session: SessionDep):
 async def pins(gw) -> list[dict]:
     """The operators' pins (registry/pins.py) with the version each keeps now, as the tiers last resolved them
     (re-read every LORAPLEX_PINS_REFRESH_S): reading them here loads nothing."""
-    if getattr(gw, "tiers", None) is None:
+    if gw.tiers is None:  # Ray: the replicas keep their own adapters
         return []
     held = {(m.tenant, m.name): m.version for m in gw.tiers.pinned.values()}
     return [{"tenant": p.tenant, "adapter": p.name, "ref": p.ref, "version": held.get((p.tenant, p.name))}

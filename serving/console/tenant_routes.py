@@ -39,7 +39,7 @@ def quota_change(form: dict, keep_blank: bool) -> QuotaChange:
 
 
 async def tenant_rows(gw) -> list[dict]:
-    tenants = (await admin.list_tenants(gw))["data"]
+    tenants = [t.model_dump(mode="json") for t in await asyncio.to_thread(gw.tenants.list)]
     usage = tenant_totals()
 
     def adapters(name: str) -> list[str]:
