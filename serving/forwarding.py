@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
+import orjson
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.types import Receive
@@ -23,8 +24,9 @@ from serving import metrics
 from serving.admission import Charge, Quotas
 from serving.disconnect import unless_client_leaves
 from serving.gateway import Gateway
-from serving.protocol import estimate_tokens, rewrite_model, rewrite_sse_line, sse_error
+from serving.protocol import estimate_tokens, rewrite_model, sse_error
 from serving.residency import engine_lora_name
+from serving.sse_relay import SseRelay
 from serving.transport.base import EngineCall, Reply
 
 log = logging.getLogger(__name__)
@@ -55,25 +57,17 @@ class Ticket:
         self.usage_total = usage.get("total_tokens") or prompt + completion
         self.completion = completion
 
-    def relay_line(self, line: str) -> str | None:
-        """One SSE line for the client (model rewritten), or None to drop it; notes usage and first token."""
-        out, chunk = rewrite_sse_line(line, self.public)
-        if chunk is None:
-            return out
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self.record_usage(usage)
-        if chunk.get("choices"):
-            self.events += 1
-            now = time.monotonic()
-            if self.token_times is None:
-                metrics.TTFT.labels(self.tenant, self.label).observe(now - self.arrived)
-                if self.on_first_token is not None:
-                    self.on_first_token()
-            self.token_times = (self.token_times[0] if self.token_times else now, now)
-        elif isinstance(usage, dict) and not self.client_usage:
-            return None
-        return out
+    def note_events(self, events: int) -> None:
+        """The relay has passed `events` chunks with a choice so far: time the first and the last token."""
+        if events <= self.events:
+            return
+        self.events = events
+        now = time.monotonic()
+        if self.token_times is None:
+            metrics.TTFT.labels(self.tenant, self.label).observe(now - self.arrived)
+            if self.on_first_token is not None:
+                self.on_first_token()
+        self.token_times = (self.token_times[0] if self.token_times else now, now)
 
     def finish(self, status: str = "ok") -> None:
         if self.done:
@@ -167,7 +161,8 @@ async def _forward(gw: Gateway, tenant: Tenant, body: dict, path: str) -> Respon
         raise
     if not stream or reply.status != 200:
         return await _whole(reply, ticket)
-    return StreamingResponse(_relay(reply, ticket), media_type="text/event-stream", headers=reply.headers,
+    relay = SseRelay(lora, ticket.public, drop_usage=not ticket.client_usage)
+    return StreamingResponse(_relay(reply, ticket, relay), media_type="text/event-stream", headers=reply.headers,
                              background=BackgroundTask(_abandon, reply, ticket))
 
 
@@ -188,18 +183,25 @@ async def _whole(reply: Reply, ticket: Ticket) -> Response:
     if isinstance(data.get("usage"), dict):
         ticket.record_usage(data["usage"])
     ticket.finish("ok" if reply.status == 200 else str(reply.status))
-    return JSONResponse(rewrite_model(data, ticket.public), status_code=reply.status, headers=reply.headers)
+    return Response(orjson.dumps(rewrite_model(data, ticket.public)), status_code=reply.status,
+                    headers=reply.headers, media_type="application/json")
 
 
-async def _relay(reply: Reply, ticket: Ticket) -> AsyncIterator[str]:
-    """Pass SSE events through as they come; a failure mid-stream becomes an error event."""
+async def _relay(reply: Reply, ticket: Ticket, relay: SseRelay) -> AsyncIterator[bytes | str]:
+    """Pass SSE events through as they come, as bytes (serving/sse_relay.py); a failure mid-stream becomes an
+    error event."""
     status = "ok"
-    lines = reply.lines()
+    chunks = reply.chunks()
     try:
-        async for line in lines:
-            out = ticket.relay_line(line)
-            if out is not None:
-                yield out + "\n"
+        async for data in chunks:
+            out = relay.feed(data)
+            if out:
+                ticket.note_events(relay.events)
+                yield out
+        out = relay.flush()
+        if out:
+            ticket.note_events(relay.events)
+            yield out
     except LoraplexError as e:
         status = "error"
         log.warning("engine stream broke: %s", e.message)
@@ -209,8 +211,10 @@ async def _relay(reply: Reply, ticket: Ticket) -> AsyncIterator[str]:
         status = "disconnected"
         raise
     finally:
-        await lines.aclose()
+        await chunks.aclose()
         await reply.close()  # on client disconnect this closes the engine stream: vLLM aborts
+        if relay.usage is not None:  # the engine's count, from its last usage chunk
+            ticket.record_usage(relay.usage)
         ticket.finish(status)
 
 

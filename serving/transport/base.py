@@ -36,6 +36,12 @@ class Reply(ABC):
     def lines(self) -> AsyncGenerator[str, None]:
         """The SSE lines as they come; a LoraplexError if the stream breaks."""
 
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The SSE stream's bytes as they come, cut anywhere (what the relay reads); a LoraplexError if the
+        stream breaks. By default the lines, each with its newline back."""
+        async for line in self.lines():
+            yield line.encode() + b"\n"
+
     def text(self) -> str:
         """Some of a non-JSON answer's text, for the error message ('' when none is kept)."""
         return ""

@@ -119,23 +119,24 @@ def test_a_failed_send_frees_the_slot_and_the_hold(failure):
 
 
 def _stream(gw, body=None):
+    """The response and the lines the client got (the relay sends bytes, several lines at a time)."""
     async def go():
         r = await forward(gw, TENANT, body or {"model": "rev", "prompt": "p", "stream": True}, "/v1/completions")
-        lines = [line async for line in r.body_iterator]
+        parts = [p if isinstance(p, bytes) else p.encode() async for p in r.body_iterator]
         await r.background()  # what Starlette runs after the response
-        return r, lines
+        return r, b"".join(parts).decode().split("\n")
     return asyncio.run(go())
 
 
 def test_a_stream_is_relayed_renamed_and_its_usage_charged_but_not_shown():
     chunk = {"model": LORA, "choices": [{"text": "x"}]}
     usage = {"model": LORA, "choices": [], "usage": {"total_tokens": 9}}
-    reply = FakeReply(lines=[f"data: {json.dumps(chunk)}", "", f"data: {json.dumps(usage)}", "data: [DONE]"])
+    reply = FakeReply(lines=[f"data: {json.dumps(chunk)}", "", f"data: {json.dumps(usage)}", "", "data: [DONE]", ""])
     t = FakeTransport(reply)
     gw = _gateway(t)
     _, lines = _stream(gw)
-    assert json.loads(lines[0][5:])["model"] == "rev" and lines[-1] == "data: [DONE]\n"
-    assert not any("usage" in line for line in lines)
+    assert json.loads(lines[0][5:])["model"] == "rev" and lines[-3:] == ["data: [DONE]", "", ""]
+    assert not any("usage" in line or LORA in line for line in lines)
     assert t.calls[0].body["stream_options"] == {"include_usage": True}
     assert t.released == 1 and reply.closed and gw.admission.inflight == 0
 
@@ -144,9 +145,9 @@ def test_a_stream_that_breaks_ends_with_an_error_event():
     reply = FakeReply(lines=["data: {}", EngineUnavailable("the engine stream broke (ReadError)")])
     gw = _gateway(FakeTransport(reply))
     _, lines = _stream(gw)
-    err = json.loads(lines[-2][5:])["error"]
+    err = json.loads(lines[-5][5:])["error"]
     assert err["code"] == "engine_unavailable" and err["message"].endswith("; retry the request")
-    assert lines[-1] == "data: [DONE]\n\n" and gw.admission.inflight == 0
+    assert lines[-3:] == ["data: [DONE]", "", ""] and gw.admission.inflight == 0
 
 
 def test_a_client_that_leaves_before_the_stream_starts_closes_the_engine_side():
@@ -172,42 +173,91 @@ class FakeResidency:
         self.held.remove(name)
 
 
+async def _engine(seen: list, stream_lines: tuple[bytes, ...] = ()):
+    """A stand-in engine on a free loopback port (aiohttp, as the transport's client): records (path, model)
+    and answers JSON, or the SSE lines of `stream_lines` for a streamed request. Returns (url, runner)."""
+    from aiohttp import web
+
+    async def completions(request):
+        body = await request.json()
+        seen.append((request.host, body["model"]))
+        if not body.get("stream"):
+            return web.json_response({"model": body["model"], "choices": []})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for line in stream_lines:
+            await resp.write(line)
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    return f"http://127.0.0.1:{port}", runner
+
+
 def test_the_http_transport_holds_the_adapter_and_names_it_to_the_engine():
     seen = []
-
-    def engine(request: httpx.Request) -> httpx.Response:
-        seen.append((str(request.url), json.loads(request.content)["model"]))
-        return httpx.Response(200, json={"model": "x", "choices": []})
-
-    mock = httpx.MockTransport(engine)
-    settings = ServingSettings(dedicated_engines={"acme": {"model": "solo", "url": "http://own"}})
     residency = FakeResidency()
-    transport = HttpTransport(settings, SimpleNamespace(http=httpx.AsyncClient(base_url="http://shared",
-                                                                              transport=mock)), residency, None)
 
     async def go():
+        shared, r1 = await _engine(seen)
+        own, r2 = await _engine(seen)
+        settings = ServingSettings(engine_url=shared, dedicated_engines={"acme": {"model": "solo", "url": own}})
+        transport = HttpTransport(settings, SimpleNamespace(http=httpx.AsyncClient()), residency, None)
         call = EngineCall("acme", "/v1/completions", {"model": "rev"}, False, MANIFEST, LORA)
         reply = await transport.send(call)
-        assert residency.held == [LORA] and reply.status == 200
+        assert residency.held == [LORA] and reply.status == 200 and (await reply.json())["model"] == LORA
+        await reply.close()
         for release in call.releases:
             release()
-        transport.own_engines["http://own"] = httpx.AsyncClient(base_url="http://own", transport=mock)
         assert transport.serves_as_is("acme", "solo") and not transport.serves_as_is("acme", "rev")
-        await transport.send(EngineCall("acme", "/v1/completions", {"model": "solo"}, False))
-        await transport.send(EngineCall("acme", "/v1/completions", {"model": "base"}, False))
+        for model in ("solo", "base"):
+            await (await transport.send(EngineCall("acme", "/v1/completions", {"model": model}, False))).close()
         await transport.aclose()
-    asyncio.run(go())
+        await r1.cleanup()
+        await r2.cleanup()
+        return shared, own
+    shared, own = asyncio.run(go())
     assert residency.held == []
-    assert seen == [("http://shared/v1/completions", LORA), ("http://own/v1/completions", "solo"),
-                    ("http://shared/v1/completions", settings.base_name)]
+    host = lambda url: url.split("//")[1]  # noqa: E731
+    assert seen == [(host(shared), LORA), (host(own), "solo"), (host(shared), ServingSettings().base_name)]
+
+
+def test_the_http_transport_relays_the_engines_bytes_and_closes_a_stream_left_early():
+    seen = []
+    events = (b'data: {"model":"x","choices":[{"text":"a"}]}\n\n', b"data: [DONE]\n\n")
+
+    async def go():
+        url, runner = await _engine(seen, events)
+        transport = HttpTransport(ServingSettings(engine_url=url), SimpleNamespace(http=httpx.AsyncClient()),
+                                  None, None)
+        reply = await transport.send(EngineCall("acme", "/v1/completions", {"model": "base", "stream": True}, True))
+        got = b"".join([c async for c in reply.chunks()])
+        await reply.close()
+        left = await transport.send(EngineCall("acme", "/v1/completions", {"model": "base", "stream": True}, True))
+        await left.close()  # not read: the connection is closed, not pooled (the engine aborts the request)
+        assert left.upstream.connection is None and left.upstream.closed
+        await transport.aclose()
+        await runner.cleanup()
+        return got
+    assert asyncio.run(go()) == b"".join(events)
 
 
 def test_the_http_transport_turns_a_refused_connection_into_a_retryable_503():
-    def refuse(request):
-        raise httpx.ConnectError("refused")
+    from common.procs import free_port
 
-    transport = HttpTransport(ServingSettings(), SimpleNamespace(
-        http=httpx.AsyncClient(base_url="http://shared", transport=httpx.MockTransport(refuse))), None, None)
+    transport = HttpTransport(ServingSettings(engine_url=f"http://127.0.0.1:{free_port()}"),
+                              SimpleNamespace(http=httpx.AsyncClient()), None, None)
+
+    async def go():
+        try:
+            await transport.send(EngineCall("acme", "/v1/completions", {"model": "base"}, False))
+        finally:
+            await transport.aclose()
     with pytest.raises(EngineUnavailable) as e:
-        asyncio.run(transport.send(EngineCall("acme", "/v1/completions", {"model": "base"}, False)))
-    assert e.value.retry_after == 5 and "ConnectError" in e.value.message
+        asyncio.run(go())
+    assert e.value.retry_after == 5 and "ConnectorError" in e.value.message
