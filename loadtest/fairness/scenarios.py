@@ -15,7 +15,7 @@ from loadtest.fairness.clients import drive_tenants, prompts, sustained_capacity
 from loadtest.fairness.config import mode_settings
 from loadtest.fairness.gateways import admission_waits, waits_between
 from loadtest.fairness.stack import BenchStack, bench_stack
-from loadtest.report import bucket_percentile, ms, percentile
+from loadtest.report import bucket_percentile, ms, percentile, pyplot
 from loadtest.traffic import TenantLoad
 
 # the Zipf scenario's admission settings: the defaults (fair on, share cap 1.0, guard 1.15) against FIFO
@@ -55,6 +55,25 @@ def _write(out: Path | None, name: str, result: dict) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def plot_zipf(result: dict, path: Path) -> None:
+    """Each tenant's TTFT p99 with fair admission on and off (log scale: a throttled tenant is seconds)."""
+    plt = pyplot()
+    tenants = list(result["rates_req_s"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for j, (mode, color) in enumerate((("fair", "#48c"), ("fair-off", "#999"))):
+        vals = [result["modes"][mode]["tenants"][t]["ttft_p99_ms"] or 0 for t in tenants]
+        ax.bar([i + (j - 0.5) * 0.38 for i in range(len(tenants))], vals, 0.38, label=mode, color=color)
+    ax.set_xticks(range(len(tenants)), [f"{t}\n{result['rates_req_s'][t]} req/s" for t in tenants])
+    ax.set_yscale("log")
+    ax.set_ylabel("TTFT p99 (ms)")
+    ax.set_title(f"Zipf s={result['settings']['zipf_s']} at {result['settings']['load']:.0%} of capacity: "
+                 "TTFT p99 per tenant")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def run_zipf_scenario(stack: BenchStack | None = None, *, tenants: int = 4, zipf_s: float = 1.0,
@@ -123,6 +142,9 @@ def run_zipf_scenario(stack: BenchStack | None = None, *, tenants: int = 4, zipf
               "capacity_req_s": round(cap, 2), "capacity_pinned": bool(capacity_req_s),
               "rates_req_s": {t: round(r, 2) for t, r in zip(names, rates)},
               "modes": modes, "popular": popular, "checks": checks}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        plot_zipf(result, out / "zipf.png")
     return _write(out, "zipf", result)
 
 
