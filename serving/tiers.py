@@ -54,11 +54,21 @@ class Tiers:
         self._background: set[asyncio.Task] = set()  # prefetches and warm-ups (a reference keeps them alive)
         self._fetching: set[str] = set()
         residency.pinned = lambda name: name in self.pinned
-        cache.keep = lambda key: key in self._pinned_keys
+        cache.keep = self._keep_on_disk
         cache.on_change = lambda usage: _publish("disk", usage)
         cache.observe = lambda stage, seconds: metrics.COLD_START.labels(stage).observe(seconds)
         metrics.TIER_BUDGET_BYTES.labels("engine").set(settings.engine_adapter_max_bytes)
         metrics.TIER_BUDGET_BYTES.labels("disk").set(settings.cache_max_bytes)
+
+    def _keep_on_disk(self, key: str) -> bool:
+        """The disk tier keeps pinned versions and every version the engine holds: vLLM reads an adapter's files
+        again when it moves it into a batch slot (after its own cache dropped it), and a missing file there
+        fails the engine's worker, not just the request."""
+        if key in self._pinned_keys:
+            return True
+        tenant, _, rest = key.partition("/")
+        name, _, version = rest.partition("/")
+        return self.residency.holds(engine_lora_name(tenant, name, version))
 
     def local_path(self, manifest: Manifest) -> Callable[[], Awaitable[Path]]:
         """The disk tier's verified directory of `manifest`, fetched from S3 if missing (in a thread)."""

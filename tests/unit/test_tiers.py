@@ -194,3 +194,22 @@ def test_engine_tier_returns_within_budget_once_the_requests_holding_it_finish(t
         return eng, res
     eng, res = asyncio.run(go())
     assert res.usage().bytes <= 300 and len(eng.unloads) == 2
+
+
+def test_disk_tier_keeps_the_files_of_every_adapter_the_engine_holds(tmp_path):
+    """vLLM re-reads a registered adapter's files when it moves it into a batch slot: they must stay."""
+    storage = Storage()
+    versions = []
+    for i in range(12):
+        m, f = make_version(f"v{i}", size=1000, seed=i)
+        storage.add(m, f)
+        versions.append(m)
+
+    async def go():
+        tiers, cache = _tiers(tmp_path, storage, Engine(), max_bytes=2000)
+        for m in versions[:4]:  # four in the engine (its capacity): more than the disk tier's two
+            await tiers.warm(m)
+        return tiers, cache
+    tiers, cache = asyncio.run(go())
+    for m in versions[:4]:
+        assert cache.holds(m) and (tmp_path / "cache" / m.tenant / m.name / m.version).is_dir()
