@@ -70,6 +70,7 @@ class ScaleRun:
         self.prompts = [make_prompt(cfg.prompt_tokens, rng) for _ in range(cfg.prompts)]
         self.rows: list[dict] = []
         self.baseline: dict[float, float] = {}  # zipf -> saturated req/s at the smallest count
+        self.references: dict[int, dict[str, str]] = {}  # prompt -> weight set -> its answer alone
 
     def traffic(self, targets: list[Target], zipf: float, seed: int) -> Traffic:
         return Traffic(self.gw.url, targets, self.prompts, self.cfg.max_tokens, zipf, seed)
@@ -86,13 +87,13 @@ class ScaleRun:
         after = scrape(self.gw)
         row = {"adapters": len(targets), "zipf": zipf, "load": load, "variant": variant, **summarize(samples, span)}
         row.update(self._tiers(before, after, row["sent"]))
-        row["wrong_answers"], row["solo_checked"] = self._check_solo(traffic, samples)
+        row["wrong_answers"], row["solo_checked"], row["misrouted"] = self._check_solo(traffic, samples)
         row["gateway_rss_mb"], row["engine_rss_mb"] = self.gateway.rss_mb(), self.engine.rss_mb()
         self.rows.append(row)
         self.console.print(f"  N={row['adapters']:<5} zipf={zipf:<4} {load:10} {variant:12} req/s={row['req_per_s']} "
                            f"tok/s={row['tok_per_s']} TTFT p50/p99={row['ttft_p50_ms']}/{row['ttft_p99_ms']} ms "
                            f"loads/1k={row['loads_per_1k']} engine-resident={row['resident_share']['engine']} "
-                           f"wrong={row['wrong_answers']}/{row['solo_checked']}")
+                           f"wrong={row['wrong_answers']}/{row['solo_checked']} misrouted={row['misrouted']}")
         return row
 
     def _tiers(self, before: dict, after: dict, sent: int) -> dict:
@@ -110,9 +111,12 @@ class ScaleRun:
                 "engine_tier_bytes": after.get(("loraplex_tier_bytes", frozenset({("tier", "engine")}))),
                 "disk_tier_bytes": after.get(("loraplex_tier_bytes", frozenset({("tier", "disk")})))}
 
-    def _check_solo(self, traffic: Traffic, samples) -> tuple[int, int]:
-        """Answers of up to `solo_checks` distinct (adapter, prompt) pairs against the same request alone."""
-        seen, wrong = {}, 0
+    def _check_solo(self, traffic: Traffic, samples) -> tuple[int, int, int]:
+        """Answers of up to `solo_checks` distinct (adapter, prompt) pairs against the same request alone:
+        (differing, checked, misrouted). A differing answer counts as misrouted when it is exactly what
+        another weight set (or the base) answers alone: served with the wrong adapter, not merely diverged
+        (random adapters leave near-ties that a batch's other rounding can flip)."""
+        seen, wrong, misrouted = {}, 0, 0
         for s in samples:
             if s.ok:
                 seen.setdefault((s.target, s.prompt), s.text)
@@ -120,10 +124,27 @@ class ScaleRun:
                                                        min(self.cfg.solo_checks, len(seen)))
         for target, prompt in picked:
             alone = asyncio.run(traffic.alone(target, prompt))
-            if not alone.ok or alone.text != seen[(target, prompt)]:
-                wrong += 1
-                self.console.print(f"  [red]answer differs[/] {target.tenant}/{target.model} prompt {prompt}")
-        return wrong, len(picked)
+            got = seen[(target, prompt)]
+            if alone.ok and alone.text == got:
+                continue
+            wrong += 1
+            others = {w: text for w, text in self._references(traffic, prompt).items() if w != target.weights}
+            hit = next((w for w, text in others.items() if text == got and text != alone.text), None)
+            misrouted += hit is not None
+            same = len(os.path.commonprefix([alone.text, got]))
+            self.console.print(f"  [red]answer differs[/] {target.tenant}/{target.model} prompt {prompt}: equal for "
+                               f"{same} of {len(got)} characters" + (f", it is {hit}'s answer" if hit else ""))
+        return wrong, len(picked), misrouted
+
+    def _references(self, traffic: Traffic, prompt: int) -> dict[str, str]:
+        """Each weight set's (and the base's) answer to `prompt` alone, asked once per run."""
+        if prompt not in self.references:
+            reps = {t.weights: t for t in self.main}
+            refs = {w: asyncio.run(traffic.alone(t, prompt)).text for w, t in sorted(reps.items())}
+            base = Target(self.main[0].tenant, self.main[0].key, "base", 0, 0, "base")
+            refs["base"] = asyncio.run(traffic.alone(base, prompt)).text
+            self.references[prompt] = refs
+        return self.references[prompt]
 
     def cold_starts(self, count: int) -> dict:
         """Never-used adapters, one at a time on the idle stack: cold TTFT, warm TTFT, the bound, the stages."""

@@ -29,8 +29,8 @@ class ScaleConfig:
     solo_checks: int = 16  # answers per row compared with the same request sent alone
     cold_probes: int = 3  # never-used adapters timed cold (and warm) after each count's rows
     max_loras: int = 8  # the engine's batch slots
-    max_cpu_loras: int = 32  # the engine tier's count bound (the engine's --max-cpu-loras)
-    disk_adapters: int = 200  # the disk tier's budget, in adapters of the largest rank
+    max_cpu_loras: int = 256  # the engine tier's count bound (the engine's --max-cpu-loras): host memory holds many
+    disk_adapters: int = 400  # the disk tier's budget, in adapters of the largest rank
     max_inflight: int = 16  # gateway admission window
 
     def __post_init__(self):

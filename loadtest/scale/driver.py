@@ -25,6 +25,7 @@ class Target:
     model: str
     rank: int
     size_bytes: int
+    weights: str = ""  # which random weight set it carries (several adapters share one beyond the pool)
 
 
 @dataclass

@@ -24,8 +24,8 @@ def targets(rows: list[dict]) -> dict:
     if cold:
         out["cold_first_token_vs_bound"] = {"value": max(cold), "target": "<= 3", "met": max(cold) <= 3}
     wrong = sum(r["wrong_answers"] for r in rows)
-    out["wrong_answers"] = {"value": wrong, "checked": sum(r["solo_checked"] for r in rows), "target": "0",
-                            "met": wrong == 0}
+    out["wrong_answers"] = {"value": wrong, "checked": sum(r["solo_checked"] for r in rows),
+                            "misrouted": sum(r.get("misrouted", 0) for r in rows), "target": "0", "met": wrong == 0}
     flat_from = 100 if 100 in counts else (counts[1] if len(counts) > 1 else None)
     if flat_from is not None and flat_from != counts[-1]:
         for proc in ("gateway", "engine"):
@@ -93,7 +93,8 @@ def plots(out: Path, rows: list[dict]) -> list[Path]:
 def markdown(report: dict) -> str:
     meta, rows = report["meta"], report["rows"]
     head = ("| adapters | zipf | load | ranks | req/s | tok/s | TTFT p50 ms | TTFT p99 ms | loads/1k | evictions/1k | "
-            "engine / disk / S3 | wrong | gateway RSS MiB | engine RSS MiB | cold first token s | bound s |")
+            "engine / disk / S3 | differ / checked (misrouted) | gateway RSS MiB | engine RSS MiB | "
+            "cold first token s | bound s |")
     lines = [head, "|" + "---|" * 16]
     for r in rows:
         share = r["resident_share"]
@@ -101,7 +102,8 @@ def markdown(report: dict) -> str:
                      f"{fmt(r['tok_per_s'])} | {fmt(r['ttft_p50_ms'])} | {fmt(r['ttft_p99_ms'])} | "
                      f"{fmt(r['loads_per_1k'])} | {fmt(r['evictions_per_1k'])} | "
                      f"{share['engine']:.2f} / {share['disk']:.2f} / {share['s3']:.2f} | "
-                     f"{r['wrong_answers']}/{r['solo_checked']} | {fmt(r['gateway_rss_mb'])} | "
+                     f"{r['wrong_answers']}/{r['solo_checked']} ({r.get('misrouted', 0)}) | "
+                     f"{fmt(r['gateway_rss_mb'])} | "
                      f"{fmt(r['engine_rss_mb'])} | {fmt(r.get('cold_first_token_s'), 3)} | "
                      f"{fmt(r.get('cold_bound_s'), 3)} |")
     checks = [f"- {name}: {t['value']} (target {t['target']}): {'met' if t['met'] else '**not met**'}"

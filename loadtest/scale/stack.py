@@ -90,7 +90,7 @@ def upload_all(gw: RunningGateway, plan: list[tuple[str, str, Path, int]], progr
         out = gw.publish(keys[tenant], name, directory)
         if progress:
             progress()
-        return Target(tenant, keys[tenant], name, rank, out["size_bytes"])
+        return Target(tenant, keys[tenant], name, rank, out["size_bytes"], directory.name)
 
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(one, plan))
