@@ -118,7 +118,15 @@ def markdown(report: dict) -> str:
              f"--max-cpu-loras {cfg['max_cpu_loras']}; disk tier {meta['disk_tier_bytes'] / 2**20:.0f} MiB. "
              f"S3 bandwidth measured {meta['s3_bandwidth_mib_s']} MiB/s. Run {meta['started']}, "
              f"{meta['wall_s']:.0f} s, {meta['cpus']} CPUs.")
-    return "\n".join([wrap(intro), "", *lines, "", "Targets:", *checks])
+    notes = ("Columns: *loads/1k* and *evictions/1k* are engine loads and unloads per 1,000 requests; *engine / disk "
+             "/ S3* is where requests found their adapter (from the gateway's residency counters: already registered "
+             "in the engine, fetched from the local disk tier, or downloaded from S3); *differ / checked* compares "
+             "sampled answers with the same request sent alone, and *misrouted* counts those among them that are "
+             "exactly another weight set's (or the base's) answer: served with the wrong adapter rather than diverged "
+             "on a near-tie, which random adapters leave and a batch's different rounding can flip. Cold start: "
+             "never-used adapters, one at a time on the idle stack, first streamed token against "
+             "bytes / S3 bandwidth + the warm TTFT of the same request.")
+    return "\n".join([wrap(intro), "", *lines, "", "Targets:", *checks, "", wrap(notes)])
 
 
 def publish_docs(out: Path, docs: Path) -> None:
