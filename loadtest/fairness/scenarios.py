@@ -67,6 +67,7 @@ def plot_zipf(result: dict, path: Path) -> None:
         ax.bar([i + (j - 0.5) * 0.38 for i in range(len(tenants))], vals, 0.38, label=mode, color=color)
     ax.set_xticks(range(len(tenants)), [f"{t}\n{result['rates_req_s'][t]} req/s" for t in tenants])
     ax.set_yscale("log")
+    ax.set_ylim(bottom=10)  # a fixed floor: plots of different runs compare, small gaps look small
     ax.set_ylabel("TTFT p99 (ms)")
     ax.set_title(f"Zipf s={result['settings']['zipf_s']} at {result['settings']['load']:.0%} of capacity: "
                  "TTFT p99 per tenant")
