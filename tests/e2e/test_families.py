@@ -166,12 +166,17 @@ def test_adapters_and_base_served_equal_to_peft(run):
 
 
 def test_mixed_batch_equals_solo(run):
-    solo = {(m, p): complete(run.stack, run.key, m, p)["text"] for m in ("all", "attn", "base", "mix")
-            for p in PROMPTS}
+    models = {"all": run.adapters["all"], "attn": run.adapters["attn"], "base": None, "mix": run.adapters["mix"]}
+    solo = {(m, p): complete(run.stack, run.key, m, p)["text"] for m in models for p in PROMPTS}
     requests = list(solo) * 2  # every adapter and the base in the same engine batches
     with ThreadPoolExecutor(len(requests)) as pool:
-        mixed = list(pool.map(lambda mp: complete(run.stack, run.key, *mp)["text"], requests))
-    assert mixed == [solo[r] for r in requests]
+        mixed = list(pool.map(lambda mp: complete(run.stack, run.key, *mp, logprobs=True), requests))
+    differing = [(r, c) for r, c in zip(requests, mixed, strict=True) if c["text"] != solo[r]]
+    assert len(differing) <= len(requests) // 4, differing  # batching may break a near-tie, rarely
+    vocab = run.tokenizer.get_vocab()
+    for (model, prompt), choice in differing:  # then still its own model's greedy answer, never another's
+        ids = [vocab[t] for t in choice["logprobs"]["tokens"]]
+        assert greedy_gaps(run.base, models[model], [ids], [prompt])[0] <= TIE_GAP, (model, prompt, choice)
 
 
 def test_merged_model_on_a_dedicated_engine(run, seaweed):
