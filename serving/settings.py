@@ -49,16 +49,19 @@ class ServingSettings(EngineSettings):
     fair_admission: bool = Field(True, description="Order waiting requests by tokens served per tenant (VTC); "
                                  "false: first come, first served.")
     fair_active_window_s: float = Field(5.0, description="Fair admission: a tenant counts as active this long after "
-                                        "its last request, and keeps a free in-flight slot in reserve meanwhile.")
-    fair_share_cap: float = Field(1.0, ge=0, description="Fair admission: while several tenants are active, a "
-                                  "heavy tenant (asking for at least twice the others' mean) holds at most this "
-                                  "multiple of its equal share of the in-flight window (1.0: max_inflight / active "
-                                  "tenants; 0: no cap).")
-    fair_slowdown_tolerance: float = Field(1.15, ge=0, description="Fair admission: while the engine's time per "
-                                           "output token is above this multiple of its light-load value, a heavy "
-                                           "tenant's slots are halved (and regrown one by one once it is not), "
-                                           "so that one tenant's flood does not slow the others' requests on an "
-                                           "engine whose step time grows with its batch. 0: off.")
+                                        "its last request; while a tenant overloads the engine, each active "
+                                        "tenant keeps a free in-flight slot in reserve.")
+    fair_share_cap: float = Field(1.0, ge=0, description="Fair admission: a tenant that overloads the engine (asking "
+                                  "for at least twice the others' mean, and for more than the engine's measured "
+                                  "capacity leaves after the others' demand) holds at most this multiple of its "
+                                  "equal share of the in-flight window (1.0: max_inflight / active tenants; 0: no "
+                                  "cap). Below capacity no tenant is capped: admission is work-conserving.")
+    fair_slowdown_tolerance: float = Field(1.15, ge=0, description="Fair admission: while a tenant overloads the "
+                                           "engine and its time per output token is above this multiple of its "
+                                           "light-load value, that tenant's slots are halved (and regrown one by "
+                                           "one once it is not), so that one tenant's flood does not slow the "
+                                           "others' requests on an engine whose step time grows with its batch. "
+                                           "0: off.")
     dedicated_engines: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description='Separate-model mode: tenant -> {"model": NAME, "url": ENGINE_URL}. That tenant\'s requests for '
