@@ -63,8 +63,10 @@ class FamilyRun:
 
 def _engine(base: Path, log: Path, name: str = "base"):
     port = free_port()
+    # fp32 whatever the CPU: answers are compared with an fp32 transformers reference token by token (the CPU
+    # engine's auto dtype is bf16 where the CPU has it, which moves more near-ties).
     settings = ServingSettings(base_model=base, base_name=name, engine_url=f"http://127.0.0.1:{port}", max_loras=4,
-                               max_cpu_loras=8)
+                               max_cpu_loras=8, engine_dtype="float32")
     return settings, start_engine(settings, port, log)
 
 

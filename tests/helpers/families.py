@@ -23,7 +23,8 @@ PROMPTS = [make_prompt(w) for w in ("hello", "cards", "serve")]
 MAX_TOKENS = 12
 # A served token may differ from transformers' greedy pick only where the two best logits are this close.
 # The largest gap seen across the five families was 1.5e-3 (Phi-3, a rank-16 composed adapter on the fused
-# qkv_proj, where batching also flipped that tie); an adapter ignored or misrouted is off by far more.
+# qkv_proj, where batching also flipped that tie; that run's engine was in bf16, the CPU's auto dtype here);
+# an adapter ignored or misrouted is off by far more.
 TIE_GAP = 5e-3
 RANK = 8
 
