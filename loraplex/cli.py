@@ -98,13 +98,17 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @app.command()
 def demo() -> None:
-    """Start the stack, register the demo tenants and adapters, and show each tenant's answers."""
+    """Start the stack, register the demo tenants and adapters, show each tenant's answers, fine-tune one model."""
     from loraplex.cli_demo import run_demo
+    from loraplex.demo_job import DemoJobError
 
     try:
         run_demo()
     except stack.StartupFailed:
         raise typer.Exit(1) from None  # stack.up printed the cause and the log's path
+    except DemoJobError as e:
+        console.print(f"[red]{e}[/]")  # the stack keeps running: the job can be looked at
+        raise typer.Exit(1) from None
 
 
 @tenant_app.command("create")

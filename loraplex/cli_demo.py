@@ -1,7 +1,8 @@
 """`make demo`: the whole product once, through the public API only.
 
 Starts the stack, registers the demo tenants, uploads each tenant's adapter, promotes it to `prod`,
-asks every tenant (and the base model) the same questions and prints who answered what.
+asks every tenant (and the base model) the same questions and prints who answered what; then one tenant
+fine-tunes a new model through the jobs API (loraplex/demo_job.py) and calls it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loraplex.client import ApiError, GatewayClient
+from loraplex.demo_job import FT_TENANT, run_demo_job
 from loraplex.settings import StackSettings
 from loraplex.stack import up, update_tenants
 from training.demo import DEMO_TENANTS, DEMO_WORDS, build_demo, demo_prompt
@@ -66,17 +68,26 @@ def run_demo(cfg: StackSettings | None = None) -> list[dict]:
                          "answer": client.complete(adapter, demo_prompt(word)).strip(),
                          "base": client.complete("base", demo_prompt(word)).strip()})
     update_tenants(cfg, tenants)
-    _show(rows, url, tenants, cfg.var_dir)
+    job, ft_rows = run_demo_job(GatewayClient(url, tenants[FT_TENANT]["api_key"]), console)
+    _show(rows, url, tenants, cfg.var_dir, job, ft_rows)
     return rows
 
 
-def _show(rows: list[dict], url: str, tenants: dict, var_dir: Path) -> None:
+def _show(rows: list[dict], url: str, tenants: dict, var_dir: Path, job: dict, ft_rows: list[dict]) -> None:
     table = Table(title="loraplex demo: one base model, one adapter per tenant (greedy)")
     for col in ("tenant", "model (adapter)", "version", "word", "tenant's answer", "base answer"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["tenant"], r["model"], r["version"], r["prompt"], f"[bold]{r['answer']}[/]", r["base"])
     console.print(table)
+    # Plain print (never wrapped): the job and model names are what the user copies.
+    print(f"\nFine-tuned through the jobs API by {FT_TENANT}: job {job['id']} -> model {job['fine_tuned_model']}")
+    ft = Table()
+    for col in ("model", "word", "answer"):
+        ft.add_column(col)
+    for r in ft_rows:
+        ft.add_row(r["model"], r["prompt"], f"[bold]{r['answer']}[/]")
+    console.print(ft)
     text = next_steps(url, tenants)
     (var_dir / NEXT_STEPS).write_text(text)
     # Plain print: a console renderer would break long lines inside keys and JSON.
@@ -108,6 +119,9 @@ EOF
 # 3. The CLI: {tenant}'s adapters, then every tenant (admin key):
 {venv / "loraplex"} adapter ls --tenant {tenant}
 {venv / "loraplex"} tenant ls
+
+# 4. Fine-tuning jobs (docs/fine-tuning.md): {FT_TENANT}'s jobs and the models they made:
+{venv / "loraplex"} ft ls --tenant {FT_TENANT}
 
 # When done, stop the stack:
 make down

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from common.procs import free_port, pid_alive, port_open
+from loraplex.stack import SERVICES
 from registry.seaweed import free_port_pair
 from tests.e2e.helpers import Stack
 from tests.e2e.test_metrics import delta, scrape
@@ -52,6 +54,11 @@ def test_demo_up_status_down(tmp_path, demo):
         for spec in DEMO_TENANTS:
             assert info["tenants"][spec["tenant"]]["adapters"] == [spec["adapter"]]
             assert answer(spec["task"], DEMO_WORDS[0]) in out.stdout
+        # the fine-tuning job (run by the worker `up` started) made a model that shouts the demo words
+        job_line = re.search(r"job (ftjob-\S+) -> model (ft-demo-shout-\w+)", out.stdout)
+        assert job_line, out.stdout
+        ft_table = out.stdout.split(job_line.group(0))[1].split("The stack is running")[0]
+        assert answer("upper", DEMO_WORDS[0]) in ft_table, out.stdout  # globex's shout adapter is in the table above
         assert httpx.get(f"{info['gateway_url']}/ready", timeout=30).status_code == 200
         assert _cli(["status"], env).returncode == 0
         listed = _cli(["tenant", "ls"], env)  # an admin command: var/stack.json's admin_url
@@ -60,9 +67,10 @@ def test_demo_up_status_down(tmp_path, demo):
         again = _cli(["demo"], env)
         assert again.returncode == 0, again.stderr
         assert json.loads((var / "stack.json").read_text())["tenants"] == info["tenants"]
+        assert job_line.group(0) in again.stdout, again.stdout  # the succeeded job is reused, not retrained
         _engine_crash_and_recovery(var, info)
         pids = [int(p.read_text()) for p in (var / "run").glob("*.pid")]
-        assert len(pids) == 3
+        assert len(pids) == len(SERVICES)  # object store, engine, gateway, job worker
     finally:
         down = _cli(["down"], env)
     assert down.returncode == 0, down.stderr
