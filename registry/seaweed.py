@@ -25,6 +25,10 @@ from common.procs import port_free, stop_group
 
 GRPC_OFFSET = 10000
 COMPONENTS = ("master", "volume", "filer", "s3", "admin")
+# Every bucket is a collection with volumes of its own, and weed's automatic volume count is free disk / 1 GiB:
+# a host with 70 GiB free held only 70 buckets, and the 71st bucket's writes failed ("no free volumes left").
+# Volumes are created as they are needed (sparse files), and -volume.minFreeSpace still guards the disk.
+MAX_VOLUMES = 2000
 MAX_SOCKET_PATH = 100  # a unix socket path must fit in 108 bytes
 
 
@@ -116,7 +120,8 @@ class SeaweedServer:
         args = [self.weed, f"-logdir={data / 'logs'}", "mini", f"-dir={data}", f"-admin.dataDir={data / 'admin'}",
                 "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false",
                 "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                "-s3.autoCreateBucket=false"]  # as on AWS: a PUT to a missing bucket fails, never creates one
+                "-s3.autoCreateBucket=false",  # as on AWS: a PUT to a missing bucket fails, never creates one
+                f"-volume.max={MAX_VOLUMES}"]
         for component, port in self.ports.items():
             args += [f"-{component}.port={port}", f"-{component}.port.grpc={port + GRPC_OFFSET}"]
         for component in ("filer", "s3"):
