@@ -234,8 +234,11 @@ def test_stream_is_relayed_with_the_public_model_name_and_cancelled_at_the_end()
         assert r.headers["x-loraplex-replica"] == "r2"
         return r, [line async for line in r.body_iterator]
 
-    r, lines = asyncio.run(go())
-    assert json.loads(lines[0][5:])["model"] == "reverse" and lines[2] == "data: [DONE]\n"
+    r, chunks = asyncio.run(go())
+    body = b"".join(c if isinstance(c, bytes) else c.encode() for c in chunks).decode()
+    lines = [line for line in body.split("\n") if line]  # the SSE events' data lines, as a client reads them
+    assert json.loads(lines[0][5:])["model"] == "reverse" and lines[-1] == "data: [DONE]"
+    assert "lpx:" not in body  # the engine-side name never reaches the tenant
     assert stream.cancelled and gw.admission.inflight == 0
     # the gateway asked for the usage chunk (token metrics, the tenant's charge) and kept it to itself
     assert handle.calls[0][1][1]["stream_options"] == {"include_usage": True}
