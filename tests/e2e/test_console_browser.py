@@ -90,6 +90,8 @@ def submit(browser, selector: str, accept_alert: bool = False) -> None:
     if accept_alert:
         WebDriverWait(browser, 30).until(expected_conditions.alert_is_present()).accept()
     WebDriverWait(browser, 60).until(expected_conditions.staleness_of(page))
+    # the old page is gone, but the answer may still be arriving: read nothing before it is whole
+    WebDriverWait(browser, 60).until(lambda b: b.execute_script("return document.readyState") == "complete")
 
 
 def text_of(browser, selector) -> str:
