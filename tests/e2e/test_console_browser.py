@@ -89,9 +89,25 @@ def submit(browser, selector: str, accept_alert: bool = False) -> None:
     by_css(browser, selector).click()
     if accept_alert:
         WebDriverWait(browser, 30).until(expected_conditions.alert_is_present()).accept()
-    WebDriverWait(browser, 60).until(expected_conditions.staleness_of(page))
+    WebDriverWait(browser, 60).until(lambda _b: _gone(page))
     # the old page is gone, but the answer may still be arriving: read nothing before it is whole
     WebDriverWait(browser, 60).until(lambda b: b.execute_script("return document.readyState") == "complete")
+
+
+def _gone(element) -> bool:
+    """The element's page has been replaced. Chrome may answer a node of a page being torn down with an
+    inspector error ("does not belong to the document") instead of a stale reference: that is gone too."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        element.is_enabled()
+        return False
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as e:
+        if "does not belong to the document" in str(e):
+            return True
+        raise
 
 
 def text_of(browser, selector) -> str:
