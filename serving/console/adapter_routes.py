@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 
 from common.errors import AliasConflict, LoraplexError, VersionInUse
 from registry.audit import AuditAction
+from serving import alias_moves
 from serving.audit_trail import ADMIN, audited
 from serving.console.charts import bar_chart
 from serving.console.web import PREFIX, FormDep, SessionDep, done, render
@@ -59,22 +60,13 @@ async def move_alias(tenant: str, name: str, request: Request, session: SessionD
     alias, version = form.get("alias", "").strip(), form.get("version", "").strip()
     expected = form.get("expected_version", "").strip() or None
     try:
-        async with audited(gw, AuditAction.ADAPTER_ALIAS, actor=ADMIN, tenant=tenant,
-                           target=f"{name}@{alias}") as detail:
-            detail.update(version=version, expected_version=expected)  # what was asked, as the API records it
-            out = await asyncio.to_thread(gw.adapters.set_alias, tenant, name, alias, version, expected)
-            detail.clear()
-            detail.update(before=out["previous_version"], after=out["version"])
+        await alias_moves.move_alias(gw, actor=ADMIN, tenant=tenant, name=name, alias=alias, version=version,
+                                     expected=expected, warm=form.get("warm") == "on")
     except AliasConflict:
         current = (await asyncio.to_thread(gw.adapters.get_adapter, tenant, name)).aliases.get(alias)
         return await page(request, session, gw, tenant, 409, error=conflict_message(alias, name, version, current))
     except LoraplexError as e:
         return await page(request, session, gw, tenant, e.status, error=e.message)
-    finally:
-        gw.forget_models(tenant, name)  # also after a conflict: someone else moved it
-    if gw.tiers is not None:  # as the tenants' route: a pinned alias moves its pin; `warm` loads the version now
-        manifest = await asyncio.to_thread(gw.adapters.resolve, tenant, f"{name}@{version}")
-        await gw.tiers.after_alias_move(manifest, form.get("warm") == "on")
     was = f" (was {expected})" if expected else ""
     return done(f"/tenants/{tenant}", f"{name}@{alias} now points to {version}{was}")
 

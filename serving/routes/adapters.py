@@ -21,6 +21,7 @@ from common.names import check_name
 from common.peft_format import ADAPTER_FILES
 from registry.audit import AuditAction
 from serving import metrics
+from serving.alias_moves import move_alias
 from serving.audit_trail import audited
 from serving.deps import GatewayDep, TenantDep
 from serving.upload_form import read_form
@@ -128,20 +129,8 @@ class AliasMove(BaseModel):
 
 @router.put("/{name}/aliases/{alias}")
 async def set_alias(name: str, alias: str, body: AliasMove, tenant: TenantDep, gw: GatewayDep) -> dict:
-    try:
-        async with audited(gw, AuditAction.ADAPTER_ALIAS, actor=tenant.name, tenant=tenant.name,
-                           target=f"{name}@{alias}") as detail:
-            detail.update(version=body.version, expected_version=body.expected_version)  # what was asked
-            out = await asyncio.to_thread(gw.adapters.set_alias, tenant.name, name, alias, body.version,
-                                          body.expected_version)
-            detail.clear()  # the swap held: the alias moved from expected_version (None: created) to version
-            detail.update(before=out["previous_version"], after=out["version"])
-        if gw.tiers is not None:  # a pinned alias moves its pin; `warm` loads the version before traffic
-            manifest = await asyncio.to_thread(gw.adapters.resolve, tenant.name, f"{name}@{out['version']}")
-            await gw.tiers.after_alias_move(manifest, body.warm)
-        return out
-    finally:
-        gw.forget_models(tenant.name, name)  # also after a conflict: someone else moved it
+    return await move_alias(gw, actor=tenant.name, tenant=tenant.name, name=name, alias=alias, version=body.version,
+                            expected=body.expected_version, warm=body.warm)
 
 
 @router.delete("/{name}/versions/{version}", status_code=204)
