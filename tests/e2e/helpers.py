@@ -5,7 +5,10 @@ The stack itself is assembled by loadtest/harness.py, as the benchmarks and the 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+
+import httpx
 
 from common.peft_format import ADAPTER_FILES
 from loadtest.harness import RunningGateway
@@ -44,3 +47,13 @@ def complete(st: Stack, key: str, model: str, prompt: str, max_tokens: int = 16)
                                              "temperature": 0})
     assert r.status_code == 200, r.text
     return r.json()["choices"][0]["text"]
+
+
+async def complete_concurrently(st, jobs) -> list[str]:
+    """The texts of (tenant key, completion body) requests sent all at once, in the order of `jobs`."""
+    async with httpx.AsyncClient(base_url=st.url, timeout=300) as c:
+        async def one(key, body):
+            r = await c.post("/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["text"]
+        return await asyncio.gather(*(one(k, b) for k, b in jobs))

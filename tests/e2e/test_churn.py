@@ -11,10 +11,9 @@ import asyncio
 import json
 import time
 
-import httpx
 import pytest
 
-from tests.e2e.helpers import running_gateway, start_gateway, upload
+from tests.e2e.helpers import complete_concurrently, running_gateway, start_gateway, upload
 from tests.e2e.test_metrics import delta, new_tenant, scrape
 from training.demo import DEMO_WORDS, demo_prompt
 from training.tasks import answer
@@ -42,15 +41,6 @@ def _complete(st, key: str, body: dict) -> str:
     return r.json()["choices"][0]["text"]
 
 
-async def _concurrently(st, jobs) -> list[str]:
-    async with httpx.AsyncClient(base_url=st.url, timeout=300) as c:
-        async def one(key, body):
-            r = await c.post("/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"})
-            assert r.status_code == 200, r.text
-            return r.json()["choices"][0]["text"]
-        return await asyncio.gather(*(one(k, b) for k, b in jobs))
-
-
 def test_more_adapters_than_slots_all_answers_equal_solo(churn_gateway, demo):
     st = churn_gateway
     tenants = [new_tenant(st, prefix="churn") for _ in range(3)]
@@ -69,7 +59,7 @@ def test_more_adapters_than_slots_all_answers_equal_solo(churn_gateway, demo):
     for out, (task, word) in zip(solo, expected_task):
         assert out.strip().startswith(answer(task, word)), (task, word, out)  # routed to the right weights
     before = scrape(st)
-    mixed = asyncio.run(_concurrently(st, jobs[::-1]))[::-1]  # another order than the solo pass
+    mixed = asyncio.run(complete_concurrently(st, jobs[::-1]))[::-1]  # another order than the solo pass
     after = scrape(st)
     for i, (out, ref) in enumerate(zip(mixed, solo)):
         assert out == ref, (jobs[i][1]["model"], expected_task[i], out, ref)

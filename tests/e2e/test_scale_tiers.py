@@ -21,7 +21,7 @@ from common.peft_format import ADAPTER_FILES
 from registry.pins import PinRegistry
 from registry.store import ObjectStore
 from serving.residency import engine_lora_name
-from tests.e2e.helpers import running_gateway, upload
+from tests.e2e.helpers import complete_concurrently, running_gateway, upload
 from tests.e2e.test_metrics import delta, new_tenant, scrape
 from tests.waiting import wait_until
 from training.demo import DEMO_WORDS, demo_prompt
@@ -47,15 +47,6 @@ def tiered(engine, seaweed, demo, tmp_path_factory):
 
 def _body(model: str, word: str) -> dict:
     return {"model": model, "prompt": demo_prompt(word), "max_tokens": MAX_TOKENS, "temperature": 0}
-
-
-async def _concurrently(st, jobs) -> list[str]:
-    async with httpx.AsyncClient(base_url=st.url, timeout=300) as c:
-        async def one(key, body):
-            r = await c.post("/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"})
-            assert r.status_code == 200, r.text
-            return r.json()["choices"][0]["text"]
-        return await asyncio.gather(*(one(k, b) for k, b in jobs))
 
 
 def _src(tenant_index: int, name_index: int) -> str:
@@ -113,7 +104,7 @@ def test_sixty_adapters_over_small_tiers_answer_as_alone_and_pins_stay(tiered, e
     rng.shuffle(jobs)
     before = scrape(st)
     downloads_before = st.gateway.cache.stats["downloads"]
-    out = asyncio.run(_concurrently(st, [(tenants[t][1], _body(NAMES[n], w)) for t, n, w in jobs]))
+    out = asyncio.run(complete_concurrently(st, [(tenants[t][1], _body(NAMES[n], w)) for t, n, w in jobs]))
     after = scrape(st)
     for (t, n, w), text in zip(jobs, out):
         assert text == solo[(_src(t, n), w)], (tenants[t][0], NAMES[n], w, text)
