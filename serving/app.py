@@ -47,6 +47,8 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
         gw = gateway or Gateway.from_settings(ServingSettings())
         app.state.gateway = gw
         metrics.LABELS.per_tenant = gw.settings.metrics_adapters_per_tenant
+        metrics.LABELS.tenants = gw.settings.metrics_tenants
+        metrics.LABELS.window_s = gw.settings.metrics_tenant_window_s
         supervisor = EngineSupervisor(gw.settings, gw.residency) if gw.settings.engine_managed else None
         if supervisor:
             gw.supervisor = supervisor

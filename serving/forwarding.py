@@ -52,8 +52,8 @@ class Ticket:
 
     def record_usage(self, usage: dict) -> None:
         prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
-        metrics.PROMPT_TOKENS.labels(self.tenant, self.label).inc(prompt)
-        metrics.COMPLETION_TOKENS.labels(self.tenant, self.label).inc(completion)
+        metrics.PROMPT_TOKENS.labels(metrics.LABELS.tenant(self.tenant), self.label).inc(prompt)
+        metrics.COMPLETION_TOKENS.labels(metrics.LABELS.tenant(self.tenant), self.label).inc(completion)
         self.usage_total = usage.get("total_tokens") or prompt + completion
         self.completion = completion
 
@@ -64,7 +64,7 @@ class Ticket:
         self.events = events
         now = time.monotonic()
         if self.token_times is None:
-            metrics.TTFT.labels(self.tenant, self.label).observe(now - self.arrived)
+            metrics.TTFT.labels(metrics.LABELS.tenant(self.tenant), self.label).observe(now - self.arrived)
             if self.on_first_token is not None:
                 self.on_first_token()
         self.token_times = (self.token_times[0] if self.token_times else now, now)
@@ -81,8 +81,8 @@ class Ticket:
                                time.monotonic() - self.granted)
         if status == "ok":
             self._observe_speed()
-        metrics.REQUESTS.labels(self.tenant, self.label, status).inc()
-        metrics.LATENCY.labels(self.tenant, self.label).observe(time.monotonic() - self.arrived)
+        metrics.REQUESTS.labels(metrics.LABELS.tenant(self.tenant), self.label, status).inc()
+        metrics.LATENCY.labels(metrics.LABELS.tenant(self.tenant), self.label).observe(time.monotonic() - self.arrived)
 
     def _observe_speed(self) -> None:
         """Seconds per output token since admission (the engine's queue and prefill included: on a busy host
@@ -113,6 +113,7 @@ async def admit(gw: Gateway, tenant: Tenant, body: dict, resolve: bool = True) -
     mistyped model name costs nothing; a request the fair queue refuses keeps its place in requests per
     minute (a flood of retries stays limited) but gives its tokens back: the engine served none."""
     arrived = time.monotonic()
+    metrics.LABELS.count(tenant.name)  # the busiest tenants get series of their own
     est = estimate_tokens(body)
     base = gw.settings.base_name
     is_base = body["model"] == base
@@ -122,13 +123,13 @@ async def admit(gw: Gateway, tenant: Tenant, body: dict, resolve: bool = True) -
     label = metrics.BASE if is_base else metrics.LABELS.admit(tenant.name, manifest.name if manifest else body["model"])
     tiers = getattr(gw, "tiers", None)  # None: no local engine tiers (Ray), or a test's stand-in gateway
     if manifest is not None and tiers is not None:
-        tiers.prefetch(manifest)  # its files come from S3 while it waits for a slot
+        tiers.prefetch(manifest, into_engine=gw.admission.queued > 0)  # loaded while it waits for a slot
     try:
         await gw.admission.acquire(tenant.name, est, label)
     except BaseException as e:  # refused (queue full, draining) or the client left while waiting
         charge.settle(0)
         if isinstance(e, asyncio.CancelledError):
-            metrics.REJECTED.labels(tenant.name, label, "499", "disconnected").inc()
+            metrics.REJECTED.labels(metrics.LABELS.tenant(tenant.name), label, "499", "disconnected").inc()
         raise
     return Ticket(gw.admission, tenant.name, body["model"], est, label, arrived, charge), manifest
 

@@ -1,50 +1,15 @@
-"""Prometheus series of the gateway, per tenant and per adapter, with bounded label sets.
-
-`tenant` is always an authenticated tenant's registered name. `adapter` is a registered adapter's
-*name* (never a version, never raw client text): "base" for the base model, and "other" for a name
-not resolved in the registry yet, or beyond the first `LABELS.per_tenant` names seen for a tenant.
-So the series count is at most tenants x (per_tenant + 2) per metric, whatever clients send.
-"""
+"""Prometheus series of the gateway, per tenant and per adapter, with bounded label sets (serving/metric_labels.py:
+the busiest tenants by name, the rest together; a bounded number of adapter names per tenant)."""
 
 from __future__ import annotations
 
-import threading
-
 from prometheus_client import Counter, Gauge, Histogram
 
-OTHER = "other"
-BASE = "base"
+from serving.metric_labels import BASE, OTHER, OTHER_TENANTS, Labels
 
+__all__ = ["BASE", "LABELS", "OTHER", "OTHER_TENANTS"]
 
-class AdapterLabels:
-    """Maps (tenant, adapter name) to a label value, admitting at most `per_tenant` names per tenant."""
-
-    def __init__(self, per_tenant: int = 20):
-        self.per_tenant = per_tenant
-        self._seen: dict[str, set[str]] = {}
-        self._lock = threading.Lock()  # in-process gateways (tests, benchmarks) share this module
-
-    def admit(self, tenant: str, name: str) -> str:
-        """Label of a name that resolved in the registry (or a configured model): itself while room is left."""
-        with self._lock:
-            seen = self._seen.setdefault(tenant, set())
-            if name in seen:
-                return name
-            if len(seen) < self.per_tenant:
-                seen.add(name)
-                return name
-            return OTHER
-
-    def known(self, tenant: str, model: str, base_name: str = BASE) -> str:
-        """Label for a request's `model` before it is resolved: only names already admitted pass."""
-        if model == base_name:
-            return BASE
-        name = model.split("@", 1)[0]
-        with self._lock:
-            return name if name in self._seen.get(tenant, ()) else OTHER
-
-
-LABELS = AdapterLabels()
+LABELS = Labels()
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
@@ -110,3 +75,22 @@ COLD_START = Histogram("loraplex_cold_start_seconds",
                        "first_token (request arrival to the first streamed token of a request that waited for a "
                        "load).", ["stage"],
                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+
+# every series labelled by tenant: a tenant no longer among the busiest loses its series here
+_PER_TENANT = (REQUESTS, PROMPT_TOKENS, COMPLETION_TOKENS, LATENCY, TTFT, ADAPTER_CACHE, ADAPTER_LOADS,
+               ADAPTER_LOAD_SECONDS, ADAPTER_EVICTIONS, REJECTED, ADMISSION_WAIT)
+
+
+def _drop_series(tenants: set[str]) -> None:
+    """Remove the series of `tenants` (and any left by a request that was labelled just before they were)."""
+    named = LABELS.named()
+    for metric in _PER_TENANT:
+        names = metric._labelnames  # prometheus_client keeps no public accessor for them
+        values = {tuple(s.labels[n] for n in names) for family in metric.collect() for s in family.samples}
+        for labels in values:
+            tenant = labels[names.index("tenant")]
+            if tenant in tenants or (tenant not in named and tenant != OTHER_TENANTS):
+                metric.remove(*labels)
+
+
+LABELS.on_drop = _drop_series

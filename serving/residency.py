@@ -36,7 +36,7 @@ def metric_labels(name: str) -> tuple[str, str]:
     parts = name.split(":")
     if len(parts) != 4 or parts[0] != "lpx":
         return metrics.OTHER, metrics.OTHER
-    return parts[1], metrics.LABELS.known(parts[1], parts[2])
+    return metrics.LABELS.tenant(parts[1]), metrics.LABELS.known(parts[1], parts[2])
 
 
 def dir_bytes(path: Path) -> int:
@@ -80,6 +80,11 @@ class AdapterResidency:
 
     def holds(self, name: str) -> bool:
         return name in self._lru
+
+    def touch(self, name: str) -> None:
+        """`name` is about to be used (a request waits for it): not the next victim."""
+        if name in self._lru:
+            self._lru.touch(name)
 
     def adopt(self, names: set[str]) -> None:
         """Take over adapters a previous gateway process registered in a still-running engine (their size

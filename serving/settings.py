@@ -75,6 +75,10 @@ class ServingSettings(EngineSettings):
                             "collection then walks only what requests made, a shorter stall of the event loop.")
     metrics_adapters_per_tenant: int = Field(20, description="Adapter names per tenant that get their own "
                                              "metrics label; further names share the label 'other'.")
+    metrics_tenants: int = Field(20, ge=1, description="Tenants that get metrics series of their own: the busiest "
+                                 "by requests in the last window; the others share the tenant label '_other'.")
+    metrics_tenant_window_s: float = Field(300.0, gt=0, description="How often the busiest tenants are chosen "
+                                           "again (a tenant no longer among them loses its series).")
 
     @field_validator("fair_slowdown_tolerance")
     @classmethod

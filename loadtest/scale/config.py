@@ -28,10 +28,21 @@ class ScaleConfig:
     prompts: int = 4  # distinct prompts (solo references are taken per adapter and prompt)
     solo_checks: int = 16  # answers per row compared with the same request sent alone
     cold_probes: int = 3  # never-used adapters timed cold (and warm) after each count's rows
-    max_loras: int = 8  # the engine's batch slots
-    max_cpu_loras: int = 256  # the engine tier's count bound (the engine's --max-cpu-loras): host memory holds many
+    max_loras: int = 0  # the engine's batch slots; 0: the admission window (every admitted request's adapter
+    # fits in one batch: with fewer slots than distinct adapters in flight, vLLM batches only `max_loras` of them)
+    max_cpu_loras: int = 1024  # the engine tier's count bound (the engine's --max-cpu-loras): host memory holds a
+    # thousand small adapters, as in S-LoRA's runs; its byte budget (1/32 of the host's memory) bounds it too
+    warmup_s: float = 10.0  # unmeasured traffic before each count's rows: they measure the steady state, not the
+    # first minutes after a deploy (the cold-start columns measure those loads one by one)
     disk_adapters: int = 400  # the disk tier's budget, in adapters of the largest rank
     max_inflight: int = 16  # gateway admission window
+    dtype: str = "float32"  # the engine's: answers compare with the same request alone with no bf16 rounding noise
+    tie_tolerance: float = 5e-3  # a differing answer whose first differing token had a top-2 logprob gap below
+    # this (in the answer alone) diverged at a near-tie, not by a wrong adapter (family tests use the same bound)
+
+    @property
+    def batch_slots(self) -> int:
+        return self.max_loras or max(self.max_inflight, self.concurrency)
 
     def __post_init__(self):
         if not self.adapters or min(self.adapters) < 1:

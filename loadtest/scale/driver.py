@@ -108,10 +108,41 @@ class Traffic:
             return Sample(target, prompt, False, ttft, time.monotonic() - started, tokens, "", type(e).__name__)
         return Sample(target, prompt, True, ttft, time.monotonic() - started, tokens, "".join(parts))
 
+    async def reference(self, target: Target, prompt: int) -> dict:
+        """The request alone, not streamed, with each token's top-2 logprobs: vLLM's completions `logprobs`
+        object (tokens, text_offset, top_logprobs) plus the answer's `text`."""
+        body = {"model": target.model, "prompt": self.prompts[prompt], "max_tokens": self.max_tokens,
+                "temperature": 0, "ignore_eos": True, "logprobs": 2}
+        async with _client() as http:
+            r = await http.post(f"{self.url}/v1/completions", json=body,
+                                headers={"Authorization": f"Bearer {target.key}"})
+        r.raise_for_status()
+        choice = r.json()["choices"][0]
+        return {"text": choice["text"], **(choice.get("logprobs") or {})}
+
     async def alone(self, target: Target, prompt: int) -> Sample:
         """The request sent with nothing else of this driver in flight."""
         async with _client() as http:
             return await self.one(http, target, prompt)
+
+
+def divergence_gap(reference: dict, got: str) -> float | None:
+    """Where `got` first differs from the reference answer: the reference's top-2 logprob gap at that token
+    (small: a near-tie that another batch's rounding may flip; large: a different model answered). None when
+    the texts are equal or the reference carries no logprobs there."""
+    text = reference["text"]
+    if got == text:
+        return None
+    common = 0
+    while common < min(len(got), len(text)) and got[common] == text[common]:
+        common += 1
+    offsets, tops = reference.get("text_offset") or [], reference.get("top_logprobs") or []
+    start = offsets[0] if offsets else 0
+    at = max((i for i, o in enumerate(offsets) if o - start <= common), default=None)
+    if at is None or at >= len(tops) or not tops[at] or len(tops[at]) < 2:
+        return None
+    best = sorted(tops[at].values(), reverse=True)
+    return best[0] - best[1]
 
 
 def _client() -> httpx.AsyncClient:

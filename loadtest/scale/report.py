@@ -25,6 +25,7 @@ def targets(rows: list[dict]) -> dict:
         out["cold_first_token_vs_bound"] = {"value": max(cold), "target": "<= 3", "met": max(cold) <= 3}
     wrong = sum(r["wrong_answers"] for r in rows)
     out["wrong_answers"] = {"value": wrong, "checked": sum(r["solo_checked"] for r in rows),
+                            "near_tie_flips": sum(r.get("near_tie_flips", 0) for r in rows),
                             "misrouted": sum(r.get("misrouted", 0) for r in rows), "target": "0", "met": wrong == 0}
     flat_from = 100 if 100 in counts else (counts[1] if len(counts) > 1 else None)
     if flat_from is not None and flat_from != counts[-1]:
@@ -93,7 +94,7 @@ def plots(out: Path, rows: list[dict]) -> list[Path]:
 def markdown(report: dict) -> str:
     meta, rows = report["meta"], report["rows"]
     head = ("| adapters | zipf | load | ranks | req/s | tok/s | TTFT p50 ms | TTFT p99 ms | loads/1k | evictions/1k | "
-            "engine / disk / S3 | differ / checked (misrouted) | gateway RSS MiB | engine RSS MiB | "
+            "engine / disk / S3 | wrong / near-tie / checked (misrouted) | gateway RSS MiB | engine RSS MiB | "
             "cold first token s | bound s |")
     lines = [head, "|" + "---|" * 16]
     for r in rows:
@@ -102,7 +103,8 @@ def markdown(report: dict) -> str:
                      f"{fmt(r['tok_per_s'])} | {fmt(r['ttft_p50_ms'])} | {fmt(r['ttft_p99_ms'])} | "
                      f"{fmt(r['loads_per_1k'])} | {fmt(r['evictions_per_1k'])} | "
                      f"{share['engine']:.2f} / {share['disk']:.2f} / {share['s3']:.2f} | "
-                     f"{r['wrong_answers']}/{r['solo_checked']} ({r.get('misrouted', 0)}) | "
+                     f"{r['wrong_answers']} / {r.get('near_tie_flips', 0)} / {r['solo_checked']} "
+                     f"({r.get('misrouted', 0)}) | "
                      f"{fmt(r['gateway_rss_mb'])} | "
                      f"{fmt(r['engine_rss_mb'])} | {fmt(r.get('cold_first_token_s'), 3)} | "
                      f"{fmt(r.get('cold_bound_s'), 3)} |")
@@ -113,17 +115,21 @@ def markdown(report: dict) -> str:
              f"each at the largest count, ranks {cfg['ranks']} in turn ({meta['distinct_weight_sets']} distinct random "
              f"weight sets, reused under other names beyond that); Zipf popularity over adapters. Saturated rows "
              f"keep {cfg['concurrency']} streamed requests in flight; the others are open-loop Poisson arrivals at "
-             f"{cfg['load']:.0%} of the smallest count's saturated throughput. {cfg['duration_s']:g} s per row, "
-             f"{cfg['max_tokens']} generated tokens per request. Engine tier: --max-loras {cfg['max_loras']}, "
+             f"{cfg['load']:.0%} of the smallest count's saturated throughput. {cfg['duration_s']:g} s per row after "
+             f"{cfg.get('warmup_s', 0):g} s of unmeasured traffic per count, "
+             f"{cfg['max_tokens']} generated tokens per request. Engine ({cfg.get('dtype', 'auto')}): --max-loras "
+             f"{cfg.get('batch_slots') or cfg['max_loras']}, "
              f"--max-cpu-loras {cfg['max_cpu_loras']}; disk tier {meta['disk_tier_bytes'] / 2**20:.0f} MiB. "
              f"S3 bandwidth measured {meta['s3_bandwidth_mib_s']} MiB/s. Run {meta['started']}, "
              f"{meta['wall_s']:.0f} s, {meta['cpus']} CPUs.")
     notes = ("Columns: *loads/1k* and *evictions/1k* are engine loads and unloads per 1,000 requests; *engine / disk "
              "/ S3* is where requests found their adapter (from the gateway's residency counters: already registered "
-             "in the engine, fetched from the local disk tier, or downloaded from S3); *differ / checked* compares "
-             "sampled answers with the same request sent alone, and *misrouted* counts those among them that are "
-             "exactly another weight set's (or the base's) answer: served with the wrong adapter rather than diverged "
-             "on a near-tie, which random adapters leave and a batch's different rounding can flip. Cold start: "
+             "in the engine, fetched from the local disk tier, or downloaded from S3); the answer columns compare "
+             "sampled answers with the same request sent alone: *wrong* differ where the answer alone was sure (its "
+             f"first differing token led the runner-up by {cfg.get('tie_tolerance', 5e-3):g} or more in logprob), "
+             "*near-tie* differ where it was not (random adapters leave such ties, and a batch sums in another "
+             "order), and *misrouted* counts answers that are exactly another weight set's (or the base's) answer "
+             "alone: served with the wrong adapter. Cold start: "
              "never-used adapters, one at a time on the idle stack, first streamed token against "
              "bytes / S3 bandwidth + the warm TTFT of the same request.")
     return "\n".join([wrap(intro), "", *lines, "", "Targets:", *checks, "", wrap(notes)])

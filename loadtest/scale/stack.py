@@ -41,8 +41,8 @@ def start_engine(base: Path, cfg: ScaleConfig, log_dir: Path) -> Process:
     from serving.settings import ServingSettings
 
     port = free_port()
-    settings = ServingSettings(base_model=base, engine_url=f"http://127.0.0.1:{port}", max_loras=cfg.max_loras,
-                               max_cpu_loras=cfg.max_cpu_loras, max_lora_rank=max(cfg.ranks))
+    settings = ServingSettings(base_model=base, engine_url=f"http://127.0.0.1:{port}", max_loras=cfg.batch_slots,
+                               max_cpu_loras=cfg.max_cpu_loras, max_lora_rank=max(cfg.ranks), engine_dtype=cfg.dtype)
     log = log_dir / "engine.log"
     proc = spawn(engine_command(settings, port), log=log, env=engine_env(settings))
     return Process("engine", settings.engine_url, proc, log)
@@ -58,7 +58,7 @@ def start_gateway(base: Path, engine: Process, s3_endpoint: str, cfg: ScaleConfi
            "LORAPLEX_BASE_MODEL": str(base), "LORAPLEX_ENGINE_URL": engine.url, "LORAPLEX_ADMIN_KEY": admin_key,
            "LORAPLEX_GATEWAY_PORT": str(port), "LORAPLEX_ADMIN_PORT": str(admin_port),
            "LORAPLEX_CACHE_DIR": str(work / "cache"), "LORAPLEX_CACHE_MAX_BYTES": str(disk_bytes),
-           "LORAPLEX_MAX_LORAS": str(cfg.max_loras), "LORAPLEX_MAX_CPU_LORAS": str(cfg.max_cpu_loras),
+           "LORAPLEX_MAX_LORAS": str(cfg.batch_slots), "LORAPLEX_MAX_CPU_LORAS": str(cfg.max_cpu_loras),
            "LORAPLEX_MAX_LORA_RANK": str(max(cfg.ranks)), "LORAPLEX_MAX_INFLIGHT": str(cfg.max_inflight),
            "LORAPLEX_MAX_QUEUE": "100000", "LORAPLEX_NOOP_PROBE": "false",
            "LORAPLEX_MAX_ADAPTERS_PER_TENANT": "0", "PYTHONPATH": str(ROOT)}

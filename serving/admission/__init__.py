@@ -102,7 +102,7 @@ class Admission:
 
     def check_open(self, tenant: str, label: str = metrics.OTHER) -> None:
         if self.closed:
-            metrics.REJECTED.labels(tenant, label, "503", "draining").inc()
+            metrics.REJECTED.labels(metrics.LABELS.tenant(tenant), label, "503", "draining").inc()
             raise Draining("the gateway is shutting down and takes no new requests: retry in a few seconds "
                            "(another replica, or this one after its restart, will answer)", retry_after=5)
 
@@ -118,7 +118,7 @@ class Admission:
         self.check_open(tenant, label)
         asked = time.monotonic()
         await self.queue.acquire(tenant, est_tokens, label)
-        metrics.ADMISSION_WAIT.labels(tenant, label).observe(time.monotonic() - asked)
+        metrics.ADMISSION_WAIT.labels(metrics.LABELS.tenant(tenant), label).observe(time.monotonic() - asked)
 
     def release(self, tenant: str, est_tokens: int, tokens: int, held_s: float = 0.0) -> None:
         """The request finished having been served `tokens` tokens after holding its slot `held_s` seconds:

@@ -100,7 +100,7 @@ class FairQueue:
             self._grant(tenant, est_tokens)
             return
         if self.queued >= self.max_queue and not self._push_out_for(tenant):
-            metrics.REJECTED.labels(tenant, label, "503", "overload").inc()
+            metrics.REJECTED.labels(metrics.LABELS.tenant(tenant), label, "503", "overload").inc()
             raise Overloaded(f"the server is at capacity ({self.max_queue} requests waiting): retry shortly",
                              retry_after=2)
         fut = asyncio.get_running_loop().create_future()
@@ -139,7 +139,7 @@ class FairQueue:
             return False
         entry = self._waiting[longest][-1]
         self._unqueue(longest, entry)
-        metrics.REJECTED.labels(longest, entry[3], "503", "pushed_out").inc()
+        metrics.REJECTED.labels(metrics.LABELS.tenant(longest), entry[3], "503", "pushed_out").inc()
         entry[1].set_exception(Overloaded(
             f"the server is at capacity ({self.max_queue} requests waiting) and tenant {longest!r} holds the most "
             "of them: this request made room for another tenant's; retry later, or send fewer at once",
@@ -181,6 +181,8 @@ class FairQueue:
             now = time.monotonic()  # one reading for the checks and the wake-up below: see _wake_after_pauses
             light = self._light()
             ready = [t for t in self._waiting if self._eligible(t, light, now)]
+            if not ready and self.inflight == 0:
+                ready = list(self._waiting)  # every waiting tenant is held back, but an idle engine protects no one
             if not ready:
                 break  # the free slots stay reserved for recently active tenants, or a paced tenant's pause
             nxt = min(ready, key=self._priority)

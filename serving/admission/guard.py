@@ -89,9 +89,18 @@ class SlowdownGuard:
         if not contended:
             return
         if self.slowdown > self.tolerance:
-            if now - self._cut_at >= self.window_s:
-                cut = max(0.25, min(0.5, self.tolerance / self.slowdown))
-                self.ceiling, self._cut_at = max(self.min_duty, self.ceiling * cut), now
+            if self.ceiling > self.min_duty:
+                if now - self._cut_at >= self.window_s:
+                    cut = max(0.25, min(0.5, self.tolerance / self.slowdown))
+                    self.ceiling, self._cut_at = max(self.min_duty, self.ceiling * cut), now
+            elif now - self._cut_at >= 2 * self.window_s:
+                # held back as far as it goes and still slow: not the heavy tenants' doing (more adapters in the
+                # batch, their loads, longer requests): that is the engine's light-load speed now
+                for kind, samples in self._samples.items():
+                    if len(samples) >= self.min_samples:
+                        self._lows[kind] = deque([(now, statistics.median(v for _, v in samples))])
+                self.slowdown, self._cut_at = 1.0, now
+                metrics.ENGINE_SLOWDOWN.set(1.0)
         elif now - self._cut_at >= self.window_s:
             grown = self.ceiling + 1 if self.ceiling >= 1 else min(1.0, self.ceiling * 1.5)
             self.ceiling = min(float(self.max_inflight), grown)

@@ -130,6 +130,6 @@ class QuotaLedger:
 
 
 def _refuse(tenant: str, label: str, limit: str, retry_after: float) -> QuotaExceeded:
-    metrics.REJECTED.labels(tenant, label, "429", "quota").inc()
+    metrics.REJECTED.labels(metrics.LABELS.tenant(tenant), label, "429", "quota").inc()
     return QuotaExceeded(f"tenant {tenant!r} is over its quota of {limit}: retry after "
                          f"{retry_after:.0f}s or ask an admin to raise the quota", retry_after=retry_after)

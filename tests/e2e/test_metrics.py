@@ -94,3 +94,28 @@ def test_quota_refusals_are_counted_under_the_adapter_name(stack, demo):
     assert delta(before, after, "loraplex_rejected_total", tenant=tenant, adapter="speak", status="429",
                  reason="quota") == 2
     assert delta(before, after, "loraplex_requests_total", tenant=tenant, adapter="speak") == 1
+
+
+def test_tenants_beyond_the_named_ones_share_one_series(stack):
+    """A hundred tenants must not make a hundred sets of series: beyond the named (busiest) tenants, requests
+    count under the tenant label `_other` with the adapter label `other`, through the real gateway."""
+    from serving import metrics
+    from serving.metric_labels import OTHER_TENANTS
+
+    old = metrics.LABELS.tenants
+    metrics.LABELS.tenants = len(metrics.LABELS.named()) + 1  # room for one more named tenant, the shared stack's
+    try:
+        tenants = [new_tenant(stack) for _ in range(3)]
+        before = scrape(stack)
+        for _name, key in tenants:
+            with stack.client(key) as c:
+                r = c.post("/v1/completions", json={"model": "base", "prompt": demo_prompt("bound"), "max_tokens": 2,
+                                                     "temperature": 0})
+                assert r.status_code == 200, r.text
+        after = scrape(stack)
+    finally:
+        metrics.LABELS.tenants = old
+    first, *rest = (name for name, _key in tenants)
+    assert delta(before, after, "loraplex_requests_total", tenant=first, adapter="base", status="ok") == 1
+    assert delta(before, after, "loraplex_requests_total", tenant=OTHER_TENANTS, adapter="base", status="ok") == 2
+    assert not any(("tenant", name) in labels for name in rest for (_n, labels) in after)

@@ -9,7 +9,9 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 
 from common.errors import Overloaded, QuotaExceeded
+from serving import metrics
 from serving.admission import Admission, Draining, Quotas, guard
+from serving.metric_labels import Labels
 from tests.unit.test_admission_fair_queue import Measured
 
 
@@ -60,13 +62,23 @@ def test_closed_admission_refuses_new_requests_and_reports_idle():
     asyncio.run(go())
 
 
-def test_rejections_are_counted_per_tenant_and_adapter():
+@pytest.fixture
+def named_tenants(monkeypatch):
+    """Every tenant named in the series (the gateway names the busiest few: tests/unit/test_metrics.py)."""
+    labels = Labels(tenants=10_000)
+    monkeypatch.setattr(metrics, "LABELS", labels)
+    return labels
+
+
+def test_rejections_are_counted_per_tenant_and_adapter(named_tenants):
     def count(tenant, status, reason):
         return REGISTRY.get_sample_value("loraplex_rejected_total", {"tenant": tenant, "adapter": "mine",
                                                                      "status": status, "reason": reason}) or 0
 
     async def go():
         adm = Admission(max_inflight=1, max_queue=0)
+        for t in ("rq-a", "rq-b"):
+            named_tenants.count(t)  # as the gateway does on each request's arrival
         before = (count("rq-a", "429", "quota"), count("rq-b", "503", "overload"))
         adm.check_quota("rq-a", Quotas(requests_per_minute=1), 1, "mine")
         with pytest.raises(QuotaExceeded):
@@ -110,7 +122,7 @@ def test_the_guard_is_fed_only_while_an_overloading_tenant_waits_beside_others(m
     asyncio.run(go())
 
 
-def test_admission_wait_is_observed_per_tenant_and_adapter_and_exported():
+def test_admission_wait_is_observed_per_tenant_and_adapter_and_exported(named_tenants):
     """Each granted request's wait for a slot goes to loraplex_admission_wait_seconds{tenant, adapter}: about
     0 when a slot was free, the time it queued otherwise; a refused request is not observed."""
     def wait(tenant, what):
@@ -119,6 +131,8 @@ def test_admission_wait_is_observed_per_tenant_and_adapter_and_exported():
 
     async def go():
         adm = Admission(max_inflight=1, max_queue=1)
+        for t in ("aw-a", "aw-b", "aw-c"):
+            named_tenants.count(t)  # as the gateway does on each request's arrival
         await adm.acquire("aw-a", 1, "mine")  # a free slot: no wait
         assert wait("aw-a", "count") == 1
         queued_at = time.monotonic()

@@ -54,10 +54,16 @@ def test_full_queue_is_503():
     asyncio.run(go())
 
 
-def test_a_full_queue_pushes_out_the_longest_queue_not_a_newcomer():
+def test_a_full_queue_pushes_out_the_longest_queue_not_a_newcomer(monkeypatch):
     """A flooder fills the queue: another tenant's request still gets in, in place of the flooder's newest
     (which is refused with 503 and counted); the flooder's own next request is refused; FIFO mode keeps
     plain tail drop."""
+    from serving import metrics
+    from serving.metric_labels import Labels
+
+    monkeypatch.setattr(metrics, "LABELS", Labels(tenants=10_000))
+    metrics.LABELS.count("a")  # named in the series, as the gateway does on each request's arrival
+
     async def go(fair):
         q = _queue(max_inflight=1, max_queue=4, fair=fair)
         await q.acquire("a", 1)
@@ -330,7 +336,8 @@ def test_a_paced_heavy_tenant_waits_in_proportion_to_its_last_request_but_never_
     async def go():
         q = _overloaded(_queue(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, tolerance=1.2))
         q.PACE_SLACK = 0  # (the slack of a few requests is checked below)
-        await _seen(q, "b", "c")  # each asked for 1 token: a's equal share is 1 token within the window
+        await _seen(q, "b")  # b and c each asked for 1 token: a's equal share is 1 token within the window
+        await q.acquire("c", 1)  # c's request runs throughout: the engine is never idle (then no one is held)
         q.guard.ceiling = 0.25  # holds its slot a quarter of the time
         flood = [asyncio.create_task(q.acquire("a", 1)) for _ in range(10)]
         await asyncio.sleep(0)
@@ -357,7 +364,8 @@ def test_a_paced_heavy_tenant_waits_in_proportion_to_its_last_request_but_never_
             task.cancel()
         # the slack: when activity starts, counts are small; a is paced only once granted b and c's mean + 4
         slack = _overloaded(_queue(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, tolerance=1.2))
-        await _seen(slack, "b", "c")
+        await _seen(slack, "b")
+        await slack.acquire("c", 1)
         slack.guard.ceiling = 0.25
         more = [asyncio.create_task(slack.acquire("a", 1)) for _ in range(10)]
         await asyncio.sleep(0)
@@ -394,19 +402,39 @@ def test_a_pause_that_ends_between_two_clock_readings_still_wakes_the_queue(monk
     async def go():
         q = _overloaded(_queue(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, tolerance=1.2))
         q.PACE_SLACK = 0
-        await _seen(q, "b", "c")
+        await _seen(q, "b")
+        await q.acquire("c", 1)  # runs on and on: no release of c's will come, and b is quiet
         q.guard.ceiling = 0.25
         flood = [asyncio.create_task(q.acquire("a", 1)) for _ in range(3)]
         await asyncio.sleep(0)
         assert q.running["a"] == 1
-        q.release("a", 1, 1, held_s=1.0)  # paused; b and c are quiet: no release of theirs will come
-        assert q.running["a"] == 0 and q.inflight == 0 and q.queued == 2
+        q.release("a", 1, 1, held_s=1.0)  # paused
+        assert q.running["a"] == 0 and q.inflight == 1 and q.queued == 2
         q._wake[1].cancel()  # that timer is the one that fires early, below:
         q._wake = None
         q._paused_until["a"] = clock.now + 2.5 * clock.step  # ends between the dispatch's clock readings
         q._dispatch()  # what the early timer runs
         await asyncio.sleep(0.05)
         assert q.running["a"] == 1, "the paced tenant was neither granted nor woken: its queue stalls"
+        for task in flood:
+            task.cancel()
+    asyncio.run(go())
+
+
+def test_an_idle_engine_is_never_kept_idle_while_requests_wait():
+    """Every waiting tenant is held back (paced by the guard at its floor) and nothing runs: holding them
+    protects no one, so the next in fair order is granted at once (seen at 1,000 adapters: 16 requests
+    queued for seconds with the engine idle, until the pauses ended)."""
+    async def go():
+        q = _overloaded(_queue(max_inflight=8, max_queue=100, active_window_s=60, share_cap=1.0, tolerance=1.2))
+        q.PACE_SLACK = 0
+        await _seen(q, "b")
+        q.guard.ceiling = 1 / 16
+        flood = [asyncio.create_task(q.acquire("a", 1)) for _ in range(5)]
+        await asyncio.sleep(0)
+        assert q.running["a"] == 1
+        q.release("a", 1, 1, held_s=1.0)  # paused for 15 s; b is quiet, nothing else runs
+        assert q.paced("a") and q.running["a"] == 1 and q.inflight == 1  # granted all the same
         for task in flood:
             task.cancel()
     asyncio.run(go())

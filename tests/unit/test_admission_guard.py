@@ -61,10 +61,14 @@ def test_the_guard_goes_below_one_slot_as_a_duty_cycle_and_climbs_back():
         t += 0.25
         g.observe("stream", 0.010, now=t)
     assert g.duty == 1.0
+    floor_at = None
     for _ in range(80):  # still slow with one slot: keeps halving, to the floor
         t += 0.25
         g.observe("stream", 0.020, now=t)
-    assert g.limit == 1 and g.duty == pytest.approx(1 / 16)
+        if floor_at is None and g.duty == pytest.approx(1 / 16):
+            floor_at = t
+            break
+    assert floor_at is not None and g.limit == 1
     duties = []
     for _ in range(20):
         t += 0.25
@@ -75,6 +79,27 @@ def test_the_guard_goes_below_one_slot_as_a_duty_cycle_and_climbs_back():
         t += 0.25
         g.observe("stream", 0.010, now=t)
     assert g.limit == 8
+
+
+def test_still_slow_at_the_floor_means_the_engine_got_slower_not_that_a_tenant_overloads_it():
+    """Held back to the floor, the heavy tenants cannot be what keeps the engine slow (more adapters in the batch,
+    their loads, another request mix): after two windows there the guard takes the speed as its new light-load
+    value and gives the slots back, rather than pace everyone forever while the engine idles."""
+    g = SlowdownGuard(max_inflight=8, tolerance=1.2, interval_s=0.5, window_s=1.0, min_duty=1 / 16)
+    t = 0.0
+    for _ in range(12):
+        t += 0.25
+        g.observe("stream", 0.010, now=t)
+    seen_floor = False
+    for _ in range(200):  # twice as slow for good, whatever the guard does
+        t += 0.25
+        g.observe("stream", 0.020, now=t)
+        seen_floor = seen_floor or g.duty == pytest.approx(1 / 16)
+    assert seen_floor and g.limit == 8 and g.slowdown == pytest.approx(1.0)
+    for _ in range(8):  # slower again than the new light-load speed: cut again
+        t += 0.25
+        g.observe("stream", 0.040, now=t)
+    assert g.limit < 8
 
 
 def test_the_guard_moves_only_while_a_heavy_tenant_presses_against_it():

@@ -161,6 +161,43 @@ def test_a_queued_request_prefetches_its_adapter_into_the_disk_tier_once(tmp_pat
     assert cache.stats["downloads"] == 1
 
 
+def test_behind_a_queue_the_adapter_is_loaded_into_the_engine_while_it_waits(tmp_path):
+    """Others wait already: the request will too, so its adapter is loaded meanwhile (once, whatever the number
+    of its requests) and its turn at the front finds it resident: no load, a residency hit."""
+    from serving.residency import engine_lora_name
+
+    storage = Storage(delay=0.02)
+    manifest, files = make_version("behind")
+    storage.add(manifest, files)
+    name = engine_lora_name(manifest.tenant, manifest.name, manifest.version)
+
+    async def go():
+        eng = Engine()
+        tiers, cache = _tiers(tmp_path, storage, eng)
+        for _ in range(3):
+            tiers.prefetch(manifest, into_engine=True)
+        while tiers._background:
+            await asyncio.sleep(0.01)
+        assert tiers.residency.holds(name) and eng.loads == [name]
+        await tiers.residency.acquire(name, tiers.local_path(manifest))  # the request's turn
+        tiers.residency.release(name)
+        return eng
+    eng = asyncio.run(go())
+    assert eng.loads == [name] and storage.calls == len(files)
+
+
+def test_a_queued_request_marks_its_resident_adapter_used_so_it_is_not_the_next_victim(tmp_path):
+    async def go():
+        res = AdapterResidency(Engine(), capacity=3)
+        for n in "abc":
+            await res.warm(n, _sized(tmp_path, n, 10))
+        res.touch("a")  # a request for "a" is queued
+        await res.warm("d", _sized(tmp_path, "d", 10))
+        return res
+    res = asyncio.run(go())
+    assert res.holds("a") and not res.holds("b")
+
+
 def test_disk_tier_keeps_pinned_versions_through_a_scan(tmp_path):
     storage = Storage()
     pinned, files = make_version("pinned", size=1000, seed=1)
