@@ -93,17 +93,20 @@ class ApiClient:
         """Create tenant `name` (admin key); returns its API key."""
         return self.call("POST", "/admin/tenants", json={"name": name, "quotas": quotas or {}})["api_key"]
 
-    def push(self, directory: Path, name: str, metadata: dict | None = None, progress: Progress = None) -> dict:
+    def push(self, directory: Path, name: str, metadata: dict | None = None, progress: Progress = None,
+             warm: bool = False) -> dict:
         """Upload the two PEFT files of `directory` (plus optional training metadata) as a new version.
 
         Args:
             progress: called with each chunk's size in bytes as the upload streams (e.g. a progress bar).
+            warm: have the gateway load the new version into the engine at once (its first request finds it).
         """
         missing = [f for f in ADAPTER_FILES if not (directory / f).is_file()]
         if missing:
             raise SystemExit(f"{directory} lacks {', '.join(missing)}: point at a PEFT adapter directory")
         data = {"metadata": json.dumps(metadata)} if metadata else None
-        return self._upload(f"{ADAPTERS_API}/{name}/versions", [directory / f for f in ADAPTER_FILES], data, progress)
+        path = f"{ADAPTERS_API}/{name}/versions" + ("?warm=true" if warm else "")
+        return self._upload(path, [directory / f for f in ADAPTER_FILES], data, progress)
 
     def _upload(self, path: str, files: list[Path], data: dict | None, progress: Progress) -> dict:
         with contextlib.ExitStack() as stack:

@@ -128,10 +128,11 @@ class RunningGateway:
         with self.api() as admin:
             return admin.create_tenant(name, quotas)
 
-    def publish(self, key: str, name: str, directory: Path) -> dict:
-        """Upload the adapter in `directory` as a version of `name` in the key's tenant."""
+    def publish(self, key: str, name: str, directory: Path, warm: bool = False) -> dict:
+        """Upload the adapter in `directory` as a version of `name` in the key's tenant (`warm`: and have it
+        loaded into the engine at once)."""
         with self.api(key) as client:
-            return client.push(directory, name)
+            return client.push(directory, name, warm=warm)
 
     def add_tenants(self, specs: list[dict], adapter_dirs: dict[str, Path]) -> dict:
         """Create each tenant of `specs` ({"tenant", "adapter", "task"}, e.g. training.demo.DEMO_TENANTS) and

@@ -157,12 +157,13 @@ def tenant_set_quota(
 @adapter_app.command("push")
 def adapter_push(directory: Path, name: str = typer.Option(..., "--name"),
                  alias: str | None = typer.Option(None, "--alias"),
+                 warm: bool = typer.Option(False, "--warm", help="load the new version into the engine at once"),
                  tenant: str | None = typer.Option(None, help="use this tenant's key from var/stack.json")) -> None:
     """Upload a PEFT adapter directory as a new (content-addressed) version; optionally point an alias at it."""
     client = GatewayClient.from_env(tenant=tenant)
     paths = [directory / f for f in ADAPTER_FILES if (directory / f).is_file()]
     with byte_progress(f"uploading {directory.name}", files_bytes(paths), console) as advance:
-        out = _api(lambda: client.push(directory, name, progress=advance))
+        out = _api(lambda: client.push(directory, name, progress=advance, warm=warm))
     console.print(f"{name} version [bold]{out['version']}[/] ({out['size_bytes']} bytes, rank {out['rank']})")
     if out.get("health"):
         console.print(_health_line(out["health"]))

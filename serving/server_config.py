@@ -1,6 +1,9 @@
 """The uvicorn configuration of every gateway listener (both planes, `python -m serving` and in-process).
 
 One place for what protects the HTTP layer itself, below the routes: the size of a request's header block.
+The protocol is httptools (a C parser: per request and per streamed chunk it costs a fraction of the pure-Python
+h11's CPU), with h11's bound on an incomplete header block added (BoundedHttpTools); h11 where httptools is
+missing.
 """
 
 from __future__ import annotations
@@ -9,6 +12,11 @@ import json
 
 import uvicorn
 from fastapi import FastAPI
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # httptools not installed: h11, which bounds incomplete header blocks itself
+    HttpToolsProtocol = None
 
 from common.errors import error_body
 
@@ -21,8 +29,8 @@ class HeaderLimit:
     """ASGI wrapper: a request whose header block is over `max_bytes` gets 431 (OpenAI's error shape) and the
     connection is closed; the app never sees it.
 
-    h11 bounds only a header block still incomplete after a read (400, its own text answer): one that arrives
-    whole in a single read (up to 64 KiB and more on loopback) passes h11, so it is counted here.
+    The protocol bounds only a header block still incomplete after a read (BoundedHttpTools: 431; h11: 400,
+    its own text answer): one that arrives whole in a single read (64 KiB and more on loopback) is counted here.
     """
 
     def __init__(self, app, max_bytes: int = MAX_HEADER_BYTES):
@@ -38,20 +46,55 @@ class HeaderLimit:
         await self.app(scope, receive, send)
 
     async def _refuse(self, send, size: int) -> None:
-        body = json.dumps(error_body(
-            f"the request's headers are too large ({size} bytes; the limit is {self.max_bytes}): send fewer or "
-            "shorter headers", "invalid_request_error", "request_header_fields_too_large")).encode()
+        body = too_large_body(size, self.max_bytes)
         await send({"type": "http.response.start", "status": 431, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
 
 
-def server_config(app: FastAPI, **kw) -> uvicorn.Config:
-    """uvicorn.Config for `app` with the gateway's HTTP-level bounds; `kw` are further uvicorn.Config options.
+def too_large_body(size: int, max_bytes: int) -> bytes:
+    return json.dumps(error_body(
+        f"the request's headers are too large ({size} bytes or more; the limit is {max_bytes}): send fewer or "
+        "shorter headers", "invalid_request_error", "request_header_fields_too_large")).encode()
 
-    The protocol is pinned to h11, whose bound on an incomplete header block keeps a slowly sent or huge one
-    from growing a buffer (httptools, if installed, would take over uvicorn's default `http="auto"`).
-    """
+
+if HttpToolsProtocol is not None:
+    class BoundedHttpTools(HttpToolsProtocol):
+        """httptools with a bound on a header block not yet complete: the parser keeps such a block in memory,
+        so one sent slowly or without end is answered 431 (and the connection closed) once the bytes read
+        since the request began pass MAX_HEADER_BYTES. A block that arrives whole is counted by HeaderLimit.
+        (Bytes of a pipelined request's body read together with the next request's head count too: at most
+        one read too many, never a missed bound.)"""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._head_done, self._head_bytes = False, 0
+
+        def on_message_begin(self) -> None:
+            self._head_done, self._head_bytes = False, 0
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self._head_done = True
+            super().on_headers_complete()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._head_done or self.transport.is_closing():
+                return
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEADER_BYTES:
+                body = too_large_body(self._head_bytes, MAX_HEADER_BYTES)
+                self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json"
+                                     b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\nconnection: close"
+                                     b"\r\n\r\n" + body)
+                self.transport.close()
+
+
+def server_config(app: FastAPI, **kw) -> uvicorn.Config:
+    """uvicorn.Config for `app` with the gateway's HTTP-level bounds; `kw` are further uvicorn.Config options."""
     kw.setdefault("log_level", "warning")
-    return uvicorn.Config(HeaderLimit(app), http="h11", h11_max_incomplete_event_size=MAX_HEADER_BYTES, **kw)
+    if HttpToolsProtocol is None:
+        return uvicorn.Config(HeaderLimit(app), http="h11", h11_max_incomplete_event_size=MAX_HEADER_BYTES, **kw)
+    return uvicorn.Config(HeaderLimit(app), http=BoundedHttpTools, **kw)

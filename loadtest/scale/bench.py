@@ -25,7 +25,16 @@ from pathlib import Path
 from loadtest.harness import running_s3
 from loadtest.scale.config import MIB, ScaleConfig, ScaleError
 from loadtest.scale.driver import Target, Traffic, divergence_gap, summarize
-from loadtest.scale.stack import Process, delta, s3_bandwidth, scrape, start_engine, start_gateway, upload_all
+from loadtest.scale.stack import (
+    Process,
+    delta,
+    s3_bandwidth,
+    scrape,
+    start_engine,
+    start_gateway,
+    upload_all,
+    wait_warm,
+)
 from loadtest.workload import make_prompt
 
 
@@ -235,7 +244,11 @@ def run_scale(out: Path, cfg: ScaleConfig, *, var_dir: Path = Path("var"), conso
         stack.callback(gateway.stop)
         with Progress(console=console) as bar:
             task = bar.add_task(f"uploading {len(items)} adapters", total=len(items))
-            targets = upload_all(gw, items, progress=lambda: bar.advance(task))
+            targets = upload_all(gw, items, progress=lambda: bar.advance(task),
+                                 warm=lambda tenant: cfg.warm_uploads and tenant.startswith("s"))
+        if cfg.warm_uploads:
+            with console.status("loading the warm uploads into the engine"):
+                console.print(f"engine tier holds {wait_warm(gw):.0f} adapters after the warm uploads")
         run = ScaleRun(cfg, gw, gateway, engine, targets, bandwidth, console)
         run.run()
     meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

@@ -117,6 +117,8 @@ def markdown(report: dict) -> str:
              f"keep {cfg['concurrency']} streamed requests in flight; the others are open-loop Poisson arrivals at "
              f"{cfg['load']:.0%} of the smallest count's saturated throughput. {cfg['duration_s']:g} s per row after "
              f"{cfg.get('warmup_s', 0):g} s of unmeasured traffic per count, "
+             f"{'the adapters uploaded with warm: true, ' if cfg.get('warm_uploads') else ''}"
+             f"{'' if cfg.get('heavy_limits', True) else NO_LIMITS}"
              f"{cfg['max_tokens']} generated tokens per request. Engine ({cfg.get('dtype', 'auto')}): --max-loras "
              f"{cfg.get('batch_slots') or cfg['max_loras']}, "
              f"--max-cpu-loras {cfg['max_cpu_loras']}; disk tier {meta['disk_tier_bytes'] / 2**20:.0f} MiB. "
@@ -133,6 +135,10 @@ def markdown(report: dict) -> str:
              "never-used adapters, one at a time on the idle stack, first streamed token against "
              "bytes / S3 bandwidth + the warm TTFT of the same request.")
     return "\n".join([wrap(intro), "", *lines, "", "Targets:", *checks, "", wrap(notes)])
+
+
+NO_LIMITS = ("fair admission in VTC order without its limits on heavy tenants (share cap, slowdown guard: the "
+             "fairness benchmark measures those), ")
 
 
 def publish_docs(out: Path, docs: Path) -> None:

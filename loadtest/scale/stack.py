@@ -62,6 +62,8 @@ def start_gateway(base: Path, engine: Process, s3_endpoint: str, cfg: ScaleConfi
            "LORAPLEX_MAX_LORA_RANK": str(max(cfg.ranks)), "LORAPLEX_MAX_INFLIGHT": str(cfg.max_inflight),
            "LORAPLEX_MAX_QUEUE": "100000", "LORAPLEX_NOOP_PROBE": "false",
            "LORAPLEX_MAX_ADAPTERS_PER_TENANT": "0", "PYTHONPATH": str(ROOT)}
+    if not cfg.heavy_limits:
+        env.update({"LORAPLEX_FAIR_SLOWDOWN_TOLERANCE": "0", "LORAPLEX_FAIR_SHARE_CAP": "0"})
     log = log_dir / "gateway.log"
     proc = spawn([sys.executable, "-m", "serving"], log=log, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
@@ -80,20 +82,35 @@ def start_gateway(base: Path, engine: Process, s3_endpoint: str, cfg: ScaleConfi
     return Process("gateway", url, proc, log), RunningGateway(url, admin_key, admin_url=f"http://127.0.0.1:{admin_port}")
 
 
-def upload_all(gw: RunningGateway, plan: list[tuple[str, str, Path, int]], progress=None) -> list[Target]:
+def upload_all(gw: RunningGateway, plan: list[tuple[str, str, Path, int]], progress=None,
+               warm=lambda _tenant: False) -> list[Target]:
     """Create the tenants of `plan` ((tenant, adapter name, directory, rank)) and upload each adapter, 8 at a
-    time; returns the targets in plan order."""
+    time (with `warm: true` for the tenants `warm` names: deployed as a platform would, loaded before their
+    traffic); returns the targets in plan order."""
     keys = {t: gw.add_tenant(t) for t in dict.fromkeys(t for t, _n, _d, _r in plan)}
 
     def one(item) -> Target:
         tenant, name, directory, rank = item
-        out = gw.publish(keys[tenant], name, directory)
+        out = gw.publish(keys[tenant], name, directory, warm=warm(tenant))
         if progress:
             progress()
         return Target(tenant, keys[tenant], name, rank, out["size_bytes"], directory.name)
 
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(one, plan))
+
+
+def wait_warm(gw: RunningGateway, timeout_s: float = 600) -> float:
+    """Wait until the engine tier stops growing (the warm uploads' loads are done); returns what it holds."""
+    held, since, deadline = -1.0, time.monotonic(), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        now = total(scrape(gw), "loraplex_tier_adapters", tier="engine")
+        if now != held:
+            held, since = now, time.monotonic()
+        elif time.monotonic() - since > 5:
+            break
+        time.sleep(1)
+    return held
 
 
 def scrape(gw: RunningGateway) -> dict[tuple[str, frozenset], float]:

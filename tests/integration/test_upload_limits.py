@@ -183,8 +183,8 @@ def test_an_oversized_header_block_is_refused_and_the_gateway_serves_on(gateway)
     request = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: "
     whole = raw_answer(gateway.url, request + b"a" * 64 * 1024 + b"\r\n\r\n")  # in one read: counted by the app
     assert whole.startswith(b"HTTP/1.1 431 ") and b"request_header_fields_too_large" in whole
-    endless = raw_answer(gateway.url, request, b"a" * 32 * 1024)  # never finished: h11 stops buffering it
-    assert endless.startswith(b"HTTP/1.1 400 ")
+    endless = raw_answer(gateway.url, request, b"a" * 32 * 1024)  # never finished: not buffered on and on
+    assert endless.startswith(b"HTTP/1.1 431 ") and b"request_header_fields_too_large" in endless
     with httpx.Client(base_url=gateway.url, timeout=10) as c:
         assert c.get("/health", headers={"X-Big": "a" * 8 * 1024}).status_code == 200  # within the bound
         assert c.get("/health").status_code == 200
