@@ -81,6 +81,10 @@ class AdapterResidency:
     def holds(self, name: str) -> bool:
         return name in self._lru
 
+    def loading(self, name: str) -> bool:
+        """Is `name` being loaded now (its files fetched, the engine not yet done reading them)?"""
+        return name in self._loading
+
     def touch(self, name: str) -> None:
         """`name` is about to be used (a request waits for it): not the next victim."""
         if name in self._lru:

@@ -61,14 +61,16 @@ class Tiers:
         metrics.TIER_BUDGET_BYTES.labels("disk").set(settings.cache_max_bytes)
 
     def _keep_on_disk(self, key: str) -> bool:
-        """The disk tier keeps pinned versions and every version the engine holds: vLLM reads an adapter's files
-        again when it moves it into a batch slot (after its own cache dropped it), and a missing file there
-        fails the engine's worker, not just the request."""
+        """The disk tier keeps pinned versions, every version the engine holds (vLLM reads an adapter's files
+        again when it moves it into a batch slot after its own cache dropped it, and a missing file there fails
+        the engine's worker, not just the request) and every version being loaded (fetched, not yet read by the
+        engine: with many loads at once, the fetches of the others would evict it in between)."""
         if key in self._pinned_keys:
             return True
         tenant, _, rest = key.partition("/")
         name, _, version = rest.partition("/")
-        return self.residency.holds(engine_lora_name(tenant, name, version))
+        engine_name = engine_lora_name(tenant, name, version)
+        return self.residency.holds(engine_name) or self.residency.loading(engine_name)
 
     def local_path(self, manifest: Manifest) -> Callable[[], Awaitable[Path]]:
         """The disk tier's verified directory of `manifest`, fetched from S3 if missing (in a thread)."""

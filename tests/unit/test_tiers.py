@@ -198,6 +198,39 @@ def test_a_queued_request_marks_its_resident_adapter_used_so_it_is_not_the_next_
     assert res.holds("a") and not res.holds("b")
 
 
+class ReadingEngine(Engine):
+    """Reads the adapter's files a moment after the load call, as vLLM does (a missing file: the load fails)."""
+
+    async def load_lora(self, name, path):
+        await asyncio.sleep(0.02)
+        if not path.exists() or not any(path.iterdir()):
+            from common.errors import EngineError
+            raise EngineError(f"No adapter found for {path}")
+        self.loads.append(name)
+
+
+def test_many_loads_at_once_on_a_small_disk_tier_do_not_evict_each_others_files(tmp_path):
+    """A thousand warm uploads at once: each load's files must stay on disk until the engine has read them,
+    though the disk tier holds fewer versions than are loading (seen: 25 of 1,000 warm loads failed with the
+    engine's "No adapter found", their files evicted by the fetches of the others)."""
+    storage = Storage(delay=0.005)
+    versions = []
+    for i in range(12):
+        m, f = make_version(f"w{i}", size=1000, seed=i + 1)
+        storage.add(m, f)
+        versions.append(m)
+
+    async def go():
+        eng = ReadingEngine()
+        tiers, _cache = _tiers(tmp_path, storage, eng, max_bytes=2500)  # room for two versions on disk
+        tiers.residency.capacity = 100
+        tiers.residency._lru.max_count = 100
+        await asyncio.gather(*(tiers.warm(m) for m in versions))
+        return eng
+    eng = asyncio.run(go())
+    assert len(eng.loads) == len(versions)
+
+
 def test_disk_tier_keeps_pinned_versions_through_a_scan(tmp_path):
     storage = Storage()
     pinned, files = make_version("pinned", size=1000, seed=1)
