@@ -186,6 +186,8 @@ def scale(
     concurrency: int = typer.Option(16, "--concurrency", help="Requests in flight in the saturated rows."),
     per_tenant: int = typer.Option(10, "--per-tenant", help="Adapters per tenant."),
     max_tokens: int = typer.Option(16, "--max-tokens"),
+    ranks: str = typer.Option("8,16,64", "--ranks", help="The adapters' ranks, in turn (the engine's max rank is "
+                                                         "the largest)."),
     docs: Path | None = typer.Option(None, "--docs", help="Also write the scale section of this markdown file "
                                                           "(e.g. docs/benchmarks.md)."),
 ) -> None:
@@ -198,7 +200,8 @@ def scale(
     try:
         cfg = ScaleConfig(adapters=tuple(sorted(int(x) for x in adapters.split(",") if x.strip())),
                           zipfs=tuple(float(x) for x in zipf.split(",") if x.strip()), duration_s=duration,
-                          load=load, concurrency=concurrency, per_tenant=per_tenant, max_tokens=max_tokens)
+                          load=load, concurrency=concurrency, per_tenant=per_tenant, max_tokens=max_tokens,
+                          ranks=tuple(int(x) for x in ranks.split(",") if x.strip()))
     except ValueError as exc:
         console.print(f"[red]error[/]: {exc}")
         raise typer.Exit(2) from None

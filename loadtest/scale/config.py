@@ -52,6 +52,8 @@ class ScaleConfig:
     def __post_init__(self):
         if not self.adapters or min(self.adapters) < 1:
             raise ValueError("--adapters needs positive counts, e.g. 8,100,1000")
+        if not self.ranks or min(self.ranks) < 1:
+            raise ValueError("--ranks needs positive ranks, e.g. 8,16,64")
         if any(z < 0 for z in self.zipfs):
             raise ValueError("--zipf exponents are >= 0 (0: uniform)")
         if not 0 < self.load <= 1:
