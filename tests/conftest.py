@@ -17,6 +17,11 @@ from registry.seaweed import SeaweedServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Every tenant gets metrics series of its own in this process's gateways: the tests check series by tenant
+# name, and a session makes far more tenants than the 20 busiest a gateway names by default (each in-process
+# gateway's start sets the bound of the one label map they share). tests/e2e/test_metrics.py checks the bound.
+os.environ.setdefault("LORAPLEX_METRICS_TENANTS", "100000")
+
 
 def pytest_collection_modifyitems(items):
     """Mark tests by folder (unit / integration / e2e), as the markers in pyproject describe."""

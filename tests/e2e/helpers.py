@@ -19,11 +19,7 @@ Stack = RunningGateway  # what the tests call a gateway they talk to
 
 
 def start_gateway(engine: ServingSettings, s3_endpoint: str, base_dir: Path, cache_dir: Path) -> Stack:
-    """A gateway over real HTTP (uvicorn in a thread) on a fresh `e2e-` bucket; `close()` stops it.
-
-    Every tenant gets series of its own (the tests check them by name, and the session makes far more tenants
-    than a gateway names by default; tests/e2e/test_metrics.py checks that bound on its own)."""
-    engine = engine.model_copy(update={"metrics_tenants": 100_000})
+    """A gateway over real HTTP (uvicorn in a thread) on a fresh `e2e-` bucket; `close()` stops it."""
     return _start_gateway(engine, s3_endpoint, base_dir, cache_dir, bucket_prefix="e2e")
 
 
