@@ -127,7 +127,16 @@ def total(snap: dict, name: str, **labels) -> float:
 
 
 def delta(before: dict, after: dict, name: str, **labels) -> float:
-    return total(after, name, **labels) - total(before, name, **labels)
+    """How much the counters called `name` whose labels include `labels` grew, series by series: a series that
+    went away (the gateway drops the series of a tenant no longer among the busiest) counts nothing, and one
+    that restarted lower counts from zero (Prometheus's counter-reset rule)."""
+    want = set(labels.items())
+    grown = 0.0
+    for (n, ls), v in after.items():
+        if n == name and want <= ls:
+            was = before.get((n, ls), 0.0)
+            grown += v - was if v >= was else v
+    return grown
 
 
 def s3_bandwidth(s3_endpoint: str, mib: int = 32) -> float:
