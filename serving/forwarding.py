@@ -123,7 +123,7 @@ async def admit(gw: Gateway, tenant: Tenant, body: dict, resolve: bool = True) -
     label = metrics.BASE if is_base else metrics.LABELS.admit(tenant.name, manifest.name if manifest else body["model"])
     tiers = getattr(gw, "tiers", None)  # None: no local engine tiers (Ray), or a test's stand-in gateway
     if manifest is not None and tiers is not None:
-        tiers.prefetch(manifest, into_engine=gw.admission.queued > 0)  # loaded while it waits for a slot
+        tiers.prefetch(manifest, queued=gw.admission.queued > 0)  # loaded while it waits for a slot
     try:
         await gw.admission.acquire(tenant.name, est, label)
     except BaseException as e:  # refused (queue full, draining) or the client left while waiting

@@ -1,9 +1,9 @@
 """The uvicorn configuration of every gateway listener (both planes, `python -m serving` and in-process).
 
 One place for what protects the HTTP layer itself, below the routes: the size of a request's header block.
-The protocol is httptools (a C parser: per request and per streamed chunk it costs a fraction of the pure-Python
-h11's CPU), with h11's bound on an incomplete header block added (BoundedHttpTools); h11 where httptools is
-missing.
+The protocol is httptools (a C parser, a declared dependency: per request and per streamed chunk it costs less
+CPU than the pure-Python h11), with the bound on an incomplete header block that h11 has built in added
+(BoundedHttpTools).
 """
 
 from __future__ import annotations
@@ -12,11 +12,7 @@ import json
 
 import uvicorn
 from fastapi import FastAPI
-
-try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-except ImportError:  # httptools not installed: h11, which bounds incomplete header blocks itself
-    HttpToolsProtocol = None
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from common.errors import error_body
 
@@ -29,8 +25,8 @@ class HeaderLimit:
     """ASGI wrapper: a request whose header block is over `max_bytes` gets 431 (OpenAI's error shape) and the
     connection is closed; the app never sees it.
 
-    The protocol bounds only a header block still incomplete after a read (BoundedHttpTools: 431; h11: 400,
-    its own text answer): one that arrives whole in a single read (64 KiB and more on loopback) is counted here.
+    BoundedHttpTools bounds only a header block still incomplete after a read: one that arrives whole in a
+    single read (64 KiB and more on loopback) is counted here.
     """
 
     def __init__(self, app, max_bytes: int = MAX_HEADER_BYTES):
@@ -59,42 +55,39 @@ def too_large_body(size: int, max_bytes: int) -> bytes:
         "shorter headers", "invalid_request_error", "request_header_fields_too_large")).encode()
 
 
-if HttpToolsProtocol is not None:
-    class BoundedHttpTools(HttpToolsProtocol):
-        """httptools with a bound on a header block not yet complete: the parser keeps such a block in memory,
-        so one sent slowly or without end is answered 431 (and the connection closed) once the bytes read
-        since the request began pass MAX_HEADER_BYTES. A block that arrives whole is counted by HeaderLimit.
-        (Bytes of a pipelined request's body read together with the next request's head count too: at most
-        one read too many, never a missed bound.)"""
+class BoundedHttpTools(HttpToolsProtocol):
+    """httptools with a bound on a header block not yet complete: the parser keeps such a block in memory,
+    so one sent slowly or without end is answered 431 (and the connection closed) once the bytes read
+    since the request began pass MAX_HEADER_BYTES. A block that arrives whole is counted by HeaderLimit.
+    (Bytes of a pipelined request's body read together with the next request's head count too: at most
+    one read too many, never a missed bound.)"""
 
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._head_done, self._head_bytes = False, 0
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._head_done, self._head_bytes = False, 0
 
-        def on_message_begin(self) -> None:
-            self._head_done, self._head_bytes = False, 0
-            super().on_message_begin()
+    def on_message_begin(self) -> None:
+        self._head_done, self._head_bytes = False, 0
+        super().on_message_begin()
 
-        def on_headers_complete(self) -> None:
-            self._head_done = True
-            super().on_headers_complete()
+    def on_headers_complete(self) -> None:
+        self._head_done = True
+        super().on_headers_complete()
 
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if self._head_done or self.transport.is_closing():
-                return
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEADER_BYTES:
-                body = too_large_body(self._head_bytes, MAX_HEADER_BYTES)
-                self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json"
-                                     b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\nconnection: close"
-                                     b"\r\n\r\n" + body)
-                self.transport.close()
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._head_done or self.transport.is_closing():
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_HEADER_BYTES:
+            body = too_large_body(self._head_bytes, MAX_HEADER_BYTES)
+            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json"
+                                 b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\nconnection: close"
+                                 b"\r\n\r\n" + body)
+            self.transport.close()
 
 
 def server_config(app: FastAPI, **kw) -> uvicorn.Config:
     """uvicorn.Config for `app` with the gateway's HTTP-level bounds; `kw` are further uvicorn.Config options."""
     kw.setdefault("log_level", "warning")
-    if HttpToolsProtocol is None:
-        return uvicorn.Config(HeaderLimit(app), http="h11", h11_max_incomplete_event_size=MAX_HEADER_BYTES, **kw)
     return uvicorn.Config(HeaderLimit(app), http=BoundedHttpTools, **kw)

@@ -85,22 +85,23 @@ class Tiers:
         """`warm` in the background: an upload or alias move answers without waiting for the engine."""
         self._spawn(self.warm(manifest), f"warming {manifest.ref}")
 
-    def prefetch(self, manifest: Manifest, into_engine: bool = False) -> None:
-        """A request for `manifest` is about to wait for admission: fetch its files into the disk tier meanwhile,
-        and with `into_engine` (others are waiting already: so will it) load it into the engine too, so that it
-        pays no load at the front. A version the engine holds is marked used (not the next one evicted). At most
+    def prefetch(self, manifest: Manifest, queued: bool = False) -> None:
+        """A request for `manifest` is about to ask for admission: fetch its files into the disk tier meanwhile.
+        If it will wait (`queued`: others wait already), load it into the engine too, so that it pays no load at
+        the front, or, if the engine holds it, mark it used (not the next one evicted before its turn). At most
         MAX_PREFETCHES at once; a no-op for a version already there or on its way."""
         self.refresh_soon()
         name = engine_lora_name(manifest.tenant, manifest.name, manifest.version)
         if self.residency.holds(name):
-            self.residency.touch(name)
+            if queued:
+                self.residency.touch(name)
             return
         key = cache_key(manifest)
         if key in self._fetching or len(self._fetching) >= MAX_PREFETCHES or \
-                (not into_engine and self.cache.holds(manifest)):
+                (not queued and self.cache.holds(manifest)):
             return
         self._fetching.add(key)
-        job = self.warm(manifest) if into_engine else self.local_path(manifest)()
+        job = self.warm(manifest) if queued else self.local_path(manifest)()
         task = self._spawn(job, f"prefetching {manifest.ref}")
         task.add_done_callback(lambda _t: self._fetching.discard(key))
 

@@ -229,6 +229,7 @@ def run_scale(out: Path, cfg: ScaleConfig, *, var_dir: Path = Path("var"), conso
         base = build_demo(var_dir).base_dir
         pool = adapter_pool(base, out / "build", cfg)
     items = plan(cfg, pool)
+    main_tenants = {tenant for tenant, *_ in items[: max(cfg.adapters)]}  # not the cold probes' nor the rank pair's
     disk_bytes = cfg.disk_adapters * max(sum(f.stat().st_size for f in d.iterdir()) for d in pool[max(cfg.ranks)])
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lpx-scale-")))
@@ -245,7 +246,7 @@ def run_scale(out: Path, cfg: ScaleConfig, *, var_dir: Path = Path("var"), conso
         with Progress(console=console) as bar:
             task = bar.add_task(f"uploading {len(items)} adapters", total=len(items))
             targets = upload_all(gw, items, progress=lambda: bar.advance(task),
-                                 warm=lambda tenant: cfg.warm_uploads and tenant.startswith("s"))
+                                 warm=lambda tenant: cfg.warm_uploads and tenant in main_tenants)
         if cfg.warm_uploads:
             with console.status("loading the warm uploads into the engine"):
                 console.print(f"engine tier holds {wait_warm(gw):.0f} adapters after the warm uploads")

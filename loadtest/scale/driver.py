@@ -79,9 +79,13 @@ class Traffic:
             samples = list(await asyncio.gather(*tasks))
         return samples, time.monotonic() - started
 
+    def body(self, target: Target, prompt: int) -> dict:
+        """The greedy completion every sample and reference asks for (an answer of exactly `max_tokens`)."""
+        return {"model": target.model, "prompt": self.prompts[prompt], "max_tokens": self.max_tokens,
+                "temperature": 0, "ignore_eos": True}
+
     async def one(self, http: httpx.AsyncClient, target: Target, prompt: int) -> Sample:
-        body = {"model": target.model, "prompt": self.prompts[prompt], "max_tokens": self.max_tokens,
-                "temperature": 0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+        body = {**self.body(target, prompt), "stream": True, "stream_options": {"include_usage": True}}
         started = time.monotonic()
         ttft, tokens, parts = None, 0, []
         try:
@@ -111,8 +115,7 @@ class Traffic:
     async def reference(self, target: Target, prompt: int) -> dict:
         """The request alone, not streamed, with each token's top-2 logprobs: vLLM's completions `logprobs`
         object (tokens, text_offset, top_logprobs) plus the answer's `text`."""
-        body = {"model": target.model, "prompt": self.prompts[prompt], "max_tokens": self.max_tokens,
-                "temperature": 0, "ignore_eos": True, "logprobs": 2}
+        body = {**self.body(target, prompt), "logprobs": 2}
         async with _client() as http:
             r = await http.post(f"{self.url}/v1/completions", json=body,
                                 headers={"Authorization": f"Bearer {target.key}"})

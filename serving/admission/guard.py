@@ -68,7 +68,7 @@ class SlowdownGuard:
             self._adjust(now, contended)
 
     def _adjust(self, now: float, contended: bool) -> None:
-        ratios = []
+        medians = {}
         for kind, samples in self._samples.items():
             while samples and samples[0][0] < now - self.window_s:
                 samples.popleft()
@@ -81,10 +81,10 @@ class SlowdownGuard:
             while lows and lows[-1][1] >= median:
                 lows.pop()
             lows.append((now, median))
-            ratios.append(median / lows[0][1])
-        if not ratios:
+            medians[kind] = median
+        if not medians:
             return
-        self.slowdown = max(ratios)
+        self.slowdown = max(m / self._lows[kind][0][1] for kind, m in medians.items())
         metrics.ENGINE_SLOWDOWN.set(round(self.slowdown, 3))
         if not contended:
             return
@@ -96,9 +96,8 @@ class SlowdownGuard:
             elif now - self._cut_at >= 2 * self.window_s:
                 # held back as far as it goes and still slow: not the heavy tenants' doing (more adapters in the
                 # batch, their loads, longer requests): that is the engine's light-load speed now
-                for kind, samples in self._samples.items():
-                    if len(samples) >= self.min_samples:
-                        self._lows[kind] = deque([(now, statistics.median(v for _, v in samples))])
+                for kind, median in medians.items():
+                    self._lows[kind] = deque([(now, median)])
                 self.slowdown, self._cut_at = 1.0, now
                 metrics.ENGINE_SLOWDOWN.set(1.0)
         elif now - self._cut_at >= self.window_s:

@@ -175,7 +175,7 @@ def test_behind_a_queue_the_adapter_is_loaded_into_the_engine_while_it_waits(tmp
         eng = Engine()
         tiers, cache = _tiers(tmp_path, storage, eng)
         for _ in range(3):
-            tiers.prefetch(manifest, into_engine=True)
+            tiers.prefetch(manifest, queued=True)
         while tiers._background:
             await asyncio.sleep(0.01)
         assert tiers.residency.holds(name) and eng.loads == [name]
