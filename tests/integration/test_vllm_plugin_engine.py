@@ -131,6 +131,8 @@ def test_plugin_runs_in_the_engine_worker(engines):
     # The queue-wait backoff is its own setting: on in both workers (LORAPLEX_VLLM_PLUGIN=0 only
     # brings back the stock LoRA ops).
     assert plugin["spin_cap_s"] == stock["spin_cap_s"] == 0.001
+    # So is the O(1) lookup of a registered adapter (adapter_lookup.py).
+    assert plugin["adapter_lookup"] and stock["adapter_lookup"]
 
 
 def test_adapters_change_the_output(engines):

