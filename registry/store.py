@@ -126,13 +126,18 @@ class ObjectStore:
 
     def list_sizes(self, prefix: str) -> dict[str, int]:
         """Return every key starting with `prefix` with its size in bytes (the same listing calls)."""
-        sizes: dict[str, int] = {}
+        return {key: info.size for key, info in self.list_info(prefix).items()}
+
+    def list_info(self, prefix: str) -> dict[str, ObjectInfo]:
+        """Every key starting with `prefix` with its ETag and size (the same listing calls)."""
+        found: dict[str, ObjectInfo] = {}
         token: dict = {}
         while True:
             page = self._call(prefix, self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix, **token)
-            sizes.update((item["Key"], item["Size"]) for item in page.get("Contents", []))
+            found.update((item["Key"], ObjectInfo(item["Key"], item.get("ETag", ""), item["Size"]))
+                         for item in page.get("Contents", []))
             if not page.get("IsTruncated"):
-                return sizes
+                return found
             token = {"ContinuationToken": page["NextContinuationToken"]}
 
     def delete(self, key: str) -> None:

@@ -81,6 +81,11 @@ class LastGood(Generic[T]):
             log.info("a remembered %s is no longer valid (%s): asked afresh on its next use", self.what,
                      type(e).__name__)
 
+    def peek(self, key: Hashable) -> T | None:
+        """The remembered value of `key`, however old (None: none)."""
+        held = self._values.get(key)
+        return held[0] if held is not None else None
+
     def forget(self, predicate: Callable[[Hashable, T], bool]) -> None:
         """Drop remembered answers that must never be replayed (a rotated key, a deleted tenant)."""
         self._generation += 1

@@ -88,13 +88,18 @@ class ScaleRun:
         cfg = self.cfg
         traffic = self.traffic(targets, zipf, seed=len(self.rows))
         before = scrape(self.gw)
+        cpu_before = self.gateway.cpu_s(), self.engine.cpu_s()
         if load == "saturated":
             samples, span = asyncio.run(traffic.closed_loop(cfg.concurrency, cfg.duration_s))
         else:
             rate = cfg.load * self.baseline[zipf]
             samples, span = asyncio.run(traffic.open_loop(rate, cfg.duration_s))
+        cpu = self.gateway.cpu_s() - cpu_before[0], self.engine.cpu_s() - cpu_before[1]
         after = scrape(self.gw)
         row = {"adapters": len(targets), "zipf": zipf, "load": load, "variant": variant, **summarize(samples, span)}
+        # CPU per request: on a small host the gateway's is taken from the engine's
+        row["gateway_cpu_ms_per_req"], row["engine_cpu_ms_per_req"] = (
+            round(1000 * c / max(1, row["sent"]), 2) for c in cpu)
         row.update(self._tiers(before, after, row["sent"]))
         row.update(self._check_solo(traffic, samples))
         row["gateway_rss_mb"], row["engine_rss_mb"] = self.gateway.rss_mb(), self.engine.rss_mb()
@@ -103,7 +108,8 @@ class ScaleRun:
                            f"tok/s={row['tok_per_s']} TTFT p50/p99={row['ttft_p50_ms']}/{row['ttft_p99_ms']} ms "
                            f"loads/1k={row['loads_per_1k']} engine-resident={row['resident_share']['engine']} "
                            f"wrong={row['wrong_answers']}/{row['solo_checked']} near-tie={row['near_tie_flips']} "
-                           f"misrouted={row['misrouted']}")
+                           f"misrouted={row['misrouted']} cpu ms/req gateway={row['gateway_cpu_ms_per_req']} "
+                           f"engine={row['engine_cpu_ms_per_req']}")
         return row
 
     def _tiers(self, before: dict, after: dict, sent: int) -> dict:

@@ -31,6 +31,24 @@ class Process:
     def rss_mb(self) -> float:
         return round(tree_memory_mb(self.proc.pid)[0], 1)
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) used so far by the process and its descendants that are still alive."""
+        import psutil
+
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        total = 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return total
+
     def stop(self) -> None:
         stop_group(self.proc.pid)
 

@@ -64,7 +64,7 @@ class FairQueue:
     """
 
     PACE_SLACK = 4  # requests (of the tenant's mean size) granted beyond an equal share before pacing starts
-    OVERLOAD_LOAD = 0.85  # share of the measured capacity that all tenants' demand may take before it overloads
+    OVERLOAD_LOAD = 1.0  # share of the measured capacity that all tenants' demand may take before it overloads
 
     def __init__(self, max_inflight: int, max_queue: int, guard: SlowdownGuard | None = None, fair: bool = True,
                  active_window_s: float = 5.0, share_cap: float = 0.0, heavy_window_s: float = 20.0):
@@ -86,6 +86,7 @@ class FairQueue:
         self.counters: dict[str, float] = defaultdict(float)
         self.active: dict[str, int] = defaultdict(int)  # tenant -> requests waiting or running
         self._waiting: dict[str, deque] = defaultdict(deque)  # tenant -> FIFO of (arrival, future, est_tokens, label)
+        self.queued = 0  # requests in `_waiting`, kept with it (read on every request)
 
     async def acquire(self, tenant: str, est_tokens: int, label: str = metrics.OTHER) -> None:
         """Wait for an engine slot in fair order; pair with `release(tenant, est_tokens, tokens)`."""
@@ -107,6 +108,7 @@ class FairQueue:
         self.active[tenant] += 1
         entry = (next(self._arrivals), fut, est_tokens, label)
         self._waiting[tenant].append(entry)
+        self.queued += 1
         self._dispatch()  # a slot may be free for it though not for the capped tenants ahead of it
         metrics.QUEUED.set(self.queued)
         try:
@@ -122,6 +124,7 @@ class FairQueue:
 
     def _unqueue(self, tenant: str, entry: tuple) -> None:
         self._waiting[tenant].remove(entry)
+        self.queued -= 1
         if not self._waiting[tenant]:
             del self._waiting[tenant]
         self.active[tenant] -= 1
@@ -161,7 +164,7 @@ class FairQueue:
         """The request finished having been served `tokens` tokens after holding its slot `held_s` seconds:
         correct the charge, hand the slot on (a heavy tenant paced by the guard waits before its next)."""
         now = time.monotonic()
-        self.capacity.completed(now, est_tokens, was_full=self.inflight >= self.max_inflight)
+        self.capacity.completed(now, est_tokens, held_s)
         self.counters[tenant] += tokens - est_tokens
         self.active[tenant] -= 1
         self.running[tenant] -= 1
@@ -187,6 +190,7 @@ class FairQueue:
                 break  # the free slots stay reserved for recently active tenants, or a paced tenant's pause
             nxt = min(ready, key=self._priority)
             _, fut, est, _ = self._waiting[nxt].popleft()
+            self.queued -= 1
             if not self._waiting[nxt]:
                 del self._waiting[nxt]  # only tenants with a queue are kept: dispatch stays O(tenants waiting)
             if fut.done():
@@ -260,9 +264,9 @@ class FairQueue:
         capacity = self.capacity.rate(now)
         if capacity is None:
             return False
-        rates = {t: self.demand.rate(t, now) for t in self.demand.tenants()}
-        mine = rates.pop(tenant, 0.0)
-        return mine > self.OVERLOAD_LOAD * capacity - sum(rates.values())
+        rates, total = self.demand.rates(now)
+        mine = rates.get(tenant, 0.0)
+        return mine > self.OVERLOAD_LOAD * capacity - (total - mine)
 
     def contended(self) -> bool:
         """Does an overloading tenant wait while others are active (the only time the guard may move)?"""
@@ -307,10 +311,6 @@ class FairQueue:
     def _priority(self, tenant: str) -> tuple:
         head = self._waiting[tenant][0][0]
         return (self.counters[tenant], head) if self.fair else (head,)
-
-    @property
-    def queued(self) -> int:
-        return sum(len(q) for q in self._waiting.values())
 
     @property
     def idle(self) -> bool:

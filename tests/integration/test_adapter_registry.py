@@ -203,3 +203,36 @@ def test_an_alias_moved_away_and_back_has_a_new_etag(adapters, store):
     adapters.set_alias("acme", "chat", "prod", v2, v1)
     adapters.set_alias("acme", "chat", "prod", v1, v2)
     assert store.get(key)[1] != stale_etag
+
+
+def test_a_renewal_reads_one_listing_while_nothing_changed(adapters, store, monkeypatch):
+    """What a gateway renewing its resolutions reads: one listing per name while its aliases and versions stay
+    as they were, and the new answer the moment one changes (alias move, upload, delete)."""
+    calls: list[str] = []
+    for method in ("get", "list_info", "get_chunks", "head"):
+        real = getattr(store, method)
+        monkeypatch.setattr(store, method, lambda *a, _r=real, _m=method, **k: calls.append(_m) or _r(*a, **k))
+    old = adapters.publish("acme", "chat", adapter_files(seed=1), uploader="a")
+    adapters.publish("acme", "other", adapter_files(seed=3), uploader="a")
+    answers = {ref: adapters.resolve_tagged("acme", ref) for ref in ("chat", f"chat@{old.version}")}
+    assert all(m == old and tag is None for m, tag in answers.values())  # a cold resolution: no listing first
+    answers = {ref: adapters.resolve_tagged("acme", ref, known) for ref, known in answers.items()}
+    calls.clear()
+    for ref, known in answers.items():
+        assert adapters.resolve_tagged("acme", ref, known) is known
+    assert calls == ["list_info"] * len(answers)
+
+    new = adapters.publish("acme", "chat", adapter_files(seed=2), uploader="a")
+    known = adapters.resolve_tagged("acme", "chat", answers["chat"])
+    assert known[0] == new  # newest version
+    adapters.set_alias("acme", "chat", "prod", old.version, None)
+    known = adapters.resolve_tagged("acme", "chat", known)
+    assert known[0] == old  # the prod alias
+    adapters.set_alias("acme", "chat", "prod", new.version, old.version)
+    assert adapters.resolve_tagged("acme", "chat", known)[0] == new  # the alias moved
+    pinned = answers[f"chat@{old.version}"]
+    adapters.delete_version("acme", "chat", old.version)
+    with pytest.raises(ModelNotFound):
+        adapters.resolve_tagged("acme", f"chat@{old.version}", pinned)
+    with pytest.raises(ModelNotFound):
+        adapters.resolve_tagged("acme", "../other", pinned)  # a hostile name lists nothing
