@@ -82,6 +82,26 @@ class VersionedRegistry(Generic[M]):
         `NAME` means the `prod` alias if set, else the newest version. Anything missing or malformed
         raises ModelNotFound, whatever other tenants hold.
         """
+        return self._resolve(tenant, ref)[0]
+
+    def resolve_tagged(self, tenant: str, ref: str, known: tuple[M, str] | None = None) -> tuple[M, str]:
+        """`resolve` for a caller that keeps answers and renews them: (manifest, tag).
+
+        The tag is what a listing of the name shows of the objects the resolution read (the alias's ETag, or
+        the versions there are). With `known` (an earlier answer for the same `ref`), one listing comes first;
+        if it shows the same tag, the known manifest is still the answer and nothing more is read: one store
+        call instead of the two to four of a resolution. Without, it is a plain resolution (no extra round
+        trip on a cold start).
+        """
+        if known is not None:
+            name = ref.partition("@")[0] if isinstance(ref, str) else ""
+            if NAME_RE.fullmatch(tenant or "") and NAME_RE.fullmatch(name):
+                listing = self.store.list_info(layout.adapter_prefix(tenant, name, self.ROOT))
+                if self._listed_tag(tenant, ref, listing) == known[1]:
+                    return known
+        return self._resolve(tenant, ref)
+
+    def _resolve(self, tenant: str, ref: str) -> tuple[M, str]:
         listing = "GET /v1/models" if self.ROOT == layout.ADAPTERS else f"GET {self.API}"
         not_found = ModelNotFound(f"model {str(ref)[:100]!r} not found: list your models with {listing}",
                                   param="model")
@@ -90,39 +110,27 @@ class VersionedRegistry(Generic[M]):
             raise not_found
         try:
             if is_version(selector):
-                return self._manifest(tenant, name, selector)
+                return self._manifest(tenant, name, selector), "version"
             if selector and NAME_RE.fullmatch(selector):
-                return self._manifest(tenant, name, self._alias_target(tenant, name, selector))
+                version, etag = self._alias_target(tenant, name, selector)
+                return self._manifest(tenant, name, version), f"alias {etag}"
             if not selector and "@" not in ref:
                 return self._default_version(tenant, name)
         except (KeyMissing, ModelNotFound):
             pass
         raise not_found
 
-    def resolve_tagged(self, tenant: str, ref: str, known: tuple[M, str | None] | None = None) -> tuple[M, str | None]:
-        """`resolve` for a caller that keeps answers and renews them: (manifest, tag).
-
-        With `known` (an earlier answer for the same `ref`), one listing of the name's aliases and versions
-        comes first; if nothing in it changed (same keys, same ETags) the known manifest is still the answer and
-        nothing more is read: one store call instead of the two to four of a resolution. Without, it is a plain
-        `resolve` (no extra round trip on a cold start) and the tag is None (the first renewal resolves again).
-        """
-        if known is None:
-            return self.resolve(tenant, ref), None
-        name = ref.partition("@")[0] if isinstance(ref, str) else ""
-        if not NAME_RE.fullmatch(tenant or "") or not NAME_RE.fullmatch(name):
-            return self.resolve(tenant, ref), None  # raises its 404
-        tag = self._listing_tag(tenant, name)
-        if tag == known[1]:
-            return known
-        return self.resolve(tenant, ref), tag  # listed first: a change landing in between shows at the next renewal
-
-    def _listing_tag(self, tenant: str, name: str) -> str:
-        """The keys and ETags of the name's aliases and version manifests: what every resolution reads."""
-        listing = self.store.list_info(layout.adapter_prefix(tenant, name, self.ROOT))
-        parts = sorted(f"{k} {i.etag}" for k, i in listing.items()
-                       if k.endswith("/manifest.json") or ("/aliases/" in k and k.endswith(".json")))
-        return "\n".join(parts)
+    def _listed_tag(self, tenant: str, ref: str, listing: dict) -> str:
+        """The tag `_resolve` would give `ref` if the objects were as `listing` shows them."""
+        name, _, selector = ref.partition("@")
+        if is_version(selector):
+            return "version" if layout.manifest_key(tenant, name, selector, self.ROOT) in listing else "gone"
+        alias = layout.alias_key(tenant, name, selector or DEFAULT_ALIAS, self.ROOT)
+        if alias in listing:
+            return f"{'alias' if selector else 'prod'} {listing[alias].etag}"
+        if selector:
+            return "gone"
+        return "newest " + " ".join(sorted(k for k in listing if k.endswith("/manifest.json")))
 
     def set_alias(self, tenant: str, name: str, alias: str, version: str,
                   expected_version: str | None) -> dict:
@@ -255,6 +263,10 @@ class VersionedRegistry(Generic[M]):
         return manifest
 
     def _versions(self, tenant: str, name: str) -> list[M]:
+        return self._listed_versions(tenant, name)[0]
+
+    def _listed_versions(self, tenant: str, name: str) -> tuple[list[M], list[str]]:
+        """The versions newest first, and the manifest keys listed."""
         keys = self.store.list(layout.versions_prefix(tenant, name, self.ROOT))
         manifests = []
         for key in keys:
@@ -263,26 +275,30 @@ class VersionedRegistry(Generic[M]):
                     manifests.append(self._manifest(tenant, name, key.split("/")[-2]))
                 except ModelNotFound:  # deleted while we listed
                     continue
-        return sorted(manifests, key=lambda m: (m.created_at, m.version), reverse=True)
+        return (sorted(manifests, key=lambda m: (m.created_at, m.version), reverse=True),
+                [k for k in keys if k.endswith("/manifest.json")])
 
-    def _default_version(self, tenant: str, name: str) -> M:
+    def _default_version(self, tenant: str, name: str) -> tuple[M, str]:
+        """The `prod` alias's version, else the newest; with the tag (see `resolve_tagged`)."""
         try:
-            return self._manifest(tenant, name, self._alias_target(tenant, name, DEFAULT_ALIAS))
+            version, etag = self._alias_target(tenant, name, DEFAULT_ALIAS)
+            return self._manifest(tenant, name, version), f"prod {etag}"
         except KeyMissing:
-            versions = self._versions(tenant, name)
+            versions, keys = self._listed_versions(tenant, name)
             if not versions:
                 raise
-            return versions[0]
+            return versions[0], "newest " + " ".join(sorted(keys))
 
     def _aliases(self, tenant: str, name: str) -> dict[str, str]:
         return list_aliases(self.store, layout.aliases_prefix(tenant, name, self.ROOT))
 
-    def _alias_target(self, tenant: str, name: str, alias: str) -> str:
+    def _alias_target(self, tenant: str, name: str, alias: str) -> tuple[str, str]:
+        """(version, ETag) of the alias; KeyMissing if there is none."""
         key = layout.alias_key(tenant, name, alias, self.ROOT)
-        version, _ = read_alias(self.store, key)
+        version, etag = read_alias(self.store, key)
         if version is None:
             raise KeyMissing(key)
-        return version
+        return version, etag
 
 
 def check_metadata(metadata: dict | None, what: str = "metadata") -> dict:

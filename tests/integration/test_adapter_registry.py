@@ -214,23 +214,35 @@ def test_a_renewal_reads_one_listing_while_nothing_changed(adapters, store, monk
         monkeypatch.setattr(store, method, lambda *a, _r=real, _m=method, **k: calls.append(_m) or _r(*a, **k))
     old = adapters.publish("acme", "chat", adapter_files(seed=1), uploader="a")
     adapters.publish("acme", "other", adapter_files(seed=3), uploader="a")
-    answers = {ref: adapters.resolve_tagged("acme", ref) for ref in ("chat", f"chat@{old.version}")}
-    assert all(m == old and tag is None for m, tag in answers.values())  # a cold resolution: no listing first
-    answers = {ref: adapters.resolve_tagged("acme", ref, known) for ref, known in answers.items()}
+    adapters.publish("acme", "aliased", adapter_files(seed=4), uploader="a")
+    adapters.set_alias("acme", "aliased", "prod", adapters.resolve("acme", "aliased").version, None)
+    adapters.set_alias("acme", "aliased", "canary", adapters.resolve("acme", "aliased").version, None)
+    refs = [("acme", "chat"), ("acme", f"chat@{old.version}"), ("acme", "aliased"), ("acme", "aliased@canary")]
     calls.clear()
-    for ref, known in answers.items():
-        assert adapters.resolve_tagged("acme", ref, known) is known
+    for ref in refs:
+        adapters.resolve(*ref)
+    plain, calls[:] = list(calls), []
+    answers = {ref: adapters.resolve_tagged(*ref) for ref in refs}
+    assert calls == plain  # a cold resolution reads what `resolve` reads: no listing first
+    assert answers[("acme", "chat")][0] == old
+    calls.clear()
+    for ref, known in answers.items():  # the tag of a cold resolution is the one a listing shows
+        assert adapters.resolve_tagged(*ref, known) is known
     assert calls == ["list_info"] * len(answers)
 
     new = adapters.publish("acme", "chat", adapter_files(seed=2), uploader="a")
-    known = adapters.resolve_tagged("acme", "chat", answers["chat"])
+    known = adapters.resolve_tagged("acme", "chat", answers[("acme", "chat")])
     assert known[0] == new  # newest version
     adapters.set_alias("acme", "chat", "prod", old.version, None)
     known = adapters.resolve_tagged("acme", "chat", known)
     assert known[0] == old  # the prod alias
     adapters.set_alias("acme", "chat", "prod", new.version, old.version)
     assert adapters.resolve_tagged("acme", "chat", known)[0] == new  # the alias moved
-    pinned = answers[f"chat@{old.version}"]
+    canary = answers[("acme", "aliased@canary")]
+    adapters.set_alias("acme", "aliased", "canary", new_aliased := adapters.publish(
+        "acme", "aliased", adapter_files(seed=5), uploader="a").version, canary[0].version)
+    assert adapters.resolve_tagged("acme", "aliased@canary", canary)[0].version == new_aliased
+    pinned = answers[("acme", f"chat@{old.version}")]
     adapters.delete_version("acme", "chat", old.version)
     with pytest.raises(ModelNotFound):
         adapters.resolve_tagged("acme", f"chat@{old.version}", pinned)
