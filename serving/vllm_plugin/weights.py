@@ -2,7 +2,8 @@
 
 vLLM writes adapters into preallocated stacked tensors in place (`copy_` on load, zeroing on
 removal); every in-place write bumps the tensor's version counter, so a cached form is valid exactly
-as long as the versions it was built from are unchanged.
+as long as the versions it was built from are unchanged. When they changed, the slots vLLM wrote since
+(slot_log.py) are updated in place; a write not accounted for rebuilds the form over all slots.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from serving.vllm_plugin.slot_log import LOG
 
 
 def as_slots(weights: torch.Tensor) -> torch.Tensor:
@@ -22,9 +25,26 @@ def as_slots(weights: torch.Tensor) -> torch.Tensor:
 class _Entry:
     tensors: tuple[torch.Tensor, ...]
     versions: tuple[int, ...]
+    gen: int  # slot writes noted when built (slot_log.LOG)
     fused: torch.Tensor | None = None
+    fused_copy: bool = False  # `fused` has storage of its own (several slices, or another dtype)
     nonzero: frozenset[int] | None = None
     views: dict = field(default_factory=dict)
+
+    def update(self, slots: set[int], versions: tuple[int, ...]) -> None:
+        """Bring the forms up to date after vLLM wrote `slots` (and nothing else)."""
+        for slot in slots:
+            if self.fused is not None and self.fused_copy:
+                parts = [as_slots(w)[slot] for w in self.tensors]
+                self.fused[slot].copy_(parts[0] if len(parts) == 1 else torch.cat(parts, dim=0))
+            if self.nonzero is not None:
+                written = any(bool(as_slots(w)[slot].abs().amax() > 0) for w in self.tensors)
+                self.nonzero = self.nonzero | {slot} if written else self.nonzero - {slot}
+        # Views of `fused` or of vLLM's tensors follow by themselves; converted copies are made again when used.
+        dtype = self.tensors[0].dtype
+        for key in [k for k in self.views if isinstance(k, tuple) and k[2] != dtype]:
+            del self.views[key]
+        self.versions, self.gen = versions, LOG.gen
 
 
 class StackedWeights:
@@ -37,8 +57,12 @@ class StackedWeights:
         tensors = tuple(stacked)
         versions = tuple(t._version for t in tensors)
         entry = self._entries.get(id(tensors[0]))
+        if entry is not None and entry.tensors[0] is tensors[0] and entry.versions != versions:
+            slots = LOG.since(entry.gen)
+            if slots:  # else written by something else than a noted activation: rebuilt below
+                entry.update(slots, versions)
         if entry is None or entry.tensors[0] is not tensors[0] or entry.versions != versions:
-            entry = _Entry(tensors, versions)
+            entry = _Entry(tensors, versions, LOG.gen)
             self._entries[id(tensors[0])] = entry
         return entry
 
@@ -53,6 +77,7 @@ class StackedWeights:
             parts = [as_slots(w) for w in entry.tensors]
             fused = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
             entry.fused = fused.to(torch.float32)
+            entry.fused_copy = len(parts) > 1 or fused.dtype != torch.float32
         return entry.fused
 
     def nonzero_slots(self, stacked: Sequence[torch.Tensor]) -> frozenset[int]:

@@ -133,6 +133,8 @@ def test_plugin_runs_in_the_engine_worker(engines):
     assert plugin["spin_cap_s"] == stock["spin_cap_s"] == 0.001
     # So is the O(1) lookup of a registered adapter (adapter_lookup.py).
     assert plugin["adapter_lookup"] and stock["adapter_lookup"]
+    # Activations are noted slot by slot for the ops' cached weights (slot_log.py): with the plugin only.
+    assert plugin["slot_writes"] >= N_ADAPTERS and stock["slot_writes"] == 0
 
 
 def test_adapters_change_the_output(engines):

