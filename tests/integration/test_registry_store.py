@@ -131,3 +131,21 @@ def test_a_second_server_runs_beside_the_first_then_stops(seaweed, tmp_path):
 def test_a_busy_port_is_refused_before_start(seaweed, tmp_path):
     with pytest.raises(OSError, match="in use"):
         SeaweedServer().start(tmp_path, access_key="a", secret_key="b", s3_port=seaweed.ports["s3"])
+
+
+def test_a_write_that_changes_a_resolution_or_a_key_changes_the_generation(store):
+    """What gateways renew their remembered answers by (serving/renewals.py): a new ETag after each write of an
+    alias, a manifest, a tenant record or a key; none after a version's file (its manifest comes last)."""
+    assert store.generation() is None
+    store.put("adapters/acme/chat/versions/0123456789abcdef/adapter_config.json", b"{}")
+    assert store.generation() is None
+    seen = []
+    for key in ("adapters/acme/chat/versions/0123456789abcdef/manifest.json", "adapters/acme/chat/aliases/prod.json",
+                "models/acme/m/aliases/prod.json", "tenants/acme.json", "keys/" + "0" * 64 + ".json"):
+        store.put(key, b"{}")
+        seen.append(store.generation())
+        store.delete(key)
+        seen.append(store.generation())
+    assert None not in seen and len(set(seen)) == len(seen)
+    store.put("files/acme/x.jsonl", b"{}")  # a training file: read by no resolution
+    assert store.generation() == seen[-1]

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from common.errors import AuthenticationFailed, InvalidName, ModelNotFound, TenantExists, TenantNotFound
+from registry import layout
 from registry.adapter_registry import AdapterRegistry
 from registry.tenants import TenantRegistry, hash_key
 from tests.helpers.tiny_artifacts import adapter_files
@@ -113,7 +114,7 @@ def test_delete_makes_key_and_adapters_unreachable(tenants, store, registry_sett
         tenants.authenticate(key)
     with pytest.raises(ModelNotFound):
         adapters.resolve("acme", "chat")
-    assert store.list("") == []
+    assert store.list("") == [layout.GENERATION_KEY]  # nothing of the tenant; the registry's change marker
     # a new tenant of the same name starts empty, and the old key stays dead
     _, key2 = tenants.create("acme", {})
     assert adapters.list_adapters("acme") == []

@@ -1,0 +1,56 @@
+"""Renewing what the gateway remembers (resolved names, authenticated keys) at one shared read while nothing changed.
+
+Every write of an object that a resolution or an authentication reads gives the registry's generation object a
+new ETag (registry/store.py, `layout.watched`). A remembered answer keeps the generation it was checked under;
+renewing it while the generation is unchanged costs nothing more than the generation's read, shared by all
+renewals of the moment (`GenerationWatch`). With a thousand names and a hundred keys in use, checking each one
+on its own every 2 s cost the gateway a millisecond of CPU per request and 15% of the throughput of one engine.
+
+Answers are still checked one by one when the generation changed, when none is known, and at least every
+`FULL_CHECK_S` (a writer that died between its write and the generation's leaves answers stale that long at most).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from registry.store import ObjectStore
+
+FULL_CHECK_S = 60.0
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A remembered answer (a manifest, a tenant), its resolution tag, and the generation it was checked under."""
+
+    value: Any
+    tag: str | None
+    generation: str | None
+    checked_at: float
+
+    def holds(self, generation: str | None) -> bool:
+        """Still the answer, with the registry at `generation`?"""
+        return (generation is not None and generation == self.generation
+                and time.monotonic() - self.checked_at < FULL_CHECK_S)
+
+
+class GenerationWatch:
+    """The registry's generation, read at most every MAX_AGE_S however many renewals ask (thread-safe)."""
+
+    MAX_AGE_S = 0.25  # a change shows this much later than with a check of its own (renewals wait 2 s anyway)
+
+    def __init__(self, store: ObjectStore):
+        self.store = store
+        self._lock = threading.Lock()
+        self._value: tuple[str | None, float] = (None, float("-inf"))
+
+    def current(self) -> str | None:
+        with self._lock:
+            value, at = self._value
+            if time.monotonic() - at > self.MAX_AGE_S:
+                value = self.store.generation()
+                self._value = (value, time.monotonic())
+            return value

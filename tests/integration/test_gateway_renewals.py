@@ -1,0 +1,68 @@
+"""A gateway renews what it remembers (resolved names, keys) at one shared read while nothing changed, and sees a
+change made through another replica within its cache time; real SeaweedFS, the gateway without an engine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from registry.adapter_registry import AdapterRegistry
+from registry.store import ObjectStore
+from registry.tenants import TenantRegistry
+from serving.gateway import Gateway
+from serving.settings import ServingSettings
+from tests.helpers.tiny_artifacts import adapter_files
+
+pytestmark = pytest.mark.integration
+
+
+def _gateway(registry_settings, ttl: float) -> Gateway:
+    settings = ServingSettings(**registry_settings.model_dump(), resolve_cache_s=ttl, auth_cache_s=ttl)
+    store = ObjectStore(settings)
+    return Gateway(settings=settings, store=store, tenants=TenantRegistry(store, auth_cache_ttl_s=0),
+                   adapters=AdapterRegistry(store, settings), cache=None, residency=None, admission=None,
+                   transport=None)
+
+
+def test_renewals_read_only_the_generation_while_nothing_changed(store, registry_settings, monkeypatch):
+    tenants, adapters = TenantRegistry(store, auth_cache_ttl_s=0), AdapterRegistry(store, registry_settings)
+    _, key = tenants.create("acme", {})
+    names = [f"a{i}" for i in range(5)]
+    first = {n: adapters.publish("acme", n, adapter_files(seed=i), uploader="a") for i, n in enumerate(names)}
+    gw = _gateway(registry_settings, ttl=0.05)
+    calls: list[str] = []
+    for method in ("get", "list_info", "head"):
+        real = getattr(gw.store, method)
+        monkeypatch.setattr(gw.store, method, lambda *a, _r=real, _m=method, **k: calls.append(_m) or _r(*a, **k))
+
+    async def use_all() -> dict:
+        assert (await gw.authenticate(key)).name == "acme"
+        return {n: await gw.resolve("acme", n) for n in names}
+
+    async def go():
+        assert await use_all() == first  # cold
+        for _ in range(3):  # renewals: each answer checked once on its own (the cold ones had no generation)
+            await asyncio.sleep(0.1)
+            await use_all()
+        await asyncio.sleep(0.3)
+        calls.clear()
+        for _ in range(5):
+            await asyncio.sleep(0.1)
+            assert await use_all() == first
+        await asyncio.sleep(0.1)  # the last renewals finish
+        assert set(calls) <= {"head"} and 0 < len(calls) <= 5, calls  # the generation, shared, at most every 0.25 s
+
+        other = AdapterRegistry(ObjectStore(registry_settings), registry_settings)  # another replica's write
+        moved = other.publish("acme", "a0", adapter_files(seed=99), uploader="b")
+        TenantRegistry(other.store, auth_cache_ttl_s=0).rotate_key("acme")
+        changed = time.monotonic()
+        while (await gw.resolve("acme", "a0")) != moved:
+            assert time.monotonic() - changed < 2.0, "the new version was never seen"
+            await asyncio.sleep(0.05)
+        with pytest.raises(Exception, match="API key"):
+            for _ in range(40):
+                await gw.authenticate(key)
+                await asyncio.sleep(0.05)
+    asyncio.run(go())
