@@ -103,9 +103,9 @@ class Gateway:
         in the background while still used: without it every inference request costs S3 round trips (alias,
         manifest) before admission, and a flooding tenant's lookups would queue the others' in the thread pool.
         Writes through this gateway take effect at once; an alias moved through another replica, within
-        `resolve_cache_s` plus one round trip. A renewal is one listing of the name while nothing changed
-        (`resolve_tagged`): with a thousand names in use, full resolutions every 2 s cost the gateway more CPU
-        than serving the requests."""
+        `resolve_cache_s` plus one round trip. A renewal costs one shared read of the registry's generation while
+        nothing changed (serving/renewals.py), one listing of the name when something did (`resolve_tagged`):
+        with a thousand names in use, full resolutions every 2 s cost the gateway more CPU than the requests."""
         key = (tenant, ref)
         known = self.known_models.peek(key)
 

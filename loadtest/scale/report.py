@@ -95,8 +95,8 @@ def markdown(report: dict) -> str:
     meta, rows = report["meta"], report["rows"]
     head = ("| adapters | zipf | load | ranks | req/s | tok/s | TTFT p50 ms | TTFT p99 ms | loads/1k | evictions/1k | "
             "engine / disk / S3 | wrong / near-tie / checked (misrouted) | gateway RSS MiB | engine RSS MiB | "
-            "cold first token s | bound s |")
-    lines = [head, "|" + "---|" * 16]
+            "CPU ms/req gateway / engine | cold first token s | bound s |")
+    lines = [head, "|" + "---|" * 17]
     for r in rows:
         share = r["resident_share"]
         lines.append(f"| {r['adapters']} | {r['zipf']} | {r['load']} | {r['variant']} | {fmt(r['req_per_s'])} | "
@@ -106,7 +106,8 @@ def markdown(report: dict) -> str:
                      f"{r['wrong_answers']} / {r.get('near_tie_flips', 0)} / {r['solo_checked']} "
                      f"({r.get('misrouted', 0)}) | "
                      f"{fmt(r['gateway_rss_mb'])} | "
-                     f"{fmt(r['engine_rss_mb'])} | {fmt(r.get('cold_first_token_s'), 3)} | "
+                     f"{fmt(r['engine_rss_mb'])} | {fmt(r.get('gateway_cpu_ms_per_req'), 2)} / "
+                     f"{fmt(r.get('engine_cpu_ms_per_req'), 2)} | {fmt(r.get('cold_first_token_s'), 3)} | "
                      f"{fmt(r.get('cold_bound_s'), 3)} |")
     checks = [f"- {name}: {t['value']} (target {t['target']}): {'met' if t['met'] else '**not met**'}"
               for name, t in meta["targets"].items()]
