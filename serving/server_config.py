@@ -8,6 +8,7 @@ CPU than the pure-Python h11), with the bound on an incomplete header block that
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import uvicorn
@@ -62,9 +63,11 @@ class BoundedHttpTools(HttpToolsProtocol):
     (Bytes of a pipelined request's body read together with the next request's head count too: at most
     one read too many, never a missed bound.)"""
 
+    LINGER_S = 2.0  # after a refusal, what the client still sends is read and dropped this long, then closed
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._head_done, self._head_bytes = False, 0
+        self._head_done, self._head_bytes, self._refused = False, 0, False
 
     def on_message_begin(self) -> None:
         self._head_done, self._head_bytes = False, 0
@@ -75,15 +78,29 @@ class BoundedHttpTools(HttpToolsProtocol):
         super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # answered already: the rest of the block is read and dropped until the close
         super().data_received(data)
         if self._head_done or self.transport.is_closing():
             return
         self._head_bytes += len(data)
         if self._head_bytes > MAX_HEADER_BYTES:
-            body = too_large_body(self._head_bytes, MAX_HEADER_BYTES)
-            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json"
-                                 b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\nconnection: close"
-                                 b"\r\n\r\n" + body)
+            self._refuse()
+
+    def _refuse(self) -> None:
+        """Answer 431 and end the connection without losing the answer: closing a socket with unread bytes
+        resets it, and the client's TCP stack then drops the answer it had not read yet (seen in CI). So the
+        answer is followed by a FIN (half-close), what still arrives is dropped, and the socket is closed once the
+        client closes its side or after LINGER_S."""
+        self._refused = True
+        body = too_large_body(self._head_bytes, MAX_HEADER_BYTES)
+        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json"
+                             b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\nconnection: close"
+                             b"\r\n\r\n" + body)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            asyncio.get_running_loop().call_later(self.LINGER_S, self.transport.close)
+        else:
             self.transport.close()
 
 
