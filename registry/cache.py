@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from pathlib import Path
 
 from common.errors import IntegrityError, ModelNotFound
@@ -25,10 +25,9 @@ from common.names import check_name
 from registry.manifest import Manifest, is_version
 from registry.settings import RegistrySettings
 from registry.slru import SegmentedLRU, TierUsage
+from registry.store import PARALLEL_READS
 
 Fetch = Callable[[Manifest, str], bytes | Iterable[bytes]]  # the whole file, or its chunks as they arrive
-# Files of one version fetched side by side (shared by every cache of the process; boto3 clients are thread-safe).
-_FILES = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cache-fetch")
 
 
 class ArtifactCache:
@@ -99,16 +98,12 @@ class ArtifactCache:
     def _download(self, manifest: Manifest, path: Path) -> None:
         tmp = self._tmp / uuid.uuid4().hex
         tmp.mkdir(parents=True)
-        started, verify_s = time.monotonic(), 0.0
+        started = time.monotonic()
         try:
-            items = list(manifest.files.items())
-            fetches = [_FILES.submit(self._fetch_file, manifest, name, entry, tmp / name) for name, entry in items[1:]]
-            try:
-                if items:
-                    verify_s += self._fetch_file(manifest, items[0][0], items[0][1], tmp / items[0][0])
-            finally:
-                wait(fetches)  # every fetch is done before tmp is removed
-            verify_s += sum(f.result() for f in fetches)
+            fetches = [PARALLEL_READS.submit(self._fetch_file, manifest, name, entry, tmp / name)
+                       for name, entry in manifest.files.items()]
+            wait(fetches)  # every fetch is done before tmp is removed, failed or not
+            verify_s = sum(f.result() for f in fetches)
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(tmp, path)  # atomic: the directory appears complete or not at all

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import boto3
@@ -21,6 +22,10 @@ from common.errors import IntegrityError, StorageUnavailable
 from registry import layout
 from registry.errors import KeyMissing, PreconditionFailed
 from registry.settings import RegistrySettings
+
+# Store reads that a caller runs side by side (a version's files, a listing beside an alias read): one pool per
+# process, boto3 clients being thread-safe. Never submit to it from one of its own tasks and wait.
+PARALLEL_READS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-read")
 
 # 409 ConditionalRequestConflict is what AWS answers when two conditional writes race.
 _PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict"}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
@@ -27,12 +26,11 @@ from registry.errors import KeyMissing, PreconditionFailed
 from registry.limits import check_limits
 from registry.manifest import FileEntry, content_digest, is_version, version_of
 from registry.settings import RegistrySettings
-from registry.store import ObjectStore
+from registry.store import PARALLEL_READS, ObjectStore
 
 DEFAULT_ALIAS = "prod"
 MAX_METADATA_BYTES = 64 * 1024
 
-_LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="registry-lookup")  # reads run side by side
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -284,7 +282,7 @@ class VersionedRegistry(Generic[M]):
     def _default_version(self, tenant: str, name: str) -> tuple[M, str]:
         """The `prod` alias's version, else the newest; with the tag (see `resolve_tagged`). The versions are listed
         while the alias is read (one round trip less on a cold start of a name without `prod`)."""
-        listing = _LOOKUPS.submit(self.store.list, layout.versions_prefix(tenant, name, self.ROOT))
+        listing = PARALLEL_READS.submit(self.store.list, layout.versions_prefix(tenant, name, self.ROOT))
         try:
             version, etag = self._alias_target(tenant, name, DEFAULT_ALIAS)
             return self._manifest(tenant, name, version), f"prod {etag}"

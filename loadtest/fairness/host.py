@@ -39,22 +39,14 @@ def cpu_seconds(engine_pid: int) -> dict[str, float]:
     the gateway process's garbage collections (full ones, and seconds in all: the event loop stalls)."""
     import psutil
 
+    from loadtest.hotswap.engines import tree_cpu_s
     from serving.heap import PAUSES
 
     def spent(p) -> float:
         t = p.cpu_times()
         return t.user + t.system
 
-    engine = 0.0
-    try:
-        root = psutil.Process(engine_pid)
-        for p in [root, *root.children(recursive=True)]:
-            try:
-                engine += spent(p)
-            except psutil.Error:
-                pass  # exited meanwhile
-    except psutil.Error:
-        pass
+    engine = tree_cpu_s(engine_pid)
     host = psutil.cpu_times()
     pauses = PAUSES.snapshot()
     return {"gateway": spent(psutil.Process()), "engine": engine,

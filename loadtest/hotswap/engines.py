@@ -22,15 +22,36 @@ def plain_command(model: Path, name: str, port: int) -> list[str]:
     return engine_command(ServingSettings(base_model=model, base_name=name, max_model_len=256), port, lora=False)
 
 
-def tree_memory_mb(pid: int) -> tuple[float, float]:
-    """(RSS, PSS) in MiB summed over `pid` and all its descendants (PSS counts shared pages once)."""
+def _tree(pid: int) -> list:
+    """`pid` and all its descendants as psutil processes ([] if it is gone)."""
     import psutil
 
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0, 0.0
+        return []
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its descendants still alive."""
+    import psutil
+
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
+def tree_memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) in MiB summed over `pid` and all its descendants (PSS counts shared pages once)."""
+    import psutil
+
+    procs = _tree(pid)
     rss = pss = 0
     for p in procs:
         try:

@@ -16,7 +16,7 @@ import httpx
 from common.procs import free_port, spawn, stop_group
 from loadtest.harness import RunningGateway, ensure_bucket
 from loadtest.hotswap.config import ROOT
-from loadtest.hotswap.engines import tree_memory_mb
+from loadtest.hotswap.engines import tree_cpu_s, tree_memory_mb
 from loadtest.scale.config import ScaleConfig, ScaleError
 from loadtest.scale.driver import Target
 
@@ -32,22 +32,8 @@ class Process:
         return round(tree_memory_mb(self.proc.pid)[0], 1)
 
     def cpu_s(self) -> float:
-        """CPU seconds (user + system) used so far by the process and its descendants that are still alive."""
-        import psutil
-
-        try:
-            root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0.0
-        total = 0.0
-        for p in procs:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        return total
+        """CPU seconds used so far by the process and its descendants still alive."""
+        return tree_cpu_s(self.proc.pid)
 
     def stop(self) -> None:
         stop_group(self.proc.pid)
