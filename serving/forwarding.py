@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.types import Receive
 
-from common.errors import LoraplexError, error_body
+from common.errors import EngineUnavailable, LoraplexError, error_body
 from registry.manifest import Manifest
 from registry.tenants import Tenant
 from serving import metrics
@@ -157,21 +157,28 @@ async def _forward(gw: Gateway, tenant: Tenant, body: dict, path: str) -> Respon
     except asyncio.CancelledError:
         ticket.finish("disconnected")
         raise
-    except BaseException:
+    except BaseException as e:
         ticket.finish("error")
+        _note_failure(gw, e)
         raise
     if not stream or reply.status != 200:
-        return await _whole(reply, ticket)
+        return await _whole(gw, reply, ticket)
     relay = SseRelay(lora, ticket.public, drop_usage=not ticket.client_usage)
-    return StreamingResponse(_relay(reply, ticket, relay), media_type="text/event-stream", headers=reply.headers,
+    return StreamingResponse(_relay(gw, reply, ticket, relay), media_type="text/event-stream", headers=reply.headers,
                              background=BackgroundTask(_abandon, reply, ticket))
 
 
-async def _whole(reply: Reply, ticket: Ticket) -> Response:
+def _note_failure(gw: Gateway, e: BaseException) -> None:
+    if isinstance(e, EngineUnavailable) and hasattr(gw, "engine_failed"):  # not on a test's stand-in gateway
+        gw.engine_failed()
+
+
+async def _whole(gw: Gateway, reply: Reply, ticket: Ticket) -> Response:
     try:
         data = await reply.json()
-    except BaseException:
+    except BaseException as e:
         ticket.finish("error")
+        _note_failure(gw, e)
         raise
     finally:
         await reply.close()
@@ -188,7 +195,7 @@ async def _whole(reply: Reply, ticket: Ticket) -> Response:
                     headers=reply.headers, media_type="application/json")
 
 
-async def _relay(reply: Reply, ticket: Ticket, relay: SseRelay) -> AsyncIterator[bytes | str]:
+async def _relay(gw: Gateway, reply: Reply, ticket: Ticket, relay: SseRelay) -> AsyncIterator[bytes | str]:
     """Pass SSE events through as they come, as bytes (serving/sse_relay.py); a failure mid-stream becomes an
     error event."""
     status = "ok"
@@ -206,6 +213,7 @@ async def _relay(reply: Reply, ticket: Ticket, relay: SseRelay) -> AsyncIterator
     except LoraplexError as e:
         status = "error"
         log.warning("engine stream broke: %s", e.message)
+        _note_failure(gw, e)
         yield sse_error(f"{e.message}; retry the request", "engine_unavailable")
         yield "data: [DONE]\n\n"
     except BaseException:  # the client went away (cancellation / generator close)

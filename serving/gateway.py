@@ -121,6 +121,11 @@ class Gateway:
         self.adapters.check_served(manifest)  # 409 for a version validated against another base
         return manifest
 
+    def engine_failed(self) -> None:
+        """A request saw the engine fail: the next /ready checks again (the supervisor may not have reaped a
+        killed engine yet, and a cached 200 would hide the crash)."""
+        self._ready = (0.0, False, {})
+
     async def readiness(self) -> tuple[bool, dict]:
         """Engine answers a real generate and S3 answers; the verdict is reused for a moment."""
         if getattr(self.supervisor, "down", False):  # never from the cache: a crash is news at once

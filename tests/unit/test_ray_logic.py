@@ -407,3 +407,33 @@ def test_an_engine_failure_is_retryable_only_when_the_engine_is_gone_or_refused(
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_a_request_that_sees_the_engine_fail_makes_the_next_ready_check_again():
+    """A cached 200 must not outlive a crash a request has already seen (the supervisor may not have reaped
+    the killed engine yet): the next /ready probes again."""
+    from serving.gateway import Gateway
+
+    stream = FakeStream([{"status": 200, "replica": "r2", "resident": True, "loads": 1}, "data: {}",
+                         RayTaskErrorLike(EngineUnavailable("the engine stream broke"))])
+    gw = _gateway(FakeHandle([stream]))
+    probes = []
+
+    async def probe():
+        probes.append(1)
+        raise EngineUnavailable("the engine is gone")
+
+    gw.transport.probe = probe
+    gw.settings = ServingSettings(ready_cache_s=60)
+    gw.supervisor, gw.store = None, SimpleNamespace(ping=lambda: None, bucket="b")
+    gw._ready = (time.monotonic(), True, {"engine": "ok", "storage": "ok"})
+    gw.engine_failed = lambda: Gateway.engine_failed(gw)
+    assert asyncio.run(Gateway.readiness(gw))[0] and not probes  # the fresh verdict is reused
+
+    async def go():
+        r = await forward(gw, TENANT, {"model": "reverse", "prompt": "p", "stream": True}, "/v1/completions")
+        return [line async for line in r.body_iterator]
+
+    assert "engine_unavailable" in asyncio.run(go())[-2]
+    ok, detail = asyncio.run(Gateway.readiness(gw))
+    assert not ok and detail["engine"] == "the engine is gone" and probes == [1]
