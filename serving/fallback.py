@@ -33,7 +33,7 @@ class LastGood(Generic[T]):
         self._generation = 0  # bumped by forget(): a fetch that began before it must not store its answer
 
     async def call(self, key: Hashable, fn: Callable[[], T], reuse_s: float = 0.0, refresh_ahead: bool = False,
-                   max_stale_s: float | None = None) -> T:
+                   max_stale_s: float | None = None, holds: Callable[[T], bool] | None = None) -> T:
         """`fn()`, remembered; a value fetched less than `reuse_s` ago is returned without calling `fn`.
 
         With `refresh_ahead`, an older value is returned too while one background call of `fn` renews it
@@ -43,10 +43,16 @@ class LastGood(Generic[T]):
         request asks afresh and gets the error. With `max_stale_s`, a value older than that is not answered
         while renewing but asked for in line (an idle key's first request then waits one round trip), which
         bounds how old an answer can be: a change made elsewhere shows within `max_stale_s` at most.
+        `holds(value)`, where given, renews an older value in line when it says so from what is already known
+        (no I/O): the value counts as fetched now, no task, no thread.
         """
         held = self._values.get(key)
-        age = time.monotonic() - held[1] if held is not None else 0.0
+        now = time.monotonic()
+        age = now - held[1] if held is not None else 0.0
         if held is not None and age < reuse_s:
+            return held[0]
+        if held is not None and holds is not None and holds(held[0]):
+            self._values[key] = (held[0], now)
             return held[0]
         if held is not None and refresh_ahead and reuse_s > 0 and (max_stale_s is None or age < max_stale_s):
             if key not in self._refreshing:

@@ -74,13 +74,18 @@ class Gateway:
         known = self.known_keys.peek(digest)
 
         def renew() -> Checked:
-            generation = None if known is None else self.generations.current()
+            generation = self.generations.fresh() if known is None else self.generations.current()
             if known is not None and known.holds(generation):
                 return known
             return Checked(self.tenants.authenticate(api_key), None, generation, time.monotonic())
 
-        checked = await self.known_keys.call(digest, renew, reuse_s=ttl, refresh_ahead=True, max_stale_s=2 * ttl)
+        checked = await self.known_keys.call(digest, renew, reuse_s=ttl, refresh_ahead=True, max_stale_s=2 * ttl,
+                                             holds=self._holds)
         return checked.value
+
+    def _holds(self, checked: Checked) -> bool:
+        """Renewed without a task or a thread: the generation read moments ago is the one it was checked under."""
+        return checked.holds(self.generations.fresh())
 
     def forget_keys(self, name: str) -> None:
         """After a change of the tenant's record (quotas): its next request reads it afresh."""
@@ -109,14 +114,15 @@ class Gateway:
         key = (tenant, ref)
         known = self.known_models.peek(key)
 
-        def renew() -> Checked:  # a cold resolution reads no generation: a first request pays no extra round trip
-            generation = None if known is None else self.generations.current()
+        def renew() -> Checked:  # a cold one reads no generation (no extra round trip), it takes one read moments ago
+            generation = self.generations.fresh() if known is None else self.generations.current()
             if known is not None and known.holds(generation):
                 return known
             manifest, tag = self.adapters.resolve_tagged(tenant, ref, known and (known.value, known.tag))
             return Checked(manifest, tag, generation, time.monotonic())
 
-        checked = await self.known_models.call(key, renew, reuse_s=self.settings.resolve_cache_s, refresh_ahead=True)
+        checked = await self.known_models.call(key, renew, reuse_s=self.settings.resolve_cache_s, refresh_ahead=True,
+                                               holds=self._holds)
         manifest = checked.value
         self.adapters.check_served(manifest)  # 409 for a version validated against another base
         return manifest

@@ -205,6 +205,9 @@ class ScaleRun:
             first = len(self.rows)
             if cfg.warmup_s > 0:
                 warm = self.traffic(targets, min(cfg.zipfs), seed=10_000 + count)
+                failed = [s for s in asyncio.run(warm.each_once(cfg.concurrency)) if not s.ok]
+                if failed:
+                    raise ScaleError(f"{len(failed)} warm-up requests failed, e.g. {failed[0].error}")
                 asyncio.run(warm.closed_loop(cfg.concurrency, cfg.warmup_s))
             for zipf in cfg.zipfs:
                 sat = self.row(targets, zipf, "saturated")

@@ -37,8 +37,9 @@ class ScaleConfig:
     heavy_limits: bool = False  # fair admission's limits on heavy tenants (share cap, slowdown guard): off here, so
     # that the saturated rows measure the engine and its tiers, not pacing (the fairness benchmark measures that);
     # VTC order stays on
-    warmup_s: float = 10.0  # unmeasured traffic before each count's rows: they measure the steady state, not the
-    # first minutes after a deploy (the cold-start columns measure those loads one by one)
+    warmup_s: float = 10.0  # unmeasured traffic before each count's rows (one request per adapter, then this long
+    # at Zipf): they measure the steady state, every name resolved once, not the first minutes after a deploy (the
+    # cold-start columns measure a first request's work one by one)
     disk_adapters: int = 400  # the disk tier's budget, in adapters of the largest rank
     max_inflight: int = 16  # gateway admission window
     dtype: str = "float32"  # the engine's: answers compare with the same request alone with no bf16 rounding noise

@@ -64,6 +64,18 @@ class Traffic:
             await asyncio.gather(*(worker() for _ in range(concurrency)))
         return samples, time.monotonic() - started
 
+    async def each_once(self, concurrency: int) -> list[Sample]:
+        """One request to every target, `concurrency` in flight (a warm-up that leaves no name unseen)."""
+        todo = list(self.targets)
+        samples: list[Sample] = []
+        async with _client() as http:
+            async def worker():
+                while todo:
+                    target = todo.pop()
+                    samples.append(await self.one(http, target, self.rng.randrange(len(self.prompts))))
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return samples
+
     async def open_loop(self, rate: float, duration_s: float) -> tuple[list[Sample], float]:
         """Poisson arrivals at `rate` per second for `duration_s` (then the stragglers finish)."""
         started = time.monotonic()

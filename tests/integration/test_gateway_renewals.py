@@ -67,3 +67,38 @@ def test_renewals_read_only_the_generation_while_nothing_changed(store, registry
                 await gw.authenticate(key)
                 await asyncio.sleep(0.05)
     asyncio.run(go())
+
+
+def test_first_answers_take_a_fresh_generation_so_their_first_renewal_is_not_a_full_check(
+        store, registry_settings, monkeypatch):
+    """A cold resolution or a new key, answered while the generation was read moments ago, is renewed at the
+    generation's read alone (a thousand names' first renewals were each a listing); a write after the read is
+    still seen."""
+    tenants, adapters = TenantRegistry(store, auth_cache_ttl_s=0), AdapterRegistry(store, registry_settings)
+    _, key = tenants.create("beta", {})
+    names = [f"b{i}" for i in range(4)]
+    first = {n: adapters.publish("beta", n, adapter_files(seed=10 + i), uploader="a") for i, n in enumerate(names)}
+    gw = _gateway(registry_settings, ttl=0.05)
+    calls: list[str] = []
+    for method in ("get", "list_info", "head"):
+        real = getattr(gw.store, method)
+        monkeypatch.setattr(gw.store, method, lambda *a, _r=real, _m=method, **k: calls.append(_m) or _r(*a, **k))
+
+    async def go():
+        gw.generations.current()  # read moments ago, as under traffic
+        assert (await gw.authenticate(key)).name == "beta"
+        assert {n: await gw.resolve("beta", n) for n in names} == first  # cold
+        await asyncio.sleep(0.1)
+        calls.clear()
+        assert (await gw.authenticate(key)).name == "beta"
+        assert {n: await gw.resolve("beta", n) for n in names} == first
+        await asyncio.sleep(0.1)  # the renewals finish
+        assert set(calls) <= {"head"} and len(calls) <= 2, calls
+
+        moved = AdapterRegistry(ObjectStore(registry_settings), registry_settings).publish(
+            "beta", "b0", adapter_files(seed=98), uploader="b")  # another replica's write
+        changed = time.monotonic()
+        while (await gw.resolve("beta", "b0")) != moved:
+            assert time.monotonic() - changed < 2.0, "the new version was never seen"
+            await asyncio.sleep(0.05)
+    asyncio.run(go())

@@ -103,3 +103,22 @@ def test_a_value_older_than_max_stale_is_asked_for_in_line():
         await asyncio.sleep(0.55)
         assert await lg.call("k", src, reuse_s=0.05, refresh_ahead=True, max_stale_s=0.5) == "v3"  # outage
     asyncio.run(go())
+
+
+def test_holds_renews_an_old_value_in_line_and_otherwise_renews_as_before():
+    """`holds` (the registry's generation, read moments ago, is the one the value was checked under) renews
+    without a task or a store read, past `max_stale_s` too; when it says no, the usual renewal runs."""
+    async def go():
+        lg, src = LastGood("manifest"), Source("v1")
+        verdict = {"holds": True}
+        kw = dict(reuse_s=0.01, refresh_ahead=True, max_stale_s=0.02, holds=lambda v: verdict["holds"])
+        await lg.call("k", src, **kw)
+        await asyncio.sleep(0.05)  # past reuse and max_stale
+        assert await lg.call("k", src, **kw) == "v1"
+        await settle()
+        assert src.calls == 1 and not lg._refreshing  # no renewal at all
+        assert await lg.call("k", src, reuse_s=60) == "v1" and src.calls == 1  # and it counts as fetched now
+        verdict["holds"], src.answer = False, "v2"
+        await asyncio.sleep(0.05)
+        assert await lg.call("k", src, **kw) == "v2" and src.calls == 2  # past max_stale: asked in line
+    asyncio.run(go())
