@@ -117,7 +117,7 @@ def markdown(report: dict) -> str:
              f"weight sets, reused under other names beyond that); Zipf popularity over adapters. Saturated rows "
              f"keep {cfg['concurrency']} streamed requests in flight; the others are open-loop Poisson arrivals at "
              f"{cfg['load']:.0%} of the smallest count's saturated throughput. {cfg['duration_s']:g} s per row after "
-             f"{cfg.get('warmup_s', 0):g} s of unmeasured traffic per count, "
+             f"one request to each adapter and {cfg.get('warmup_s', 0):g} s of unmeasured traffic per count, "
              f"{'the adapters uploaded with warm: true, ' if cfg.get('warm_uploads') else ''}"
              f"{'' if cfg.get('heavy_limits', True) else NO_LIMITS}"
              f"{cfg['max_tokens']} generated tokens per request. Engine ({cfg.get('dtype', 'auto')}): --max-loras "
