@@ -58,6 +58,12 @@ ENGINE_SLOWDOWN = Gauge("loraplex_engine_slowdown",
                         "Engine seconds per output token now, as a multiple of its light-load value (fair admission).")
 HEAVY_CEILING = Gauge("loraplex_fair_heavy_ceiling",
                       "Slots a tenant sending far more than the others may hold now (fair admission's slowdown guard).")
+FAIR_CAPACITY = Gauge("loraplex_fair_capacity_tokens_per_second",
+                      "The engine's capacity as fair admission measures it (tokens/s with the window full; 0 until "
+                      "measured): a tenant is held back only when all tenants together ask for more.")
+FAIR_HELD = Counter("loraplex_fair_held_total",
+                    "Requests that found a free engine slot but waited: fair admission held their tenant back as "
+                    "overloading (share cap, pacing or the slots kept for other tenants).", ["tenant"])
 DRAINING = Gauge("loraplex_draining", "1 while the gateway drains before exiting (SIGTERM), else 0.")
 AUDIT_WRITE_FAILURES = Counter("loraplex_audit_write_failures_total",
                                "Audit events the registry did not store (the write they describe stands; the event "

@@ -96,10 +96,12 @@ class FairQueue:
         now = self._last_seen[tenant] = time.monotonic()
         self.demand.ask(tenant, now, est_tokens)
         light = self._light()
-        if (self.inflight < self.max_inflight and self._eligible(tenant, light)
-                and not any(self._eligible(t, light) for t in self._waiting)):
+        room = self.inflight < self.max_inflight
+        if room and self._eligible(tenant, light) and not any(self._eligible(t, light) for t in self._waiting):
             self._grant(tenant, est_tokens)
             return
+        if room and not self._eligible(tenant, light):
+            metrics.FAIR_HELD.labels(metrics.LABELS.tenant(tenant)).inc()
         if self.queued >= self.max_queue and not self._push_out_for(tenant):
             metrics.REJECTED.labels(metrics.LABELS.tenant(tenant), label, "503", "overload").inc()
             raise Overloaded(f"the server is at capacity ({self.max_queue} requests waiting): retry shortly",
@@ -165,6 +167,8 @@ class FairQueue:
         correct the charge, hand the slot on (a heavy tenant paced by the guard waits before its next)."""
         now = time.monotonic()
         self.capacity.completed(now, est_tokens, held_s)
+        if self.fair:
+            metrics.FAIR_CAPACITY.set(self.capacity.rate(now) or 0.0)
         self.counters[tenant] += tokens - est_tokens
         self.active[tenant] -= 1
         self.running[tenant] -= 1

@@ -438,3 +438,51 @@ def test_an_idle_engine_is_never_kept_idle_while_requests_wait():
         for task in flood:
             task.cancel()
     asyncio.run(go())
+
+
+def test_held_requests_and_the_measured_capacity_are_exported(monkeypatch):
+    """Operators see why a tenant waits: a request that found a free slot but was held back counts in
+    loraplex_fair_held_total; a request that waits for a full window does not. The capacity fair admission
+    measures is a gauge."""
+    from serving import metrics
+    from serving.metric_labels import Labels
+    from serving.metrics import FAIR_CAPACITY, FAIR_HELD
+
+    monkeypatch.setattr(metrics, "LABELS", Labels())  # the tenants below named, whatever ran before
+    LABELS = metrics.LABELS
+
+    def held(tenant: str) -> float:
+        return FAIR_HELD.labels(LABELS.tenant(tenant))._value.get()
+
+    async def go():
+        q = _overloaded(_queue(max_inflight=4, max_queue=100, active_window_s=60))
+        for t in ("hb", "hc"):
+            await q.acquire(t, 1)
+            q.release(t, 1, 1)
+        for t in ("ha", "hb", "hc"):
+            LABELS.count(t)  # named in the metrics, as the gateway does for a request it admits
+        before, others = held("ha"), held("hb") + held("hc")
+        flood = [asyncio.create_task(q.acquire("ha", 1)) for _ in range(6)]
+        await asyncio.sleep(0)
+        assert q.running["ha"] == 2 and held("ha") == before + 4  # two free slots kept for hb and hc
+        more = [asyncio.create_task(q.acquire("hb", 1)), asyncio.create_task(q.acquire("hc", 1))]
+        await asyncio.sleep(0)
+        assert q.inflight == 4 and held("hb") + held("hc") == others
+        waits = asyncio.create_task(q.acquire("hb", 1))  # the window is full: a wait, not a hold
+        await asyncio.sleep(0)
+        assert held("hb") + held("hc") == others and not waits.done()
+        for task in flood + more + [waits]:
+            task.cancel()
+    asyncio.run(go())
+
+    async def capacity():
+        q = _queue(max_inflight=2, max_queue=10)
+        q.capacity = Measured(123.0)
+        await q.acquire("hx", 1)
+        q.release("hx", 1, 1)
+        assert FAIR_CAPACITY._value.get() == 123.0
+        q.capacity = Measured(None)  # not measured (any more): 0
+        await q.acquire("hx", 1)
+        q.release("hx", 1, 1)
+        assert FAIR_CAPACITY._value.get() == 0.0
+    asyncio.run(capacity())
