@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from loadtest.harness import RunningGateway, start_gateway
-from serving.metrics import ADMISSION_WAIT
+from serving.metrics import ADMISSION_WAIT, FAIR_CAPACITY, FAIR_HELD
 
 Buckets = dict[float, float]  # a histogram's cumulative counts by upper bound
 
@@ -62,6 +62,16 @@ def admission_waits() -> dict[str, Buckets]:
             if sample.name.endswith("_bucket"):
                 out[sample.labels["tenant"]][float(sample.labels["le"])] += sample.value
     return {tenant: dict(b) for tenant, b in out.items()}
+
+
+def held_counts() -> dict[str, float]:
+    """Requests fair admission held back while a slot was free, per tenant, as /metrics shows them now."""
+    return {s.labels["tenant"]: s.value for m in FAIR_HELD.collect() for s in m.samples if s.name.endswith("_total")}
+
+
+def fair_capacity() -> float:
+    """Tokens per second fair admission measures now (0: not measured)."""
+    return FAIR_CAPACITY._value.get()
 
 
 def waits_between(before: dict[str, Buckets], after: dict[str, Buckets]) -> dict[str, Buckets]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from loadtest.fairness.clients import drive_tenants, prompts, sustained_capacity
 from loadtest.fairness.config import mode_settings
-from loadtest.fairness.gateways import admission_waits, waits_between
+from loadtest.fairness.gateways import admission_waits, fair_capacity, held_counts, waits_between
 from loadtest.fairness.stack import BenchStack, bench_stack
 from loadtest.report import bucket_percentile, ms, percentile, pyplot
 from loadtest.traffic import TenantLoad
@@ -80,43 +80,57 @@ def plot_zipf(result: dict, path: Path) -> None:
 def run_zipf_scenario(stack: BenchStack | None = None, *, tenants: int = 4, zipf_s: float = 1.0,
                       load: float = 0.6, duration_s: float = 60.0, max_tokens: int = 16, slices: int = 2,
                       inflight: int | None = None, capacity_req_s: float | None = None, seed: int = 0,
-                      var_dir: Path = Path("var"), out: Path | None = None) -> dict:
+                      var_dir: Path = Path("var"), out: Path | None = None, modes: dict | None = None) -> dict:
     """Zipf(`zipf_s`) traffic over `tenants` tenants, open-loop Poisson at `load` x the measured capacity, with
     the default admission settings ("fair") and with fair admission off ("fair-off"), same arrivals.
 
     Capacity: requests per second the stack sustains with the gateway's window of requests always open
     (closed loop through the fair-off gateway, `clients.sustained_capacity`), unless `capacity_req_s` pins
     it. Each mode's traffic is cut into `slices`, run alternately, so a noisy host disturbs both alike.
-    `inflight`: the gateways' window (None: the default).
+    `inflight`: the gateways' window (None: the default). `modes`: the two gateways' admission settings (default
+    ZIPF_MODES; both `mode_settings("fifo")` is an A/A run: how far apart two like gateways measure).
 
     Returns {"scenario": "zipf", "settings", "capacity_req_s", "rates_req_s": {tenant: rate},
     "modes": {mode: {"tenants": {tenant: {"sent", "ok", "ttft_p50_ms", "ttft_p99_ms", "ttft_max_ms",
-    "admission_wait_p99_ms"}}, "pooled_ttft_p50_ms", "pooled_ttft_p99_ms"}}, "popular": the most popular
+    "admission_wait_p99_ms"}}, "held": {tenant: requests held back while a slot was free}, "pooled_ttft_p50_ms",
+    "pooled_ttft_p99_ms"}}, "fair_capacity_tokens_per_s": the capacity fair admission measured after each of its
+    slices, "popular": the most popular
     tenant, "checks": {"max_p99_over_pooled_p50", "every_p99_within_3x_pooled_p50", "popular_p99_over_fair_off",
     "popular_p99_within_1_2x_fair_off", "passed"}}; written to `out`/zipf.json when `out` is given.
     """
     with contextlib.ExitStack() as es:
         stack = stack or es.enter_context(bench_stack(var_dir))
-        gws = {m: stack.gateway(f"zipf-{m}", a, inflight, tenants=tenants) for m, a in ZIPF_MODES.items()}
+        admissions = modes or ZIPF_MODES
+        gws = {m: stack.gateway(f"zipf-{m}", a, inflight, tenants=tenants) for m, a in admissions.items()}
         for bg in gws.values():
             es.callback(bg.close)
             _warm(bg)
         names = [t for t, _, _ in gws["fair-off"].tenants]
         off = gws["fair-off"]
-        cap = capacity_req_s or sustained_capacity(off.url, off.tenants, max_tokens,
-                                                   off.admission.queue.max_inflight)
+        # The same closed loop at the window through every gateway, the measured one included: a gateway that
+        # had only its warm-up requests met the first bursts with a cold connection pool to the engine (an A/A
+        # run, both gateways without fair admission, put the unwarmed one's p99 at 1.44x the other's).
+        sustained = {m: sustained_capacity(bg.url, bg.tenants, max_tokens, bg.admission.queue.max_inflight)
+                     for m, bg in gws.items()}
+        cap = capacity_req_s or sustained["fair-off"]
         rates = zipf_rates(load * cap, tenants, zipf_s)
         samples = {m: [] for m in gws}
         waits = {m: {} for m in gws}
+        held = {m: {} for m in gws}  # requests held back while a slot was free (fair mode only)
+        capacities = []  # tokens/s fair admission measured at the end of each fair slice
         for i in range(slices):
             for m in list(gws)[i % 2:] + list(gws)[:i % 2]:  # each mode goes first in turn
                 bg = gws[m]
                 bg.reset()
-                before = admission_waits()
+                before, held_before = admission_waits(), held_counts()
                 loads = [TenantLoad(t, k, mdl, rate=r, prompts=prompts(), max_tokens=max_tokens)
                          for (t, k, mdl), r in zip(bg.tenants, rates)]
                 got, _ = drive_tenants(bg.url, loads, duration_s / slices, seed=seed + i)
                 samples[m] += got
+                for t, n in held_counts().items():
+                    held[m][t] = held[m].get(t, 0.0) + n - held_before.get(t, 0.0)
+                if m == "fair":
+                    capacities.append(round(fair_capacity(), 1))
                 for t, added in waits_between(before, admission_waits()).items():
                     mine = waits[m].setdefault(t, {})
                     for le, n in added.items():
@@ -124,7 +138,7 @@ def run_zipf_scenario(stack: BenchStack | None = None, *, tenants: int = 4, zipf
     modes = {}
     for m, got in samples.items():
         ttft = [s.ttft_s for s in got if s.status == 200 and s.error is None and s.ttft_s is not None]
-        modes[m] = {"tenants": _tenant_stats(got, names, waits[m]),
+        modes[m] = {"tenants": _tenant_stats(got, names, waits[m]), "held": {t: n for t, n in held[m].items() if n},
                     "pooled_ttft_p50_ms": ms(percentile(ttft, 50)), "pooled_ttft_p99_ms": ms(percentile(ttft, 99))}
     fair, off, popular = modes["fair"], modes["fair-off"], names[0]
     worst = max((r["ttft_p99_ms"] or 0.0) for r in fair["tenants"].values())
@@ -139,10 +153,10 @@ def run_zipf_scenario(stack: BenchStack | None = None, *, tenants: int = 4, zipf
     result = {"scenario": "zipf", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "settings": {"tenants": tenants, "zipf_s": zipf_s, "load": load, "duration_s": duration_s,
                            "max_tokens": max_tokens, "slices": slices, "inflight": inflight, "seed": seed,
-                           "modes": ZIPF_MODES},
+                           "modes": admissions},
               "capacity_req_s": round(cap, 2), "capacity_pinned": bool(capacity_req_s),
               "rates_req_s": {t: round(r, 2) for t, r in zip(names, rates)},
-              "modes": modes, "popular": popular, "checks": checks}
+              "fair_capacity_tokens_per_s": capacities, "modes": modes, "popular": popular, "checks": checks}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         plot_zipf(result, out / "zipf.png")
