@@ -18,7 +18,7 @@ from registry.tenants import Tenant, TenantRegistry, hash_key
 from serving.admission import Admission
 from serving.engine import EngineClient
 from serving.fallback import LastGood
-from serving.renewals import Checked, GenerationWatch
+from serving.renewals import GenerationWatch
 from serving.residency import AdapterResidency
 from serving.settings import ServingSettings
 from serving.tiers import Tiers
@@ -73,19 +73,10 @@ class Gateway:
         digest = hash_key(api_key)
         known = self.known_keys.peek(digest)
 
-        def renew() -> Checked:
-            generation = self.generations.fresh() if known is None else self.generations.current()
-            if known is not None and known.holds(generation):
-                return known
-            return Checked(self.tenants.authenticate(api_key), None, generation, time.monotonic())
-
+        renew = self.generations.renewal(known, lambda: (self.tenants.authenticate(api_key), None))
         checked = await self.known_keys.call(digest, renew, reuse_s=ttl, refresh_ahead=True, max_stale_s=2 * ttl,
-                                             holds=self._holds)
+                                             holds=self.generations.holds)
         return checked.value
-
-    def _holds(self, checked: Checked) -> bool:
-        """Renewed without a task or a thread: the generation read moments ago is the one it was checked under."""
-        return checked.holds(self.generations.fresh())
 
     def forget_keys(self, name: str) -> None:
         """After a change of the tenant's record (quotas): its next request reads it afresh."""
@@ -114,15 +105,10 @@ class Gateway:
         key = (tenant, ref)
         known = self.known_models.peek(key)
 
-        def renew() -> Checked:  # a cold one reads no generation (no extra round trip), it takes one read moments ago
-            generation = self.generations.fresh() if known is None else self.generations.current()
-            if known is not None and known.holds(generation):
-                return known
-            manifest, tag = self.adapters.resolve_tagged(tenant, ref, known and (known.value, known.tag))
-            return Checked(manifest, tag, generation, time.monotonic())
-
+        renew = self.generations.renewal(
+            known, lambda: self.adapters.resolve_tagged(tenant, ref, known and (known.value, known.tag)))
         checked = await self.known_models.call(key, renew, reuse_s=self.settings.resolve_cache_s, refresh_ahead=True,
-                                               holds=self._holds)
+                                               holds=self.generations.holds)
         manifest = checked.value
         self.adapters.check_served(manifest)  # 409 for a version validated against another base
         return manifest

@@ -11,14 +11,15 @@ throughput of one engine; a task and a thread hop per renewal, another 0.5 ms.
 A first answer (a cold resolution, a new key) takes the generation read moments before, if there is one: a
 write after that read changes the generation, so the answer is checked again; without it, a thousand names' first
 renewals were each a full check. Answers are still checked one by one when the generation changed, when none is
-known, and at least every
-`FULL_CHECK_S` (a writer that died between its write and the generation's leaves answers stale that long at most).
+known, and at least every `FULL_CHECK_S` (a writer that died between its write and the generation's leaves
+answers stale that long at most).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,3 +65,19 @@ class GenerationWatch:
                 value = self.store.generation()
                 self._value = (value, time.monotonic())
             return value
+
+    def holds(self, checked: Checked) -> bool:
+        """Is `checked` still the answer by the generation read moments ago? Never reads (for the event loop)."""
+        return checked.holds(self.fresh())
+
+    def renewal(self, known: Checked | None, fetch: Callable[[], tuple[Any, str | None]]) -> Callable[[], Checked]:
+        """The renewal of `known` (None: a first answer), run in a thread: `known` itself while the generation it
+        was checked under is current, else `fetch()` ((value, tag)) stamped with the generation read before it
+        (for a first answer the one read moments ago, if any: no extra round trip)."""
+        def renew() -> Checked:
+            generation = self.fresh() if known is None else self.current()
+            if known is not None and known.holds(generation):
+                return known
+            value, tag = fetch()
+            return Checked(value, tag, generation, time.monotonic())
+        return renew

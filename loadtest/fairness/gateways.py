@@ -71,7 +71,7 @@ def held_counts() -> dict[str, float]:
 
 def fair_capacity() -> float:
     """Tokens per second fair admission measures now (0: not measured)."""
-    return FAIR_CAPACITY._value.get()
+    return FAIR_CAPACITY.collect()[0].samples[0].value
 
 
 def waits_between(before: dict[str, Buckets], after: dict[str, Buckets]) -> dict[str, Buckets]:

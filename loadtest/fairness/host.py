@@ -39,17 +39,13 @@ def cpu_seconds(engine_pid: int) -> dict[str, float]:
     the gateway process's garbage collections (full ones, and seconds in all: the event loop stalls)."""
     import psutil
 
-    from loadtest.hotswap.engines import tree_cpu_s
+    from loadtest.hotswap.engines import process_cpu_s, tree_cpu_s
     from serving.heap import PAUSES
-
-    def spent(p) -> float:
-        t = p.cpu_times()
-        return t.user + t.system
 
     engine = tree_cpu_s(engine_pid)
     host = psutil.cpu_times()
     pauses = PAUSES.snapshot()
-    return {"gateway": spent(psutil.Process()), "engine": engine,
+    return {"gateway": process_cpu_s(psutil.Process()), "engine": engine,
             "host_busy": sum(host) - host.idle - getattr(host, "iowait", 0.0), "host_total": sum(host),
             "gc_full": pauses["count"][2], "gc_s": sum(pauses["seconds"])}
 

@@ -33,6 +33,12 @@ def _tree(pid: int) -> list:
         return []
 
 
+def process_cpu_s(p) -> float:
+    """CPU seconds (user + system) used so far by psutil process `p`."""
+    t = p.cpu_times()
+    return t.user + t.system
+
+
 def tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by `pid` and its descendants still alive."""
     import psutil
@@ -40,8 +46,7 @@ def tree_cpu_s(pid: int) -> float:
     total = 0.0
     for p in _tree(pid):
         try:
-            t = p.cpu_times()
-            total += t.user + t.system
+            total += process_cpu_s(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return total

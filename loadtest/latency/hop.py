@@ -66,8 +66,9 @@ class GatewayProcess:
 
     def cpu_s(self) -> float:
         """User + system CPU seconds the gateway process has used so far."""
-        t = self.ps.cpu_times()
-        return t.user + t.system
+        from loadtest.hotswap.engines import process_cpu_s
+
+        return process_cpu_s(self.ps)
 
     def close(self) -> None:
         self.proc.terminate()

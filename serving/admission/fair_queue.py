@@ -87,6 +87,8 @@ class FairQueue:
         self.active: dict[str, int] = defaultdict(int)  # tenant -> requests waiting or running
         self._waiting: dict[str, deque] = defaultdict(deque)  # tenant -> FIFO of (arrival, future, est_tokens, label)
         self.queued = 0  # requests in `_waiting`, kept with it (read on every request)
+        if fair:  # read when /metrics is scraped, not per request (the gateway holds one queue)
+            metrics.FAIR_CAPACITY.set_function(lambda: self.capacity.rate(time.monotonic()) or 0.0)
 
     async def acquire(self, tenant: str, est_tokens: int, label: str = metrics.OTHER) -> None:
         """Wait for an engine slot in fair order; pair with `release(tenant, est_tokens, tokens)`."""
@@ -97,10 +99,11 @@ class FairQueue:
         self.demand.ask(tenant, now, est_tokens)
         light = self._light()
         room = self.inflight < self.max_inflight
-        if room and self._eligible(tenant, light) and not any(self._eligible(t, light) for t in self._waiting):
+        eligible = room and self._eligible(tenant, light)
+        if eligible and not any(self._eligible(t, light) for t in self._waiting):
             self._grant(tenant, est_tokens)
             return
-        if room and not self._eligible(tenant, light):
+        if room and not eligible:
             metrics.FAIR_HELD.labels(metrics.LABELS.tenant(tenant)).inc()
         if self.queued >= self.max_queue and not self._push_out_for(tenant):
             metrics.REJECTED.labels(metrics.LABELS.tenant(tenant), label, "503", "overload").inc()
@@ -167,8 +170,6 @@ class FairQueue:
         correct the charge, hand the slot on (a heavy tenant paced by the guard waits before its next)."""
         now = time.monotonic()
         self.capacity.completed(now, est_tokens, held_s)
-        if self.fair:
-            metrics.FAIR_CAPACITY.set(self.capacity.rate(now) or 0.0)
         self.counters[tenant] += tokens - est_tokens
         self.active[tenant] -= 1
         self.running[tenant] -= 1

@@ -77,7 +77,7 @@ def _gateway(transport, max_inflight=1):
         raise AssertionError("only the base model is asked for here")
 
     return SimpleNamespace(settings=ServingSettings(), admission=Admission(max_inflight, 8), resolve=resolve,
-                           transport=transport)
+                           transport=transport, engine_failed=lambda: None)
 
 
 def _body():

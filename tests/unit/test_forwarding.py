@@ -78,7 +78,7 @@ def _gateway(transport):
         return MANIFEST
 
     return SimpleNamespace(settings=ServingSettings(), admission=Admission(4, 16), resolve=resolve,
-                           transport=transport)
+                           transport=transport, engine_failed=lambda: None)
 
 
 def test_a_whole_answer_shows_the_public_name_and_gives_everything_back():

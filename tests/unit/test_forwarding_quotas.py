@@ -22,7 +22,7 @@ def _gateway(transport, admission=None):
         return MANIFEST
 
     return SimpleNamespace(settings=ServingSettings(), admission=admission or Admission(4, 16), resolve=resolve,
-                           transport=transport)
+                           transport=transport, engine_failed=lambda: None)
 
 
 def _tenant(**quotas):

@@ -164,7 +164,8 @@ def _gateway(handle, **ray_kw):
         return manifest
 
     transport = RayTransport(handle, RaySettings(routing_headers=True, retry_window_s=5, **ray_kw))
-    return SimpleNamespace(settings=ServingSettings(), admission=Admission(4, 16), resolve=resolve, transport=transport)
+    return SimpleNamespace(settings=ServingSettings(), admission=Admission(4, 16), resolve=resolve,
+                           transport=transport, engine_failed=lambda: None)
 
 
 TENANT = SimpleNamespace(name="acme", quotas={})
