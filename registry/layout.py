@@ -49,6 +49,12 @@ def adapter_prefix(tenant: str, name: str, root: str = ADAPTERS) -> str:
     return f"{_root(root)}/{tenant}/{name}/"
 
 
+def newest_key(tenant: str, name: str, root: str = ADAPTERS) -> str:
+    """The newest version's manifest with the manifest keys it was chosen from (registry/newest.py): an index,
+    used only while a listing shows exactly those keys."""
+    return adapter_prefix(tenant, name, root) + "newest.json"
+
+
 def versions_prefix(tenant: str, name: str, root: str = ADAPTERS) -> str:
     return adapter_prefix(tenant, name, root) + "versions/"
 

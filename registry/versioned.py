@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import wait
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
@@ -21,10 +22,11 @@ from pydantic import BaseModel
 from common.errors import Conflict, InvalidAdapter, InvalidName, ModelNotFound, VersionInUse
 from common.names import NAME_RE, check_name
 from registry import layout
-from registry.aliases import list_aliases, read_alias, swap_alias
+from registry.aliases import list_aliases, read_alias_entry, swap_alias
 from registry.errors import KeyMissing, PreconditionFailed
 from registry.limits import check_limits
 from registry.manifest import FileEntry, content_digest, is_version, version_of
+from registry.newest import read_newest, write_newest
 from registry.settings import RegistrySettings
 from registry.store import PARALLEL_READS, ObjectStore
 
@@ -112,8 +114,8 @@ class VersionedRegistry(Generic[M]):
             if is_version(selector):
                 return self._manifest(tenant, name, selector), "version"
             if selector and NAME_RE.fullmatch(selector):
-                version, etag = self._alias_target(tenant, name, selector)
-                return self._manifest(tenant, name, version), f"alias {etag}"
+                manifest, etag = self._alias_target(tenant, name, selector)
+                return manifest, f"alias {etag}"
             if not selector and "@" not in ref:
                 return self._default_version(tenant, name)
         except (KeyMissing, ModelNotFound):
@@ -152,9 +154,9 @@ class VersionedRegistry(Generic[M]):
         if is_version(alias):
             raise InvalidName(f"alias {alias!r} looks like a version id: pick a name that is not 16 hex digits",
                               param="alias")
-        self._manifest(tenant, name, version)  # the target must exist
+        target = self._manifest(tenant, name, version)  # the target must exist
         updated_at = swap_alias(self.store, layout.alias_key(tenant, name, alias, self.ROOT), alias, version,
-                                expected_version)
+                                expected_version, manifest=target.model_dump(mode="json"))
         return {"name": name, "alias": alias, "version": version, "previous_version": expected_version,
                 "updated_at": updated_at}
 
@@ -172,6 +174,7 @@ class VersionedRegistry(Generic[M]):
             raise VersionInUse(f"version {version} is in use by alias {', '.join(users)}: point the alias at "
                                f"another version (PUT {self.API}/{name}/aliases/{users[0]}) and retry")
         self.store.delete(layout.manifest_key(tenant, name, version, self.ROOT))
+        self._index_newest(tenant, name)
         for key in self.store.list(layout.version_prefix(tenant, name, version, self.ROOT)):
             self.store.delete(key)
 
@@ -231,7 +234,9 @@ class VersionedRegistry(Generic[M]):
         check_limits(self.store, self.settings, tenant, self.ROOT, name, sum(e.size for e in entries.values()))
         for filename in sorted(entries):
             self._put_file(layout.file_key(tenant, name, version, filename, self.ROOT), read(filename))
-        return self._put_manifest(make_manifest(version, digest), digest)
+        manifest = self._put_manifest(make_manifest(version, digest), digest)
+        self._index_newest(tenant, name, added=manifest)
+        return manifest
 
     def _published(self, tenant: str, name: str, version: str, digest: str) -> M | None:
         try:
@@ -281,27 +286,73 @@ class VersionedRegistry(Generic[M]):
 
     def _default_version(self, tenant: str, name: str) -> tuple[M, str]:
         """The `prod` alias's version, else the newest; with the tag (see `resolve_tagged`). The versions are listed
-        while the alias is read (one round trip less on a cold start of a name without `prod`)."""
+        and the newest-version index read while the alias is: a cold start costs one round trip either way."""
         listing = PARALLEL_READS.submit(self.store.list, layout.versions_prefix(tenant, name, self.ROOT))
+        index = PARALLEL_READS.submit(read_newest, self.store, layout.newest_key(tenant, name, self.ROOT))
         try:
-            version, etag = self._alias_target(tenant, name, DEFAULT_ALIAS)
-            return self._manifest(tenant, name, version), f"prod {etag}"
+            manifest, etag = self._alias_target(tenant, name, DEFAULT_ALIAS)
+            wait((listing, index))  # no read of this call outlives it
+            return manifest, f"prod {etag}"
         except KeyMissing:
-            versions, keys = self._listed_versions(tenant, name, listing.result())
-            if not versions:
-                raise
-            return versions[0], "newest " + " ".join(sorted(keys))
+            keys = [k for k in listing.result() if k.endswith("/manifest.json")]
+            newest = self._indexed_newest(tenant, name, keys, index.result())
+            if newest is None:
+                versions, keys = self._listed_versions(tenant, name, keys)
+                if not versions:
+                    raise
+                newest = versions[0]
+            return newest, "newest " + " ".join(sorted(keys))
+
+    def _indexed_newest(self, tenant: str, name: str, keys: list[str],
+                        index: tuple[list[str], dict] | None) -> M | None:
+        """The index's newest manifest if it was chosen from exactly the listed `keys` (registry/newest.py)."""
+        if index is None or not keys or sorted(index[0]) != sorted(keys):
+            return None
+        try:
+            manifest = self.MANIFEST.model_validate(index[1])
+        except ValueError:
+            return None
+        if (manifest.tenant, manifest.name) != (tenant, name) or \
+                layout.manifest_key(tenant, name, manifest.version, self.ROOT) not in keys:
+            return None
+        return manifest
+
+    def _index_newest(self, tenant: str, name: str, added: M | None = None) -> None:
+        """Rewrite the newest-version index from a listing: after an upload of `added`, from the index as it was
+        if it matches the listing less `added` (no manifest read), else from every manifest the listing shows."""
+        key = layout.newest_key(tenant, name, self.ROOT)
+        keys = [k for k in self.store.list(layout.versions_prefix(tenant, name, self.ROOT))
+                if k.endswith("/manifest.json")]
+        newest = None
+        if added is not None:
+            added_key = layout.manifest_key(tenant, name, added.version, self.ROOT)
+            before = [k for k in keys if k != added_key]
+            known = self._indexed_newest(tenant, name, before, read_newest(self.store, key)) if before else None
+            if known is not None or not before:
+                newest = max(filter(None, (known, added)), key=lambda m: (m.created_at, m.version))
+        if newest is None:
+            versions, keys = self._listed_versions(tenant, name, keys)
+            newest = versions[0] if versions else None
+        write_newest(self.store, key, keys, newest.model_dump(mode="json") if newest else None)
 
     def _aliases(self, tenant: str, name: str) -> dict[str, str]:
         return list_aliases(self.store, layout.aliases_prefix(tenant, name, self.ROOT))
 
-    def _alias_target(self, tenant: str, name: str, alias: str) -> tuple[str, str]:
-        """(version, ETag) of the alias; KeyMissing if there is none."""
+    def _alias_target(self, tenant: str, name: str, alias: str) -> tuple[M, str]:
+        """(manifest of the version the alias points at, the alias's ETag); KeyMissing if there is no alias.
+        The manifest is the copy in the alias object when there is one (one read, not two)."""
         key = layout.alias_key(tenant, name, alias, self.ROOT)
-        version, etag = read_alias(self.store, key)
+        version, etag, copy = read_alias_entry(self.store, key)
         if version is None:
             raise KeyMissing(key)
-        return version, etag
+        if copy is not None:
+            try:
+                manifest = self.MANIFEST.model_validate(copy)
+            except ValueError:
+                manifest = None  # unreadable copy: the manifest itself decides
+            if manifest is not None and (manifest.tenant, manifest.name, manifest.version) == (tenant, name, version):
+                return manifest, etag  # an object copied to another alias, name or tenant never passes
+        return self._manifest(tenant, name, version), etag
 
 
 def check_metadata(metadata: dict | None, what: str = "metadata") -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -10,6 +11,7 @@ from common.errors import AliasConflict, InvalidAdapter, InvalidName, ModelNotFo
 from common.peft_format import CONFIG_FILE, WEIGHTS_FILE
 from registry import layout
 from registry.adapter_registry import AdapterRegistry
+from registry.errors import KeyMissing
 from tests.helpers.tiny_artifacts import adapter_files
 
 pytestmark = pytest.mark.integration
@@ -223,7 +225,7 @@ def test_a_renewal_reads_one_listing_while_nothing_changed(adapters, store, monk
         adapters.resolve(*ref)
     plain, calls[:] = list(calls), []
     answers = {ref: adapters.resolve_tagged(*ref) for ref in refs}
-    assert calls == plain  # a cold resolution reads what `resolve` reads: no listing first
+    assert sorted(calls) == sorted(plain)  # a cold resolution reads what `resolve` reads (some in parallel)
     assert answers[("acme", "chat")][0] == old
     calls.clear()
     for ref, known in answers.items():  # the tag of a cold resolution is the one a listing shows
@@ -248,3 +250,72 @@ def test_a_renewal_reads_one_listing_while_nothing_changed(adapters, store, monk
         adapters.resolve_tagged("acme", f"chat@{old.version}", pinned)
     with pytest.raises(ModelNotFound):
         adapters.resolve_tagged("acme", "../other", pinned)  # a hostile name lists nothing
+
+
+def test_an_alias_carries_its_targets_manifest(adapters, store, monkeypatch):
+    """Resolving through an alias reads the alias object only (the manifest travels in it); an alias written
+    before that (no copy) still resolves; a copy that names another tenant, name or version is never used."""
+    v1 = adapters.publish("acme", "chat", adapter_files(seed=1), uploader="a")
+    v2 = adapters.publish("acme", "chat", adapter_files(seed=2), uploader="a")
+    adapters.set_alias("acme", "chat", "prod", v1.version, None)
+    adapters.set_alias("acme", "chat", "canary", v2.version, None)
+    gets: list[str] = []
+    real_get = store.get
+    monkeypatch.setattr(store, "get", lambda key: gets.append(key) or real_get(key))
+    assert adapters.resolve("acme", "chat@canary") == v2
+    assert gets == [layout.alias_key("acme", "chat", "canary")]
+    gets.clear()
+    assert adapters.resolve("acme", "chat") == v1  # prod: the alias (the listing and index read beside it)
+    assert layout.manifest_key("acme", "chat", v1.version) not in gets
+
+    store.put(layout.alias_key("acme", "chat", "old"), json.dumps({"version": v2.version}).encode())
+    assert adapters.resolve("acme", "chat@old") == v2  # no copy: the manifest itself is read
+
+    other = adapters.publish("bob", "chat", adapter_files(seed=3), uploader="b")
+    adapters.set_alias("bob", "chat", "prod", other.version, None)
+    raw, _ = real_get(layout.alias_key("acme", "chat", "prod"))
+    store.put(layout.alias_key("bob", "chat", "stolen"), raw)  # acme's alias object under bob's name
+    with pytest.raises(ModelNotFound):
+        adapters.resolve("bob", "chat@stolen")  # bob has no such version: acme's copy is not used
+    forged = json.loads(raw) | {"version": other.version}
+    store.put(layout.alias_key("bob", "chat", "forged"), json.dumps(forged).encode())
+    assert adapters.resolve("bob", "chat@forged") == other  # the copy names acme's version: bob's own is read
+
+
+def test_the_newest_version_comes_from_its_index_and_never_a_stale_one(adapters, store, monkeypatch):
+    """`NAME` without prod: the listing, the alias and the newest-version index are read at once and nothing
+    after (one round trip); an index that does not match the listing (a crash, a lost race) is never used."""
+    v1 = adapters.publish("acme", "chat", adapter_files(seed=1), uploader="a")
+    v2 = adapters.publish("acme", "chat", adapter_files(seed=2), uploader="a")
+    gets: list[str] = []
+    real_get = store.get
+    monkeypatch.setattr(store, "get", lambda key: gets.append(key) or real_get(key))
+    assert adapters.resolve("acme", "chat") == v2
+    assert sorted(gets) == sorted([layout.alias_key("acme", "chat", "prod"), layout.newest_key("acme", "chat")])
+
+    adapters.delete_version("acme", "chat", v2.version)
+    assert adapters.resolve("acme", "chat") == v1  # rewritten on delete
+
+    stale, _ = real_get(layout.newest_key("acme", "chat"))
+    gets.clear()
+    v3 = adapters.publish("acme", "chat", adapter_files(seed=3), uploader="a")
+    assert layout.manifest_key("acme", "chat", v1.version) not in gets  # the index as it was, plus v3
+    assert adapters.resolve("acme", "chat") == v3
+    store.put(layout.newest_key("acme", "chat"), stale)  # left behind: it lists v1 only
+    gets.clear()
+    assert adapters.resolve("acme", "chat") == v3  # the listing shows v3 too: the manifests decide
+    assert layout.manifest_key("acme", "chat", v3.version) in gets
+
+    store.put(layout.newest_key("acme", "chat"), b"not json")
+    assert adapters.resolve("acme", "chat") == v3
+    other = adapters.publish("bob", "chat", adapter_files(seed=4), uploader="b")
+    raw, _ = real_get(layout.newest_key("bob", "chat"))
+    store.put(layout.newest_key("acme", "chat"), raw)  # bob's index under acme's name
+    assert adapters.resolve("acme", "chat") == v3 and adapters.resolve("bob", "chat") == other
+
+    adapters.delete_version("acme", "chat", v3.version)
+    adapters.delete_version("acme", "chat", v1.version)
+    with pytest.raises(KeyMissing):
+        real_get(layout.newest_key("acme", "chat"))  # no version left: no index
+    with pytest.raises(ModelNotFound):
+        adapters.resolve("acme", "chat")
