@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,7 @@ class ObjectStore:
     def __init__(self, settings: RegistrySettings):
         self.settings = settings
         self.bucket = settings.s3_bucket
+        self.bumped: tuple[str, float] | None = None  # (ETag, monotonic time) of this process's last bump
         config = Config(
             connect_timeout=settings.s3_connect_timeout_s,
             read_timeout=settings.s3_read_timeout_s,
@@ -104,9 +106,11 @@ class ObjectStore:
         return response["ETag"]
 
     def bump_generation(self) -> None:
-        """Give the generation object a new ETag: the answers remembered from before may have changed."""
-        self._call(layout.GENERATION_KEY, self.client.put_object, Bucket=self.bucket, Key=layout.GENERATION_KEY,
-                   Body=uuid.uuid4().hex.encode())
+        """Give the generation object a new ETag: the answers remembered from before may have changed. The new
+        ETag is kept (`bumped`): this process knows the generation after its own writes without reading it."""
+        response = self._call(layout.GENERATION_KEY, self.client.put_object, Bucket=self.bucket,
+                              Key=layout.GENERATION_KEY, Body=uuid.uuid4().hex.encode())
+        self.bumped = (response["ETag"], time.monotonic())
 
     def generation(self) -> str | None:
         """The generation object's ETag (None: no watched object was written since the bucket began)."""

@@ -27,7 +27,8 @@ class ScaleConfig:
     max_tokens: int = 16  # answer length (exact: ignore_eos)
     prompts: int = 4  # distinct prompts (solo references are taken per adapter and prompt)
     solo_checks: int = 16  # answers per row compared with the same request sent alone
-    cold_probes: int = 3  # never-used adapters timed cold (and warm) after each count's rows
+    cold_probes: int = 6  # never-used adapters timed cold (and warm) after each count's rows: the median of a few
+    # (one probe is ~25 ms on an idle stack; three gave medians 2-3 ms apart between runs)
     max_loras: int = 0  # the engine's batch slots; 0: the admission window (every admitted request's adapter
     # fits in one batch: with fewer slots than distinct adapters in flight, vLLM batches only `max_loras` of them)
     max_cpu_loras: int = 1024  # the engine tier's count bound (the engine's --max-cpu-loras): host memory holds a

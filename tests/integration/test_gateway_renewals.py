@@ -102,3 +102,37 @@ def test_first_answers_take_a_fresh_generation_so_their_first_renewal_is_not_a_f
             assert time.monotonic() - changed < 2.0, "the new version was never seen"
             await asyncio.sleep(0.05)
     asyncio.run(go())
+
+
+def test_first_answers_after_this_gateways_own_write_are_renewed_at_the_generation_alone(
+        store, registry_settings, monkeypatch):
+    """Uploads through this gateway give it the generation (its own writes' bump): names first resolved after
+    them, however long after and with no read of the generation since, are renewed without a listing."""
+    gw = _gateway(registry_settings, ttl=0.05)
+    _, key = TenantRegistry(gw.store, auth_cache_ttl_s=0).create("gamma", {})
+    names = [f"c{i}" for i in range(4)]
+    first = {n: gw.adapters.publish("gamma", n, adapter_files(seed=20 + i), uploader="a")
+             for i, n in enumerate(names)}
+    calls: list[str] = []
+    for method in ("get", "list_info", "head"):
+        real = getattr(gw.store, method)
+        monkeypatch.setattr(gw.store, method, lambda *a, _r=real, _m=method, **k: calls.append(_m) or _r(*a, **k))
+
+    async def go():
+        await asyncio.sleep(0.3)  # no generation read is fresh any more
+        assert (await gw.authenticate(key)).name == "gamma"
+        assert {n: await gw.resolve("gamma", n) for n in names} == first  # cold
+        await asyncio.sleep(0.1)
+        calls.clear()
+        assert (await gw.authenticate(key)).name == "gamma"
+        assert {n: await gw.resolve("gamma", n) for n in names} == first
+        await asyncio.sleep(0.1)  # the renewals finish
+        assert set(calls) <= {"head"} and len(calls) <= 2, calls
+
+        moved = AdapterRegistry(ObjectStore(registry_settings), registry_settings).publish(
+            "gamma", "c0", adapter_files(seed=97), uploader="b")  # another replica's write
+        changed = time.monotonic()
+        while (await gw.resolve("gamma", "c0")) != moved:
+            assert time.monotonic() - changed < 2.0, "the new version was never seen"
+            await asyncio.sleep(0.05)
+    asyncio.run(go())
