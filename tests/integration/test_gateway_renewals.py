@@ -27,16 +27,21 @@ def _gateway(registry_settings, ttl: float) -> Gateway:
                    transport=None)
 
 
+def _count_store_calls(gw: Gateway, monkeypatch) -> list[str]:
+    calls: list[str] = []
+    for method in ("get", "list_info", "head"):
+        real = getattr(gw.store, method)
+        monkeypatch.setattr(gw.store, method, lambda *a, _r=real, _m=method, **k: calls.append(_m) or _r(*a, **k))
+    return calls
+
+
 def test_renewals_read_only_the_generation_while_nothing_changed(store, registry_settings, monkeypatch):
     tenants, adapters = TenantRegistry(store, auth_cache_ttl_s=0), AdapterRegistry(store, registry_settings)
     _, key = tenants.create("acme", {})
     names = [f"a{i}" for i in range(5)]
     first = {n: adapters.publish("acme", n, adapter_files(seed=i), uploader="a") for i, n in enumerate(names)}
     gw = _gateway(registry_settings, ttl=0.05)
-    calls: list[str] = []
-    for method in ("get", "list_info", "head"):
-        real = getattr(gw.store, method)
-        monkeypatch.setattr(gw.store, method, lambda *a, _r=real, _m=method, **k: calls.append(_m) or _r(*a, **k))
+    calls = _count_store_calls(gw, monkeypatch)
 
     async def use_all() -> dict:
         assert (await gw.authenticate(key)).name == "acme"
@@ -69,6 +74,27 @@ def test_renewals_read_only_the_generation_while_nothing_changed(store, registry
     asyncio.run(go())
 
 
+async def _renewed_at_the_generation_alone(gw: Gateway, calls: list[str], registry_settings, tenant: str, key: str,
+                                           first: dict) -> None:
+    """Cold answers, then their first renewals: the generation's read alone; then another replica's write shows."""
+    assert (await gw.authenticate(key)).name == tenant
+    assert {n: await gw.resolve(tenant, n) for n in first} == first  # cold
+    await asyncio.sleep(0.1)
+    calls.clear()
+    assert (await gw.authenticate(key)).name == tenant
+    assert {n: await gw.resolve(tenant, n) for n in first} == first
+    await asyncio.sleep(0.1)  # the renewals finish
+    assert set(calls) <= {"head"} and len(calls) <= 2, calls
+
+    name = next(iter(first))
+    moved = AdapterRegistry(ObjectStore(registry_settings), registry_settings).publish(
+        tenant, name, adapter_files(seed=98), uploader="b")  # another replica's write
+    changed = time.monotonic()
+    while (await gw.resolve(tenant, name)) != moved:
+        assert time.monotonic() - changed < 2.0, "the new version was never seen"
+        await asyncio.sleep(0.05)
+
+
 def test_first_answers_take_a_fresh_generation_so_their_first_renewal_is_not_a_full_check(
         store, registry_settings, monkeypatch):
     """A cold resolution or a new key, answered while the generation was read moments ago, is renewed at the
@@ -76,63 +102,28 @@ def test_first_answers_take_a_fresh_generation_so_their_first_renewal_is_not_a_f
     still seen."""
     tenants, adapters = TenantRegistry(store, auth_cache_ttl_s=0), AdapterRegistry(store, registry_settings)
     _, key = tenants.create("beta", {})
-    names = [f"b{i}" for i in range(4)]
-    first = {n: adapters.publish("beta", n, adapter_files(seed=10 + i), uploader="a") for i, n in enumerate(names)}
+    first = {n: adapters.publish("beta", n, adapter_files(seed=10 + i), uploader="a")
+             for i, n in enumerate(f"b{i}" for i in range(4))}
     gw = _gateway(registry_settings, ttl=0.05)
-    calls: list[str] = []
-    for method in ("get", "list_info", "head"):
-        real = getattr(gw.store, method)
-        monkeypatch.setattr(gw.store, method, lambda *a, _r=real, _m=method, **k: calls.append(_m) or _r(*a, **k))
+    calls = _count_store_calls(gw, monkeypatch)
 
     async def go():
         gw.generations.current()  # read moments ago, as under traffic
-        assert (await gw.authenticate(key)).name == "beta"
-        assert {n: await gw.resolve("beta", n) for n in names} == first  # cold
-        await asyncio.sleep(0.1)
-        calls.clear()
-        assert (await gw.authenticate(key)).name == "beta"
-        assert {n: await gw.resolve("beta", n) for n in names} == first
-        await asyncio.sleep(0.1)  # the renewals finish
-        assert set(calls) <= {"head"} and len(calls) <= 2, calls
-
-        moved = AdapterRegistry(ObjectStore(registry_settings), registry_settings).publish(
-            "beta", "b0", adapter_files(seed=98), uploader="b")  # another replica's write
-        changed = time.monotonic()
-        while (await gw.resolve("beta", "b0")) != moved:
-            assert time.monotonic() - changed < 2.0, "the new version was never seen"
-            await asyncio.sleep(0.05)
+        await _renewed_at_the_generation_alone(gw, calls, registry_settings, "beta", key, first)
     asyncio.run(go())
 
 
 def test_first_answers_after_this_gateways_own_write_are_renewed_at_the_generation_alone(
-        store, registry_settings, monkeypatch):
+        registry_settings, monkeypatch):
     """Uploads through this gateway give it the generation (its own writes' bump): names first resolved after
     them, however long after and with no read of the generation since, are renewed without a listing."""
     gw = _gateway(registry_settings, ttl=0.05)
     _, key = TenantRegistry(gw.store, auth_cache_ttl_s=0).create("gamma", {})
-    names = [f"c{i}" for i in range(4)]
     first = {n: gw.adapters.publish("gamma", n, adapter_files(seed=20 + i), uploader="a")
-             for i, n in enumerate(names)}
-    calls: list[str] = []
-    for method in ("get", "list_info", "head"):
-        real = getattr(gw.store, method)
-        monkeypatch.setattr(gw.store, method, lambda *a, _r=real, _m=method, **k: calls.append(_m) or _r(*a, **k))
+             for i, n in enumerate(f"c{i}" for i in range(4))}
+    calls = _count_store_calls(gw, monkeypatch)
 
     async def go():
         await asyncio.sleep(0.3)  # no generation read is fresh any more
-        assert (await gw.authenticate(key)).name == "gamma"
-        assert {n: await gw.resolve("gamma", n) for n in names} == first  # cold
-        await asyncio.sleep(0.1)
-        calls.clear()
-        assert (await gw.authenticate(key)).name == "gamma"
-        assert {n: await gw.resolve("gamma", n) for n in names} == first
-        await asyncio.sleep(0.1)  # the renewals finish
-        assert set(calls) <= {"head"} and len(calls) <= 2, calls
-
-        moved = AdapterRegistry(ObjectStore(registry_settings), registry_settings).publish(
-            "gamma", "c0", adapter_files(seed=97), uploader="b")  # another replica's write
-        changed = time.monotonic()
-        while (await gw.resolve("gamma", "c0")) != moved:
-            assert time.monotonic() - changed < 2.0, "the new version was never seen"
-            await asyncio.sleep(0.05)
+        await _renewed_at_the_generation_alone(gw, calls, registry_settings, "gamma", key, first)
     asyncio.run(go())
