@@ -12,26 +12,22 @@ It is rewritten after each new version and each deleted one; a failed rewrite co
 from __future__ import annotations
 
 import json
-import logging
+
+from pydantic import BaseModel
 
 from common.errors import LoraplexError
+from registry import layout
 from registry.errors import KeyMissing
 from registry.store import ObjectStore
-
-log = logging.getLogger(__name__)
 
 
 def write_newest(store: ObjectStore, key: str, keys: list[str], newest: dict | None) -> None:
     """Record `newest` (a manifest as JSON) as the newest of the versions whose manifest keys are `keys`; with
-    no version left, remove the index. Best effort: a failure is logged (readers fall back)."""
-    try:
-        if newest is None:
-            store.delete(key)
-        else:
-            store.put(key, json.dumps({"keys": sorted(keys), "manifest": newest}).encode())
-    except LoraplexError:
-        log.warning("could not update the newest-version index %s (resolutions read the manifests)", key,
-                    exc_info=True)
+    no version left, remove the index."""
+    if newest is None:
+        store.delete(key)
+    else:
+        store.put(key, json.dumps({"keys": sorted(keys), "manifest": newest}).encode())
 
 
 def read_newest(store: ObjectStore, key: str) -> tuple[list[str], dict] | None:
@@ -47,3 +43,18 @@ def read_newest(store: ObjectStore, key: str) -> tuple[list[str], dict] | None:
         return None
     return keys, manifest
 
+
+def indexed_newest(index: tuple[list[str], dict] | None, keys: list[str], tenant: str, name: str, root: str,
+                   model: type[BaseModel]):
+    """The index's newest manifest (as `model`) if it was chosen from exactly the listed manifest `keys` and
+    names this tenant's name and one of those versions; else None (the manifests decide)."""
+    if index is None or not keys or sorted(index[0]) != sorted(keys):
+        return None
+    try:
+        manifest = model.model_validate(index[1])
+    except ValueError:
+        return None
+    if (manifest.tenant, manifest.name) != (tenant, name) or \
+            layout.manifest_key(tenant, name, manifest.version, root) not in keys:
+        return None
+    return manifest

@@ -13,23 +13,25 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import wait
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
-from common.errors import Conflict, InvalidAdapter, InvalidName, ModelNotFound, VersionInUse
+from common.errors import Conflict, InvalidAdapter, InvalidName, LoraplexError, ModelNotFound, VersionInUse
 from common.names import NAME_RE, check_name
 from registry import layout
 from registry.aliases import list_aliases, read_alias_entry, swap_alias
 from registry.errors import KeyMissing, PreconditionFailed
 from registry.limits import check_limits
 from registry.manifest import FileEntry, content_digest, is_version, version_of
-from registry.newest import read_newest, write_newest
+from registry.newest import indexed_newest, read_newest, write_newest
 from registry.settings import RegistrySettings
 from registry.store import PARALLEL_READS, ObjectStore
 
+log = logging.getLogger(__name__)
 DEFAULT_ALIAS = "prod"
 MAX_METADATA_BYTES = 64 * 1024
 
@@ -174,9 +176,9 @@ class VersionedRegistry(Generic[M]):
             raise VersionInUse(f"version {version} is in use by alias {', '.join(users)}: point the alias at "
                                f"another version (PUT {self.API}/{name}/aliases/{users[0]}) and retry")
         self.store.delete(layout.manifest_key(tenant, name, version, self.ROOT))
-        self._index_newest(tenant, name)
         for key in self.store.list(layout.version_prefix(tenant, name, version, self.ROOT)):
             self.store.delete(key)
+        self._index_newest(tenant, name)
 
     def open_file(self, manifest: M, filename: str) -> bytes:
         """The stored bytes of one file of a version (the cache verifies them against the manifest)."""
@@ -295,7 +297,7 @@ class VersionedRegistry(Generic[M]):
             return manifest, f"prod {etag}"
         except KeyMissing:
             keys = [k for k in listing.result() if k.endswith("/manifest.json")]
-            newest = self._indexed_newest(tenant, name, keys, index.result())
+            newest = indexed_newest(index.result(), keys, tenant, name, self.ROOT, self.MANIFEST)
             if newest is None:
                 versions, keys = self._listed_versions(tenant, name, keys)
                 if not versions:
@@ -303,37 +305,29 @@ class VersionedRegistry(Generic[M]):
                 newest = versions[0]
             return newest, "newest " + " ".join(sorted(keys))
 
-    def _indexed_newest(self, tenant: str, name: str, keys: list[str],
-                        index: tuple[list[str], dict] | None) -> M | None:
-        """The index's newest manifest if it was chosen from exactly the listed `keys` (registry/newest.py)."""
-        if index is None or not keys or sorted(index[0]) != sorted(keys):
-            return None
-        try:
-            manifest = self.MANIFEST.model_validate(index[1])
-        except ValueError:
-            return None
-        if (manifest.tenant, manifest.name) != (tenant, name) or \
-                layout.manifest_key(tenant, name, manifest.version, self.ROOT) not in keys:
-            return None
-        return manifest
-
     def _index_newest(self, tenant: str, name: str, added: M | None = None) -> None:
         """Rewrite the newest-version index from a listing: after an upload of `added`, from the index as it was
-        if it matches the listing less `added` (no manifest read), else from every manifest the listing shows."""
+        if it matches the listing less `added` (no manifest read), else from every manifest the listing shows.
+        Best effort: the upload or delete it follows is done, and a stale index is never used."""
         key = layout.newest_key(tenant, name, self.ROOT)
-        keys = [k for k in self.store.list(layout.versions_prefix(tenant, name, self.ROOT))
-                if k.endswith("/manifest.json")]
-        newest = None
-        if added is not None:
-            added_key = layout.manifest_key(tenant, name, added.version, self.ROOT)
-            before = [k for k in keys if k != added_key]
-            known = self._indexed_newest(tenant, name, before, read_newest(self.store, key)) if before else None
-            if known is not None or not before:
-                newest = max(filter(None, (known, added)), key=lambda m: (m.created_at, m.version))
-        if newest is None:
-            versions, keys = self._listed_versions(tenant, name, keys)
-            newest = versions[0] if versions else None
-        write_newest(self.store, key, keys, newest.model_dump(mode="json") if newest else None)
+        try:
+            keys = [k for k in self.store.list(layout.versions_prefix(tenant, name, self.ROOT))
+                    if k.endswith("/manifest.json")]
+            newest = None
+            if added is not None:
+                added_key = layout.manifest_key(tenant, name, added.version, self.ROOT)
+                before = [k for k in keys if k != added_key]
+                known = indexed_newest(read_newest(self.store, key), before, tenant, name, self.ROOT, self.MANIFEST) \
+                    if before else None
+                if known is not None or not before:
+                    newest = max(filter(None, (known, added)), key=lambda m: (m.created_at, m.version))
+            if newest is None:
+                versions, keys = self._listed_versions(tenant, name, keys)
+                newest = versions[0] if versions else None
+            write_newest(self.store, key, keys, newest.model_dump(mode="json") if newest else None)
+        except LoraplexError:
+            log.warning("could not update the newest-version index %s (resolutions read the manifests)", key,
+                        exc_info=True)
 
     def _aliases(self, tenant: str, name: str) -> dict[str, str]:
         return list_aliases(self.store, layout.aliases_prefix(tenant, name, self.ROOT))

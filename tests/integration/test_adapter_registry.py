@@ -319,3 +319,20 @@ def test_the_newest_version_comes_from_its_index_and_never_a_stale_one(adapters,
         real_get(layout.newest_key("acme", "chat"))  # no version left: no index
     with pytest.raises(ModelNotFound):
         adapters.resolve("acme", "chat")
+
+
+def test_an_index_that_cannot_be_written_costs_no_upload_and_no_answer(adapters, store, monkeypatch):
+    from common.errors import StorageUnavailable
+
+    v1 = adapters.publish("acme", "chat", adapter_files(seed=1), uploader="a")
+    real_put = store.put
+
+    def put(key, data, **kw):
+        if key == layout.newest_key("acme", "chat"):
+            raise StorageUnavailable("the store refused the index")
+        return real_put(key, data, **kw)
+    monkeypatch.setattr(store, "put", put)
+    v2 = adapters.publish("acme", "chat", adapter_files(seed=2), uploader="a")  # the upload itself succeeds
+    assert adapters.resolve("acme", "chat") == v2  # the stale index (v1 only) is not used
+    adapters.delete_version("acme", "chat", v2.version)
+    assert adapters.resolve("acme", "chat") == v1
