@@ -32,6 +32,10 @@ def lora_linear(y: torch.Tensor, x: torch.Tensor, weights: StackedWeights, lora_
         scale: multiplies the shrink (vLLM passes 1.0: it folds the scaling into B).
         offset: first column of the first slice.
     """
+    if plan.passes is not None:
+        for part in plan.passes:
+            lora_linear(y, x, weights, lora_a, lora_b, output_slices, part, scale, offset)
+        return
     if plan.tiles is not None:
         h = tiled.shrink(x, weights.fused(lora_a), plan.tiles, scale)
         tiled.expand(y, h, lora_b, output_slices, plan.tiles, offset)

@@ -22,6 +22,8 @@ import torch
 LOOP_MIN_AVG_ROWS = 48
 # Tiles pad every slot of the range to the longest run; give up on them beyond this much padding.
 TILES_MAX_WASTE = 2.0
+# Two passes (`_two_passes`) while the slot range is at most this many times the batch's adapters.
+TWO_PASS_MAX_SPREAD = 2.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class LoraPlan:
         rows: None when the segments are runs of the input itself (row views, no copies); else the
             row numbers sorted by slot (adapter rows only), for one gather before and one scatter after.
         tiles: the batched layout when it is the cheaper kernel, else None (use the loop).
+        passes: for the products of a layer (not for a lone shrink or expand, which use `segments`), plans of
+            disjoint parts of the rows to compute in turn instead, or None.
 
     Attributes:
         slots: the adapter slots this batch uses.
@@ -78,6 +82,8 @@ class LoraPlan:
     segments: tuple[Segment, ...]
     rows: torch.Tensor | None
     tiles: Tiles | None = None
+    # Or: plans of disjoint parts of the rows, computed one after the other (`_two_passes`).
+    passes: tuple[LoraPlan, ...] | None = None
     # Derived once here, not per call: every LoRA layer of the step reads them.
     slots: frozenset[int] = field(init=False, repr=False)
     packed_rows: int = field(init=False, repr=False)
@@ -117,7 +123,8 @@ def make_plan(indices: torch.Tensor) -> LoraPlan:
     Returns:
         Long runs (prefill, a single adapter): the loop over the runs in place, no copies.
         Short interleaved runs (decode steps of several adapters): rows sorted by slot (stable), as
-        tiles when the padding stays small, else looped over one segment per slot.
+        tiles when the padding stays small, else in two passes (`_two_passes`) when many adapters have a
+        row or two, else looped over one segment per slot.
     """
     indices = indices.to("cpu", torch.long)
     runs = _runs(indices) if indices.numel() else []
@@ -130,17 +137,45 @@ def make_plan(indices: torch.Tensor) -> LoraPlan:
     unassigned = int((indices < 0).sum())
     plan = LoraPlan(indices.numel(), _segments(_runs(indices[order]), unassigned), order[unassigned:])
     tiles = _tiles(plan)
-    return plan if tiles is None else LoraPlan(plan.num_rows, plan.segments, plan.rows, tiles)
+    if tiles is not None:
+        return LoraPlan(plan.num_rows, plan.segments, plan.rows, tiles)
+    passes = _two_passes(plan)
+    return plan if passes is None else LoraPlan(plan.num_rows, plan.segments, plan.rows, passes=passes)
 
 
-def _tiles(plan: LoraPlan) -> Tiles | None:
-    """The batched layout of a sorted plan (one segment per slot), unless it would pad too much."""
+def _two_passes(plan: LoraPlan) -> tuple[LoraPlan, ...] | None:
+    """Many adapters with a row or two and a few popular ones with more (a decode step over a thousand
+    adapters): one tile size for all would pad too much, and a loop costs products per adapter. Instead,
+    tiles of one row per adapter (the first of each), then the popular adapters' other rows as a plan of
+    their own (tiles again, or the loop over those few adapters)."""
+    segs = plan.segments
+    lo, hi = segs[0].slot, segs[-1].slot + 1
+    if len(segs) < 3 or hi - lo > TWO_PASS_MAX_SPREAD * len(segs):
+        return None
+    first = LoraPlan(plan.num_rows, tuple(Segment(s.slot, i, i + 1) for i, s in enumerate(segs)),
+                     plan.rows[[s.start for s in segs]])
+    rest_at = [i for s in segs for i in range(s.start + 1, s.end)]
+    rest_segs, pos = [], 0
+    for s in segs:
+        if s.end - s.start > 1:
+            rest_segs.append(Segment(s.slot, pos, pos + s.end - s.start - 1))
+            pos += s.end - s.start - 1
+    first = LoraPlan(first.num_rows, first.segments, first.rows, _tiles(first, TWO_PASS_MAX_SPREAD))
+    if not rest_at:
+        return (first,)
+    rest = LoraPlan(plan.num_rows, tuple(rest_segs), plan.rows[rest_at])
+    return first, LoraPlan(rest.num_rows, rest.segments, rest.rows, _tiles(rest))
+
+
+def _tiles(plan: LoraPlan, max_waste: float | None = None) -> Tiles | None:
+    """The batched layout of a sorted plan (one segment per slot), unless it would pad more than `max_waste`
+    (default TILES_MAX_WASTE) times its rows."""
     segs = plan.segments
     if len(segs) < 2:
         return None
     lo, hi = segs[0].slot, segs[-1].slot + 1
     size = max(s.end - s.start for s in segs)
-    if (hi - lo) * size > TILES_MAX_WASTE * plan.packed_rows:
+    if (hi - lo) * size > (TILES_MAX_WASTE if max_waste is None else max_waste) * plan.packed_rows:
         return None
     rows = torch.zeros((hi - lo) * size, dtype=torch.long)
     real = torch.zeros((hi - lo) * size, dtype=torch.bool)

@@ -75,17 +75,19 @@ def reference(y, x, a, b, scale, slices, indices, offset=0):
     return out
 
 
-@pytest.fixture(params=["auto", "in-place", "sorted", "tiles"])
+@pytest.fixture(params=["auto", "in-place", "sorted", "tiles", "two-pass"])
 def kernel(request, monkeypatch):
-    """Force the plan's kernel: the loop over runs in place, the loop over sorted rows, or tiles.
+    """Force the plan's kernel: the loop over runs in place, the loop over sorted rows, tiles, or two passes
+    (one-row tiles per adapter, then the loop over the other rows).
 
     Batches of one or two runs always take the in-place loop.
     """
     if request.param == "in-place":
         monkeypatch.setattr(plan_mod, "LOOP_MIN_AVG_ROWS", 0)
-    elif request.param in ("sorted", "tiles"):
+    elif request.param in ("sorted", "tiles", "two-pass"):
         monkeypatch.setattr(plan_mod, "LOOP_MIN_AVG_ROWS", 10**9)
         monkeypatch.setattr(plan_mod, "TILES_MAX_WASTE", 10**9 if request.param == "tiles" else 0)
+        monkeypatch.setattr(plan_mod, "TWO_PASS_MAX_SPREAD", 10**9 if request.param == "two-pass" else 0)
     return request.param
 
 
@@ -210,6 +212,13 @@ def test_plan_picks_the_kernel_by_batch_shape():
     assert prefill.tiles is None and prefill.rows is None
     assert [(s.slot, s.start, s.end) for s in prefill.segments] == [(0, 0, 300), (1, 320, 520)]
     assert plan_mod.make_plan(torch.full((16,), -1)).empty
+    # A decode step over many adapters, two popular: one-row tiles over all 12, then the popular ones' rows.
+    many = plan_mod.make_plan(torch.tensor([5, 0, 5, 1, 2, 5, 3, 4, 5, 6, 7, 9, 8, 9, 10, 11]))
+    assert many.tiles is None and many.passes is not None
+    first, rest = many.passes
+    assert (first.tiles.lo, first.tiles.hi, first.tiles.size) == (0, 12, 1)
+    assert [(s.slot, s.end - s.start) for s in rest.segments] == [(5, 3), (9, 1)]
+    assert sorted(first.rows.tolist() + rest.rows.tolist()) == sorted(many.rows.tolist())
 
 
 @pytest.mark.parametrize("indices", [[3] * 9, [-1, -1, 3, 3, 3, 3, -1], [2, 2, 2, 2, -1, -1, 5, 5, 5]],
