@@ -80,6 +80,7 @@ class ScaleRun:
         self.rows: list[dict] = []
         self.baseline: dict[float, float] = {}  # zipf -> saturated req/s at the smallest count
         self.references: dict[int, dict[str, str]] = {}  # prompt -> weight set -> its answer alone
+        self.pairs: dict[float, list[float]] = {}  # zipf -> paired rounds' throughput ratios
 
     def traffic(self, targets: list[Target], zipf: float, seed: int) -> Traffic:
         return Traffic(self.gw.url, targets, self.prompts, self.cfg.max_tokens, zipf, seed)
@@ -169,6 +170,23 @@ class ScaleRun:
             self.references[prompt] = refs
         return self.references[prompt]
 
+    def paired_ratios(self, zipf: float) -> list[float]:
+        """Token throughput of the largest count over the smallest's, saturated, in `pair_rounds` rounds of
+        `pair_s` each, in the order small-large, large-small, ... (a drifting host weighs on both alike)."""
+        cfg = self.cfg
+        small, large = self.main[:min(cfg.adapters)], self.main[:max(cfg.adapters)]
+        ratios = []
+        for i in range(cfg.pair_rounds):
+            tok = {}
+            for targets in ((small, large) if i % 2 == 0 else (large, small)):
+                traffic = self.traffic(targets, zipf, seed=20_000 + 2 * i + (targets is large))
+                samples, span = asyncio.run(traffic.closed_loop(cfg.concurrency, cfg.pair_s))
+                tok[len(targets)] = summarize(samples, span)["tok_per_s"]
+            ratios.append(round(tok[len(large)] / tok[len(small)], 3) if tok[len(small)] else 0.0)
+        self.console.print(f"  paired rounds zipf={zipf}: {len(large)} vs {len(small)} adapters, saturated token "
+                           f"throughput ratios {ratios}")
+        return ratios
+
     def cold_starts(self, count: int) -> dict:
         """Never-used adapters, one at a time on the idle stack: cold TTFT, warm TTFT, the bound, the stages."""
         probes = self.cold[: self.cfg.cold_probes]
@@ -217,6 +235,8 @@ class ScaleRun:
             cold = self.cold_starts(count)
             for row in self.rows[first:]:
                 row.update(cold)
+        if len(cfg.adapters) > 1 and cfg.pair_rounds > 0:
+            self.pairs = {zipf: self.paired_ratios(zipf) for zipf in cfg.zipfs}
         low = self.row(self.het["low"], 0.0, "saturated", variant=f"rank {min(cfg.ranks)}")
         mix = self.row(self.het["mix"], 0.0, "saturated", variant=f"ranks {min(cfg.ranks)}+{max(cfg.ranks)}")
         mix["tok_ratio_to_uniform_rank"] = round(mix["tok_per_s"] / low["tok_per_s"], 3) if low["tok_per_s"] else None
@@ -265,5 +285,6 @@ def run_scale(out: Path, cfg: ScaleConfig, *, var_dir: Path = Path("var"), conso
             "wall_s": round(time.time() - started, 1), "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0],
             "s3_bandwidth_mib_s": round(bandwidth / MIB, 1), "tenants": len({t.tenant for t in run.main}),
             "distinct_weight_sets": cfg.pool * len(cfg.ranks), "disk_tier_bytes": disk_bytes,
+            "paired_throughput_ratios": {str(z): r for z, r in run.pairs.items()},
             "config": {**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "batch_slots": cfg.batch_slots}}
     return write_report(out, run.rows, meta)

@@ -27,11 +27,18 @@ def test_targets_compare_the_largest_count_with_the_smallest_and_rss_from_100():
             _row(100, 0.8, "saturated", 380, rss=(500, 3000)), _row(100, 0.8, "60%", 240, rss=(510, 3000)),
             _row(1000, 0.8, "saturated", 300, rss=(600, 3000), wrong=1), _row(1000, 0.8, "60%", 240, cold=0.9)]
     t = targets(rows)
-    assert t["throughput_ratio_zipf_0.8"] == {"value": 0.75, "target": ">= 0.80", "met": False}
+    assert t["throughput_ratio_zipf_0.8"] == {"value": 0.75, "target": ">= 0.80", "met": False, "rows": 0.75}
     assert t["wrong_answers"]["value"] == 1 and not t["wrong_answers"]["met"]
     assert t["cold_first_token_vs_bound"]["value"] == 4.5 and not t["cold_first_token_vs_bound"]["met"]
     assert t["gateway_rss_growth_100_to_1000"]["value"] == pytest.approx(0.176, abs=1e-3)
     assert t["engine_rss_growth_100_to_1000"]["met"]
+
+
+def test_the_throughput_target_is_the_median_of_the_paired_rounds_when_there_are_some():
+    rows = [_row(8, 0.8, "saturated", 400), _row(1000, 0.8, "saturated", 300)]
+    t = targets(rows, {"0.8": [0.78, 0.83, 0.81, 0.86]})["throughput_ratio_zipf_0.8"]
+    assert t["value"] == 0.82 and t["met"] and t["rows"] == 0.75 and t["paired_rounds"] == [0.78, 0.83, 0.81, 0.86]
+    assert targets(rows, {"1.2": [0.9]})["throughput_ratio_zipf_0.8"]["value"] == 0.75  # no rounds for this zipf
 
 
 def test_report_files(tmp_path):
