@@ -93,3 +93,16 @@ def is_version(value: str) -> bool:
 def utc_now() -> str:
     """The current time as ISO-8601 UTC with a `Z`, to the millisecond (sorts as text)."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def manifest_copy(model: type[BaseModel], doc: object, tenant: str, name: str, version: str | None = None):
+    """A manifest copied into another object (an alias, the newest-version index) as `model`, or None when it is
+    unreadable or names another tenant, name or (given `version`) version: a copy moved to another prefix never
+    answers there, the manifest object itself decides."""
+    try:
+        manifest = model.model_validate(doc)
+    except ValueError:
+        return None
+    if (manifest.tenant, manifest.name) != (tenant, name) or version not in (None, manifest.version):
+        return None
+    return manifest

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from common.errors import LoraplexError
 from registry import layout
 from registry.errors import KeyMissing
+from registry.manifest import manifest_copy
 from registry.store import ObjectStore
 
 
@@ -50,11 +51,7 @@ def indexed_newest(index: tuple[list[str], dict] | None, keys: list[str], tenant
     names this tenant's name and one of those versions; else None (the manifests decide)."""
     if index is None or not keys or sorted(index[0]) != sorted(keys):
         return None
-    try:
-        manifest = model.model_validate(index[1])
-    except ValueError:
-        return None
-    if (manifest.tenant, manifest.name) != (tenant, name) or \
-            layout.manifest_key(tenant, name, manifest.version, root) not in keys:
+    manifest = manifest_copy(model, index[1], tenant, name)
+    if manifest is None or layout.manifest_key(tenant, name, manifest.version, root) not in keys:
         return None
     return manifest

@@ -26,7 +26,7 @@ from registry import layout
 from registry.aliases import list_aliases, read_alias_entry, swap_alias
 from registry.errors import KeyMissing, PreconditionFailed
 from registry.limits import check_limits
-from registry.manifest import FileEntry, content_digest, is_version, version_of
+from registry.manifest import FileEntry, content_digest, is_version, manifest_copy, version_of
 from registry.newest import indexed_newest, read_newest, write_newest
 from registry.settings import RegistrySettings
 from registry.store import PARALLEL_READS, ObjectStore
@@ -313,14 +313,7 @@ class VersionedRegistry(Generic[M]):
         try:
             keys = [k for k in self.store.list(layout.versions_prefix(tenant, name, self.ROOT))
                     if k.endswith("/manifest.json")]
-            newest = None
-            if added is not None:
-                added_key = layout.manifest_key(tenant, name, added.version, self.ROOT)
-                before = [k for k in keys if k != added_key]
-                known = indexed_newest(read_newest(self.store, key), before, tenant, name, self.ROOT, self.MANIFEST) \
-                    if before else None
-                if known is not None or not before:
-                    newest = max(filter(None, (known, added)), key=lambda m: (m.created_at, m.version))
+            newest = None if added is None else self._newest_with(added, keys, key)
             if newest is None:
                 versions, keys = self._listed_versions(tenant, name, keys)
                 newest = versions[0] if versions else None
@@ -328,6 +321,16 @@ class VersionedRegistry(Generic[M]):
         except LoraplexError:
             log.warning("could not update the newest-version index %s (resolutions read the manifests)", key,
                         exc_info=True)
+
+    def _newest_with(self, added: M, keys: list[str], key: str) -> M | None:
+        """The newest version once `added` is among the listed manifest `keys`, from the index as it was before
+        (no manifest read); None if that index no longer matches the listing less `added`."""
+        tenant, name = added.tenant, added.name
+        before = [k for k in keys if k != layout.manifest_key(tenant, name, added.version, self.ROOT)]
+        if not before:
+            return added
+        known = indexed_newest(read_newest(self.store, key), before, tenant, name, self.ROOT, self.MANIFEST)
+        return None if known is None else max((known, added), key=lambda m: (m.created_at, m.version))
 
     def _aliases(self, tenant: str, name: str) -> dict[str, str]:
         return list_aliases(self.store, layout.aliases_prefix(tenant, name, self.ROOT))
@@ -339,14 +342,8 @@ class VersionedRegistry(Generic[M]):
         version, etag, copy = read_alias_entry(self.store, key)
         if version is None:
             raise KeyMissing(key)
-        if copy is not None:
-            try:
-                manifest = self.MANIFEST.model_validate(copy)
-            except ValueError:
-                manifest = None  # unreadable copy: the manifest itself decides
-            if manifest is not None and (manifest.tenant, manifest.name, manifest.version) == (tenant, name, version):
-                return manifest, etag  # an object copied to another alias, name or tenant never passes
-        return self._manifest(tenant, name, version), etag
+        manifest = manifest_copy(self.MANIFEST, copy, tenant, name, version) if copy is not None else None
+        return manifest or self._manifest(tenant, name, version), etag
 
 
 def check_metadata(metadata: dict | None, what: str = "metadata") -> dict:

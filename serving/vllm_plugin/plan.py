@@ -13,7 +13,8 @@ stacked weights:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -154,17 +155,14 @@ def _two_passes(plan: LoraPlan) -> tuple[LoraPlan, ...] | None:
         return None
     first = LoraPlan(plan.num_rows, tuple(Segment(s.slot, i, i + 1) for i, s in enumerate(segs)),
                      plan.rows[[s.start for s in segs]])
-    rest_at = [i for s in segs for i in range(s.start + 1, s.end)]
-    rest_segs, pos = [], 0
-    for s in segs:
-        if s.end - s.start > 1:
-            rest_segs.append(Segment(s.slot, pos, pos + s.end - s.start - 1))
-            pos += s.end - s.start - 1
-    first = LoraPlan(first.num_rows, first.segments, first.rows, _tiles(first, TWO_PASS_MAX_SPREAD))
-    if not rest_at:
+    first = replace(first, tiles=_tiles(first, TWO_PASS_MAX_SPREAD))
+    extra = [s for s in segs if s.end - s.start > 1]
+    if not extra:
         return (first,)
-    rest = LoraPlan(plan.num_rows, tuple(rest_segs), plan.rows[rest_at])
-    return first, LoraPlan(rest.num_rows, rest.segments, rest.rows, _tiles(rest))
+    ends = list(itertools.accumulate(s.end - s.start - 1 for s in extra))
+    rest = LoraPlan(plan.num_rows, tuple(Segment(s.slot, e - (s.end - s.start - 1), e) for s, e in zip(extra, ends)),
+                    torch.cat([plan.rows[s.start + 1:s.end] for s in extra]))
+    return first, replace(rest, tiles=_tiles(rest))
 
 
 def _tiles(plan: LoraPlan, max_waste: float | None = None) -> Tiles | None:
