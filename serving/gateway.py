@@ -15,6 +15,7 @@ from registry.noop_probe import default_probes
 from registry.pins import PinRegistry
 from registry.store import ObjectStore
 from registry.tenants import Tenant, TenantRegistry, hash_key
+from serving import metrics
 from serving.admission import Admission
 from serving.engine import EngineClient
 from serving.fallback import LastGood
@@ -107,8 +108,11 @@ class Gateway:
 
         renew = self.generations.renewal(
             known, lambda: self.adapters.resolve_tagged(tenant, ref, known and (known.value, known.tag)))
+        started = time.monotonic()
         checked = await self.known_models.call(key, renew, reuse_s=self.settings.resolve_cache_s, refresh_ahead=True,
                                                holds=self.generations.holds)
+        if known is None:  # a name new to this gateway: its request waited for the registry's reads
+            metrics.COLD_START.labels("resolve").observe(time.monotonic() - started)
         manifest = checked.value
         self.adapters.check_served(manifest)  # 409 for a version validated against another base
         return manifest

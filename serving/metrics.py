@@ -76,7 +76,7 @@ TIER_BYTES = Gauge("loraplex_tier_bytes", "Adapter bytes held per residency tier
                    ["tier"])
 TIER_BUDGET_BYTES = Gauge("loraplex_tier_budget_bytes", "Byte budget of each residency tier.", ["tier"])
 COLD_START = Histogram("loraplex_cold_start_seconds",
-                       "Stages of an adapter's cold start: download (S3 to disk, hashed as it streams), verify (the "
+                       "Stages of an adapter's cold start: resolve (a name new to this gateway read from the registry), download (S3 to disk, hashed as it streams), verify (the "
                        "digest check left after the last byte), engine_load (registration in the engine), "
                        "first_token (request arrival to the first streamed token of a request that waited for a "
                        "load).", ["stage"],

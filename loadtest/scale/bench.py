@@ -204,7 +204,7 @@ class ScaleRun:
             bounds.append(t.size_bytes / self.bandwidth + w.ttft_s)
         after = scrape(self.gw)
         stages = {}
-        for stage in ("download", "verify", "engine_load", "first_token"):
+        for stage in ("resolve", "download", "verify", "engine_load", "first_token"):
             n = delta(before, after, "loraplex_cold_start_seconds_count", stage=stage)
             s = delta(before, after, "loraplex_cold_start_seconds_sum", stage=stage)
             stages[stage] = round(1000 * s / n, 2) if n else None

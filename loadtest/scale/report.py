@@ -76,16 +76,16 @@ def plots(out: Path, rows: list[dict]) -> list[Path]:
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(7, 4))
     counts = sorted({r["adapters"] for r in main})
-    stages = ("download", "verify", "engine_load", "first_token")
+    stages = ("resolve", "download", "verify", "engine_load", "first_token")
     per = {c: next(r for r in main if r["adapters"] == c).get("cold_stages_ms") or {} for c in counts}
     width = 0.8 / len(stages)
     for i, stage in enumerate(stages):
         ax.bar([j + i * width for j in range(len(counts))], [per[c].get(stage) or 0 for c in counts], width,
                label=stage)
     bound = [1000 * next(r for r in main if r["adapters"] == c).get("cold_bound_s", 0) for c in counts]
-    ax.plot([j + 1.5 * width for j in range(len(counts))], bound, "k_", markersize=30,
+    ax.plot([j + 2 * width for j in range(len(counts))], bound, "k_", markersize=30,
             label="bound (bytes/bw + warm TTFT)")
-    ax.set_xticks([j + 1.5 * width for j in range(len(counts))], [f"N={c}" for c in counts])
+    ax.set_xticks([j + 2 * width for j in range(len(counts))], [f"N={c}" for c in counts])
     ax.set_ylabel("ms (mean per cold adapter)")
     ax.set_title("cold start by stage (first_token: arrival to first token)")
     ax.legend(fontsize=8)

@@ -75,6 +75,11 @@ def test_per_tenant_and_per_adapter_series_move_by_what_was_sent(stack, demo):
     assert d("loraplex_adapter_residency_total", adapter="speak", result="hit") == 3  # ... then resident
     assert d("loraplex_adapter_loads_total", adapter="speak", result="ok") == 1
     assert d("loraplex_adapter_load_seconds_count", adapter="speak") == 1
+    # the cold start's stages: two names new to this gateway read from the registry ("speak", "speak@VERSION"),
+    # the unknown ones not (they failed); one download, one engine load
+    assert delta(before, after, "loraplex_cold_start_seconds_count", stage="resolve") == 2
+    assert delta(before, after, "loraplex_cold_start_seconds_count", stage="download") == 1
+    assert delta(before, after, "loraplex_cold_start_seconds_count", stage="engine_load") == 1
     tenant_labels = {dict(ls).get("adapter") for (n, ls) in after if dict(ls).get("tenant") == tenant}
     assert tenant_labels == {"speak", "base"}, tenant_labels  # no version, no "ghost": bounded label values
 
