@@ -5,8 +5,8 @@ the engine for nobody, and a queued one kept its place in the fair queue. Here t
 a watch on the ASGI `receive` channel (the body is read by then, so the next message is `http.disconnect`,
 which uvicorn and Ray Serve send once the client is gone); if it comes first the work is cancelled: a queued
 request leaves the queue, an admitted one closes its engine connection (vLLM aborts a request whose
-connection closes). Streams are watched this way only until their response starts; after that Starlette's
-response notices the disconnect and the relay closes the engine stream. On Ray Serve the ingress replica gets
+connection closes). A stream's response (`RelayResponse`) takes the same watch over when it starts: a
+disconnect stops the relay, which closes the engine stream. On Ray Serve the ingress replica gets
 the same message (or Serve cancels the handler itself); the transport then cancels the engine replica's call,
 which closes its engine connection the same way.
 """
@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 
-from starlette.responses import Response
-from starlette.types import Receive
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 CLIENT_CLOSED = 499  # nginx's status for "client closed request": only the access log ever shows it
 
@@ -43,8 +43,12 @@ async def unless_client_leaves(receive: Receive | None, work: Awaitable[Response
             if asyncio.current_task().cancelling():
                 raise  # the handler itself is being cancelled too
             return Response(status_code=CLIENT_CLOSED)
-    watch.cancel()
-    return task.result()
+    response = task.result()
+    if isinstance(response, RelayResponse):
+        response.watch = watch  # it watches on while it relays
+    else:
+        watch.cancel()
+    return response
 
 
 async def _disconnect(receive: Receive) -> None:
@@ -55,3 +59,45 @@ async def _disconnect(receive: Receive) -> None:
             pass
     except Exception:
         return
+
+
+class RelayResponse(StreamingResponse):
+    """A stream relayed chunk by chunk, stopped (its body iterator cancelled and closed) when the client leaves.
+
+    Starlette's StreamingResponse does the same, but under uvicorn (ASGI spec 2.3) with an anyio task group and
+    a second task per response to watch `receive`; here the watch that guarded the request while it waited
+    (`unless_client_leaves`) carries on, and its completion cancels the relay: no task per stream, and the
+    relay's own cleanup (a `finally`) closes the engine stream and records the outcome.
+    """
+
+    watch: asyncio.Future | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watch = self.watch or asyncio.ensure_future(_disconnect(receive))
+        task, relaying = asyncio.current_task(), [True]
+
+        def client_left(_watch: asyncio.Future) -> None:
+            if relaying[0] and not _watch.cancelled():  # a late callback must not cancel what comes after
+                task.cancel()
+
+        watch.add_done_callback(client_left)
+        try:
+            await self._relay(send)
+        except asyncio.CancelledError:
+            if not watch.done() or watch.cancelled() or task.uncancel():
+                raise  # cancelled for another reason too (shutdown): go on cancelling
+        finally:
+            relaying[0] = False
+            watch.cancel()
+        if self.background is not None:
+            await self.background()
+
+    async def _relay(self, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": chunk if isinstance(chunk, bytes) else chunk.encode(self.charset)})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await self.body_iterator.aclose()  # a relay stopped at a yield runs its cleanup now

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import orjson
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.background import BackgroundTask
 from starlette.types import Receive
 
@@ -22,7 +22,7 @@ from registry.manifest import Manifest
 from registry.tenants import Tenant
 from serving import metrics
 from serving.admission import Charge, Quotas
-from serving.disconnect import unless_client_leaves
+from serving.disconnect import RelayResponse, unless_client_leaves
 from serving.gateway import Gateway
 from serving.protocol import estimate_tokens, rewrite_model, sse_error
 from serving.residency import engine_lora_name
@@ -164,8 +164,8 @@ async def _forward(gw: Gateway, tenant: Tenant, body: dict, path: str) -> Respon
     if not stream or reply.status != 200:
         return await _whole(gw, reply, ticket)
     relay = SseRelay(lora, ticket.public, drop_usage=not ticket.client_usage)
-    return StreamingResponse(_relay(gw, reply, ticket, relay), media_type="text/event-stream", headers=reply.headers,
-                             background=BackgroundTask(_abandon, reply, ticket))
+    return RelayResponse(_relay(gw, reply, ticket, relay), media_type="text/event-stream", headers=reply.headers,
+                         background=BackgroundTask(_abandon, reply, ticket))
 
 
 def _note_failure(gw: Gateway, e: BaseException) -> None:
