@@ -41,8 +41,9 @@ class ScaleConfig:
     warmup_s: float = 10.0  # unmeasured traffic before each count's rows (one request per adapter, then this long
     # at Zipf): they measure the steady state, every name resolved once, not the first minutes after a deploy (the
     # cold-start columns measure a first request's work one by one)
-    pair_rounds: int = 4  # after the rows, saturated rounds of the smallest and the largest count in turn (ABBA):
-    # the throughput target is their ratio's median; single rows minutes apart carry the host's drift (0.71-0.88x)
+    pair_rounds: int = 6  # after the rows, saturated rounds of the smallest and the largest count in turn (ABBA):
+    # the throughput target is their ratio's median; single rows minutes apart carry the host's drift (0.71-0.88x),
+    # and rounds of one run spread 0.69-0.94x at Zipf 1.2 (which tail adapters a 10 s round draws): six rounds
     pair_s: float = 10.0  # seconds of each count in a round
     disk_adapters: int = 400  # the disk tier's budget, in adapters of the largest rank
     max_inflight: int = 16  # gateway admission window
