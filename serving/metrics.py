@@ -76,10 +76,10 @@ TIER_BYTES = Gauge("loraplex_tier_bytes", "Adapter bytes held per residency tier
                    ["tier"])
 TIER_BUDGET_BYTES = Gauge("loraplex_tier_budget_bytes", "Byte budget of each residency tier.", ["tier"])
 COLD_START = Histogram("loraplex_cold_start_seconds",
-                       "Stages of an adapter's cold start: resolve (a name new to this gateway read from the registry), download (S3 to disk, hashed as it streams), verify (the "
-                       "digest check left after the last byte), engine_load (registration in the engine), "
-                       "first_token (request arrival to the first streamed token of a request that waited for a "
-                       "load).", ["stage"],
+                       "Stages of an adapter's cold start: resolve (a name new to this gateway read from the "
+                       "registry), download (S3 to disk, hashed as it streams), verify (the digest check left "
+                       "after the last byte), engine_load (registration in the engine), first_token (request "
+                       "arrival to the first streamed token of a request that waited for a load).", ["stage"],
                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
 
 # every series labelled by tenant: a tenant no longer among the busiest loses its series here
