@@ -75,16 +75,12 @@ class RelayResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = self.watch or asyncio.ensure_future(_disconnect(receive))
         task, relaying = asyncio.current_task(), [True]
-
-        def client_left(_watch: asyncio.Future) -> None:
-            if relaying[0] and not _watch.cancelled():  # a late callback must not cancel what comes after
-                task.cancel()
-
-        watch.add_done_callback(client_left)
+        # a callback already scheduled when the relay ends must not cancel what comes after it
+        watch.add_done_callback(lambda _watch: relaying[0] and task.cancel())
         try:
             await self._relay(send)
         except asyncio.CancelledError:
-            if not watch.done() or watch.cancelled() or task.uncancel():
+            if not watch.done() or task.uncancel():
                 raise  # cancelled for another reason too (shutdown): go on cancelling
         finally:
             relaying[0] = False
@@ -94,10 +90,6 @@ class RelayResponse(StreamingResponse):
 
     async def _relay(self, send: Send) -> None:
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            async for chunk in self.body_iterator:
-                await send({"type": "http.response.body", "more_body": True,
-                            "body": chunk if isinstance(chunk, bytes) else chunk.encode(self.charset)})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self.stream_response(send)  # Starlette's: the start, each chunk, the end
         finally:
             await self.body_iterator.aclose()  # a relay stopped at a yield runs its cleanup now

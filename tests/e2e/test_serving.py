@@ -10,7 +10,9 @@ import httpx
 import pytest
 
 from tests.e2e.helpers import complete, upload
+from tests.e2e.test_metrics import delta, scrape
 from tests.helpers.hf_reference import merged_greedy
+from tests.waiting import wait_until
 from training.demo import DEMO_WORDS, demo_prompt
 from training.tasks import answer
 
@@ -172,10 +174,12 @@ def _engine_counter(engine_url: str, name: str) -> float:
 
 
 def test_client_disconnect_aborts_the_engine_request(stack, engine):
-    """A client hanging up mid-stream stops generation in the engine (far fewer than max_tokens are made)."""
-    t = next(iter(stack.tenants.values()))
+    """A client hanging up mid-stream stops generation in the engine (far fewer than max_tokens are made); the
+    gateway gives the request's slot back and counts it as disconnected (serving/disconnect.py RelayResponse)."""
+    name, t = next(iter(stack.tenants.items()))
     tokens = "vllm:generation_tokens_total"
     before = _engine_counter(engine.engine_url, tokens)
+    metrics_before = scrape(stack)
     body = {"model": t["adapter"], "prompt": demo_prompt("abc"), "max_tokens": 230, "ignore_eos": True,
             "temperature": 0, "stream": True}
     with stack.client(t["key"]) as c:
@@ -190,3 +194,7 @@ def test_client_disconnect_aborts_the_engine_request(stack, engine):
             last, stable_since = now, time.monotonic()
         time.sleep(0.3)
     assert last - before < 200, f"the engine made {last - before:.0f} of 230 tokens for a client that left"
+    wait_until(lambda: stack.gateway.admission.idle, what="the gateway gave the slot back")
+    outcomes = {status: delta(metrics_before, scrape(stack), "loraplex_requests_total", tenant=name,
+                              adapter=t["adapter"], status=status) for status in ("ok", "disconnected", "error")}
+    assert outcomes == {"ok": 0, "disconnected": 1, "error": 0}, outcomes
