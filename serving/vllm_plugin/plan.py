@@ -139,9 +139,9 @@ def make_plan(indices: torch.Tensor) -> LoraPlan:
     plan = LoraPlan(indices.numel(), _segments(_runs(indices[order]), unassigned), order[unassigned:])
     tiles = _tiles(plan)
     if tiles is not None:
-        return LoraPlan(plan.num_rows, plan.segments, plan.rows, tiles)
+        return replace(plan, tiles=tiles)
     passes = _two_passes(plan)
-    return plan if passes is None else LoraPlan(plan.num_rows, plan.segments, plan.rows, passes=passes)
+    return plan if passes is None else replace(plan, passes=passes)
 
 
 def _two_passes(plan: LoraPlan) -> tuple[LoraPlan, ...] | None:
@@ -167,7 +167,7 @@ def _two_passes(plan: LoraPlan) -> tuple[LoraPlan, ...] | None:
 
 def _tiles(plan: LoraPlan, max_waste: float | None = None) -> Tiles | None:
     """The batched layout of a sorted plan (one segment per slot), unless it would pad more than `max_waste`
-    (default TILES_MAX_WASTE) times its rows."""
+    (None: TILES_MAX_WASTE, read at the call: tests set it) times its rows."""
     segs = plan.segments
     if len(segs) < 2:
         return None
