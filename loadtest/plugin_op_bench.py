@@ -1,7 +1,8 @@
 """Op-level benchmark of the vLLM plugin: one decode step's LoRA work next to the base layers' products.
 
 `python -m loadtest.plugin_op_bench [--rank 16] [--adapters 1] [--rows 64] [--profile]` builds the engine
-bench model's linear layers (`engine_bench.ModelShape`: qkv, o, gate_up, down per layer, fp32), random
+bench model's linear layers (`engine_bench.ModelShape`: qkv, o, gate_up, down per layer, fp32; `--hidden 128
+--intermediate 256 --layers 2` is the demo base the scale benchmark serves), random
 stacked LoRA weights in vLLM's layout, and calls `LoraplexPunicaWrapperCPU.add_lora_linear` the way vLLM's
 LoRA layers do after each base product. One torch thread; times are CPU time of this thread (the minimum
 over repeats), so other processes on a shared host disturb them less than wall time.
@@ -35,13 +36,13 @@ def _cpu_us(fn: Callable[[], None], steps: int, repeats: int = 5) -> float:
     return best
 
 
-def build(rank: int, adapters: int, rows: int, slots: int, seed: int = 0):
+def build(rank: int, adapters: int, rows: int, slots: int, seed: int = 0, shape: ModelShape = ModelShape()):
     """The step's layers `(weight, lora_a, lora_b, output_slices, x)` and a wrapper fed vLLM's metadata."""
     from vllm.lora.layers import LoRAMapping
 
     from serving.vllm_plugin.wrapper import LoraplexPunicaWrapperCPU
 
-    shape, gen = ModelShape(), torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     h, inter = shape.hidden, shape.intermediate
     per_layer = [(h, (h, h, h)), (h, (h,)), (h, (inter, inter)), (inter, (h,))]  # qkv, o, gate_up, down
     layers = []
@@ -64,13 +65,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=64, help="tokens in the step (decode: one per sequence)")
     parser.add_argument("--slots", type=int, default=0, help="stacked adapter slots (default: --adapters)")
     parser.add_argument("--steps", type=int, default=30)
+    default = ModelShape()
+    parser.add_argument("--hidden", type=int, default=default.hidden)
+    parser.add_argument("--intermediate", type=int, default=default.intermediate)
+    parser.add_argument("--layers", type=int, default=default.layers)
     parser.add_argument("--stock", action="store_true", help="also time vLLM's stock CPU ops")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     from serving.vllm_plugin.wrapper import set_plugin_ops
 
-    layers, wrapper = build(args.rank, args.adapters, args.rows, args.slots or args.adapters)
+    shape = ModelShape(hidden=args.hidden, intermediate=args.intermediate, layers=args.layers)
+    layers, wrapper = build(args.rank, args.adapters, args.rows, args.slots or args.adapters, shape=shape)
     outputs = [F.linear(x, w) for w, _, _, _, x in layers]
 
     def base() -> None:
