@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +66,10 @@ def compile_kernel():
     """The compiled module (`lora_rows`); built once per machine and cached by torch."""
     from torch.utils.cpp_extension import load_inline
 
+    # torch builds with ninja from PATH: the one installed in this environment (vLLM's dependency) is enough
+    bin_dir = os.path.dirname(sys.executable)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     return load_inline("loraplex_lora_rows_probe", cpp_sources=SOURCE, functions=["lora_rows"],
                        extra_cflags=["-O3", "-march=native", "-fopenmp-simd"])
 
