@@ -77,7 +77,6 @@ def compile_kernel():
 def probe(adapters: int, rows: int, shape: ModelShape, slot_rank: int, ranks: list[int], steps: int = 100) -> dict:
     """Both implementations on the same layers and rows (adapter `t % adapters` on row t, slot k has rank
     `ranks[k % len(ranks)]`): CPU ms per step of each and the largest output difference."""
-    torch.set_num_threads(1)
     kernel = compile_kernel()
     slots_total = max(adapters, 16)
     layers, wrapper = plugin_op_bench.build(slot_rank, adapters, rows, slots_total, shape=shape)
@@ -124,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     shape = ModelShape(hidden=args.hidden, intermediate=args.intermediate, layers=args.layers)
     ranks = [int(r) for r in args.ranks.split(",")]
+    torch.set_num_threads(1)  # as plugin_op_bench: the plugin runs its ops on one thread
     print(json.dumps(probe(args.adapters, args.rows, shape, args.slot_rank, ranks, args.steps)))
 
 
