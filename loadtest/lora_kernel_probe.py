@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from loadtest import plugin_op_bench
 from loadtest.engine_bench.config import ModelShape
+from serving.vllm_plugin.weights import as_slots
 
 # y[t, off_i + o] += sum_k B_i[s, o, k] * sum_j A_i[s, k, j] * x[t, j] over k < rank[s], s = slots[t] (-1: none).
 # Plain dot products over contiguous rows: each adapter is read at its own rank, one call per layer.
@@ -89,7 +90,7 @@ def probe(adapters: int, rows: int, shape: ModelShape, slot_rank: int, ranks: li
                 for b in lora_b:
                     b[k, :, :, int(rank[k]):] = 0
     slots = torch.tensor([t % adapters for t in range(rows)], dtype=torch.long)
-    calls = [(x, [a[:, 0].contiguous() for a in lora_a], [b[:, 0].contiguous() for b in lora_b],
+    calls = [(x, [as_slots(a) for a in lora_a], [as_slots(b) for b in lora_b],
               [sum(outs[:i]) for i in range(len(outs))]) for _, lora_a, lora_b, outs, x in layers]
     bases = [F.linear(x, w) for w, _, _, _, x in layers]
 

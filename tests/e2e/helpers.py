@@ -6,9 +6,11 @@ The stack itself is assembled by loadtest/harness.py, as the benchmarks and the 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.peft_format import ADAPTER_FILES
 from loadtest.harness import RunningGateway
@@ -57,3 +59,29 @@ async def complete_concurrently(st, jobs) -> list[str]:
             assert r.status_code == 200, r.text
             return r.json()["choices"][0]["text"]
         return await asyncio.gather(*(one(k, b) for k, b in jobs))
+
+
+def scrape(st: Stack) -> dict[tuple[str, frozenset], float]:
+    """Every sample of the gateway's /metrics (operators' plane, admin key), keyed by (sample name, labels),
+    parsed by prometheus_client."""
+    text = st.metrics_text()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def delta(before: dict, after: dict, name: str, **labels) -> float:
+    """How much the samples called `name` whose labels include `labels` moved (summed over the rest)."""
+    want = set(labels.items())
+
+    def total(snap):
+        return sum(v for (n, ls), v in snap.items() if n == name and want <= ls)
+    return total(after) - total(before)
+
+
+def new_tenant(st, quotas: dict | None = None, prefix: str = "met") -> tuple[str, str]:
+    """A tenant no other test uses (the metrics registry is shared by every in-process gateway)."""
+    name = f"{prefix}-{secrets.token_hex(4)}"
+    with st.admin() as c:
+        r = c.post("/admin/tenants", json={"name": name, "quotas": quotas or {}})
+    assert r.status_code == 201, r.text
+    return name, r.json()["api_key"]

@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from tests.e2e.helpers import complete_concurrently, running_gateway, start_gateway, upload
-from tests.e2e.test_metrics import delta, new_tenant, scrape
+from tests.e2e.helpers import complete_concurrently, delta, new_tenant, running_gateway, scrape, start_gateway, upload
 from training.demo import DEMO_WORDS, demo_prompt
 from training.tasks import answer
 

@@ -7,8 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.e2e.helpers import complete, running_gateway, upload
-from tests.e2e.test_metrics import delta, new_tenant, scrape
+from tests.e2e.helpers import complete, delta, new_tenant, running_gateway, scrape, upload
 from training.demo import demo_prompt
 
 

@@ -3,38 +3,9 @@
 from __future__ import annotations
 
 import json
-import secrets
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from tests.e2e.helpers import Stack, upload
+from tests.e2e.helpers import delta, new_tenant, scrape, upload
 from training.demo import demo_prompt
-
-
-def scrape(st: Stack) -> dict[tuple[str, frozenset], float]:
-    """Every sample of the gateway's /metrics (operators' plane, admin key), keyed by (sample name, labels),
-    parsed by prometheus_client."""
-    text = st.metrics_text()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def delta(before: dict, after: dict, name: str, **labels) -> float:
-    """How much the samples called `name` whose labels include `labels` moved (summed over the rest)."""
-    want = set(labels.items())
-
-    def total(snap):
-        return sum(v for (n, ls), v in snap.items() if n == name and want <= ls)
-    return total(after) - total(before)
-
-
-def new_tenant(st, quotas: dict | None = None, prefix: str = "met") -> tuple[str, str]:
-    """A tenant no other test uses (the metrics registry is shared by every in-process gateway)."""
-    name = f"{prefix}-{secrets.token_hex(4)}"
-    with st.admin() as c:
-        r = c.post("/admin/tenants", json={"name": name, "quotas": quotas or {}})
-    assert r.status_code == 201, r.text
-    return name, r.json()["api_key"]
 
 
 def test_per_tenant_and_per_adapter_series_move_by_what_was_sent(stack, demo):

@@ -6,8 +6,7 @@ import threading
 
 import pytest
 
-from tests.e2e.helpers import running_gateway, upload
-from tests.e2e.test_metrics import delta, new_tenant, scrape
+from tests.e2e.helpers import delta, new_tenant, running_gateway, scrape, upload
 from tests.waiting import wait_until
 from training.demo import demo_prompt
 

@@ -18,8 +18,7 @@ import pytest
 
 from common.procs import free_port, pid_alive
 from loadtest.harness import ensure_bucket
-from tests.e2e.helpers import Stack, upload
-from tests.e2e.test_metrics import scrape
+from tests.e2e.helpers import Stack, scrape, upload
 from training.demo import DEMO_TENANTS, DEMO_WORDS, demo_prompt
 from training.tasks import answer
 

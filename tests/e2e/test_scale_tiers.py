@@ -21,8 +21,7 @@ from common.peft_format import ADAPTER_FILES
 from registry.pins import PinRegistry
 from registry.store import ObjectStore
 from serving.residency import engine_lora_name
-from tests.e2e.helpers import complete_concurrently, running_gateway, upload
-from tests.e2e.test_metrics import delta, new_tenant, scrape
+from tests.e2e.helpers import complete_concurrently, delta, new_tenant, running_gateway, scrape, upload
 from tests.waiting import wait_until
 from training.demo import DEMO_WORDS, demo_prompt
 from training.tasks import answer

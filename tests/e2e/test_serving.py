@@ -9,8 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.helpers import complete, upload
-from tests.e2e.test_metrics import delta, scrape
+from tests.e2e.helpers import complete, delta, scrape, upload
 from tests.helpers.hf_reference import merged_greedy
 from tests.waiting import wait_until
 from training.demo import DEMO_WORDS, demo_prompt

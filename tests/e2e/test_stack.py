@@ -16,8 +16,7 @@ import pytest
 from common.procs import free_port, pid_alive, port_open
 from loraplex.stack import SERVICES
 from registry.seaweed import free_port_pair
-from tests.e2e.helpers import Stack
-from tests.e2e.test_metrics import delta, scrape
+from tests.e2e.helpers import Stack, delta, scrape
 from tests.waiting import wait_until
 from training.demo import DEMO_TENANTS, DEMO_WORDS
 from training.tasks import answer
