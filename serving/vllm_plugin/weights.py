@@ -21,6 +21,17 @@ def as_slots(weights: torch.Tensor) -> torch.Tensor:
     return weights[:, 0] if weights.dim() == 4 else weights
 
 
+def _ranks(lora_a: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per slot, one past its last nonzero rank row over all slices: the adapter's real rank (vLLM pads a slot
+    to the engine's largest rank with zeros), 0 for an empty slot."""
+    ranks = None
+    for w in lora_a:
+        used = as_slots(w).abs().amax(dim=2) > 0  # [slots, rank]
+        last = (used * torch.arange(1, used.shape[1] + 1)).amax(dim=1)
+        ranks = last if ranks is None else torch.maximum(ranks, last)
+    return ranks.to(torch.long).contiguous()
+
+
 @dataclass
 class _Entry:
     tensors: tuple[torch.Tensor, ...]
@@ -29,6 +40,8 @@ class _Entry:
     fused: torch.Tensor | None = None
     fused_copy: bool = False  # `fused` has storage of its own (several slices, or another dtype)
     nonzero: frozenset[int] | None = None
+    ranks: torch.Tensor | None = None  # int64 [slots] (`_ranks`)
+    transposed: dict = field(default_factory=dict)  # output_slices -> per slice `[slots, rank, width]` copies
     views: dict = field(default_factory=dict)
 
     def update(self, slots: set[int], versions: tuple[int, ...]) -> None:
@@ -40,6 +53,11 @@ class _Entry:
             if self.nonzero is not None:
                 written = any(bool(as_slots(w)[slot].abs().amax() > 0) for w in self.tensors)
                 self.nonzero = self.nonzero | {slot} if written else self.nonzero - {slot}
+            if self.ranks is not None:
+                self.ranks[slot] = _ranks([w[slot:slot + 1] for w in self.tensors])[0]
+            for slices, copies in self.transposed.items():
+                for copy, w, size in zip(copies, self.tensors, slices):
+                    copy[slot].copy_(as_slots(w)[slot, :size].t())
         # Views of `fused` or of vLLM's tensors follow by themselves; converted copies are made again when used.
         dtype = self.tensors[0].dtype
         for key in [k for k in self.views if isinstance(k, tuple) and k[2] != dtype]:
@@ -90,6 +108,23 @@ class StackedWeights:
                 slots.update(torch.nonzero(flat.abs().amax(dim=1) > 0).flatten().tolist())
             entry.nonzero = frozenset(slots)
         return entry.nonzero
+
+    def ranks(self, lora_a: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Each slot's real rank (int64 `[slots]`): the row kernel reads no padding."""
+        entry = self._entry(lora_a)
+        if entry.ranks is None:
+            entry.ranks = _ranks(entry.tensors)
+        return entry.ranks
+
+    def transposed(self, lora_b: Sequence[torch.Tensor], output_slices: Sequence[int]) -> list[torch.Tensor]:
+        """Per slice, lora_b as `[slots, rank, width]` (contiguous copies, cut to the slice width, the weights'
+        dtype): the row kernel adds rank rows of it to an output row, reading memory in order."""
+        entry = self._entry(lora_b)
+        key = tuple(output_slices)
+        if key not in entry.transposed:
+            entry.transposed[key] = [as_slots(w)[:, :size].transpose(1, 2).contiguous()
+                                     for w, size in zip(entry.tensors, output_slices)]
+        return entry.transposed[key]
 
     def shrink_slots(self, lora_a: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Per slot, the fused lora_a transposed for `x @ w` (`[in, slices * rank]` views, no copies)."""

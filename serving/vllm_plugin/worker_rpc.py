@@ -16,11 +16,11 @@ import torch
 def worker_report(worker: Any = None) -> dict:
     """The worker's pid, whether the plugin's wrapper is installed, its torch threads and call counts, and
     the cap of the queue-wait backoff (None: vLLM's spin), whether registered adapters are found in O(1)."""
-    from serving.vllm_plugin import adapter_lookup, slot_log, spin, threads, wrapper
+    from serving.vllm_plugin import adapter_lookup, rows_kernel, slot_log, spin, threads, wrapper
     from serving.vllm_plugin.registration import is_installed
 
     return {"pid": os.getpid(), "installed": is_installed(), "threads": torch.get_num_threads(),
-            "calls": dict(wrapper.CALLS), "plugin_ops": wrapper._PLUGIN_OPS["on"],
+            "calls": dict(wrapper.CALLS) | dict(rows_kernel.RUNS), "plugin_ops": wrapper._PLUGIN_OPS["on"],
             "spin_cap_s": spin.installed_cap_s(), "lora_threads": threads.limit(),
             "adapter_lookup": adapter_lookup.installed(), "slot_writes": slot_log.LOG.gen}
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-from serving.vllm_plugin import lora_ops, threads
+from serving.vllm_plugin import lora_ops, rows_kernel, threads
 from serving.vllm_plugin.plan import LoraPlan, make_plan
 from serving.vllm_plugin.weights import StackedWeights, as_slots
 
@@ -57,6 +57,8 @@ class LoraplexPunicaWrapperCPU(PunicaWrapperCPU):
         self._token_plan: LoraPlan | None = None
         self._sampler_plan: LoraPlan | None = None
         self._weights = StackedWeights()
+        # Loaded (built if missing) now, at engine start, never inside a step.
+        self._row_kernel = rows_kernel.get() is not None
         CALLS["wrappers"] += 1
 
     def update_metadata(self, *args: Any, **kwargs: Any) -> None:
@@ -68,15 +70,16 @@ class LoraplexPunicaWrapperCPU(PunicaWrapperCPU):
     def token_plan(self) -> LoraPlan:
         """The grouping of this step's tokens (vLLM's `token_lora_indices`)."""
         if self._token_plan is None:
-            self._token_plan = make_plan(self.token_lora_indices)
+            self._token_plan = make_plan(self.token_lora_indices, self._row_kernel)
             CALLS["plans"] += 1
+            CALLS["kernel_plans"] += self._token_plan.kernel is not None
         return self._token_plan
 
     @property
     def sampler_plan(self) -> LoraPlan:
         """The grouping of this step's sampled rows (vLLM's `sampler_indices`, for LoRA on lm_head)."""
         if self._sampler_plan is None:
-            self._sampler_plan = make_plan(self.sampler_indices)
+            self._sampler_plan = make_plan(self.sampler_indices, self._row_kernel)
         return self._sampler_plan
 
     def _applies(self, plan: LoraPlan, stacked) -> bool:

@@ -126,6 +126,8 @@ def test_plugin_runs_in_the_engine_worker(engines):
     plugin, stock = engines["plugin"]["worker"], engines["stock"]["worker"]
     assert plugin["installed"] and plugin["pid"] != engines["plugin"]["pid"]
     assert plugin["calls"].get("linear", 0) > 0, plugin
+    # Decode steps of a few rows per adapter ran the compiled row kernel (rows_kernel.py); prefill did not.
+    assert 0 < plugin["calls"].get("lora_rows", 0) < plugin["calls"]["linear"], plugin
     assert "loraplex CPU LoRA ops active" in engines["plugin"]["log"]
     assert not stock["installed"] and not stock["calls"]
     # The queue-wait backoff is its own setting: on in both workers (LORAPLEX_VLLM_PLUGIN=0 only

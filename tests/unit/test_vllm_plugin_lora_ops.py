@@ -1,12 +1,14 @@
 """The plugin's grouped LoRA ops against a float64 reference: shapes, ranks, slices and index patterns.
 
 Every case runs through the wrapper vLLM's LoRA layers call (`LoraplexPunicaWrapperCPU`, fed real
-vLLM metadata), with each kernel forced in turn: the per-adapter loop and the batched tiles.
+vLLM metadata), with each kernel forced in turn: the per-adapter loop, the batched tiles, two passes and the
+compiled row kernel.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -75,13 +77,15 @@ def reference(y, x, a, b, scale, slices, indices, offset=0):
     return out
 
 
-@pytest.fixture(params=["auto", "in-place", "sorted", "tiles", "two-pass"])
+@pytest.fixture(params=["auto", "rows", "in-place", "sorted", "tiles", "two-pass"])
 def kernel(request, monkeypatch):
-    """Force the plan's kernel: the loop over runs in place, the loop over sorted rows, tiles, or two passes
-    (one-row tiles per adapter, then the loop over the other rows).
+    """Force the plan's kernel: the compiled row kernel, the loop over runs in place, the loop over sorted rows,
+    tiles, or two passes (one-row tiles per adapter, then the loop over the other rows).
 
-    Batches of one or two runs always take the in-place loop.
+    Batches of one or two runs take the in-place loop unless the row kernel is forced.
     """
+    if request.param != "auto":
+        monkeypatch.setattr(plan_mod, "KERNEL_MAX_ROWS_PER_ADAPTER", 10**9 if request.param == "rows" else 0)
     if request.param == "in-place":
         monkeypatch.setattr(plan_mod, "LOOP_MIN_AVG_ROWS", 0)
     elif request.param in ("sorted", "tiles", "two-pass"):
@@ -204,11 +208,18 @@ def test_logits_and_embedding_paths():
 
 
 def test_plan_picks_the_kernel_by_batch_shape():
-    """Decode steps of many adapters use the batched tiles; long runs (prefill, one adapter) the loop."""
+    """Decode steps of many adapters use the batched tiles (the row kernel while adapters have few rows each);
+    long runs (prefill, one adapter) the loop."""
     decode = plan_mod.make_plan(torch.tensor([i % 8 for i in range(64)]))
-    assert decode.tiles is not None and decode.rows is not None
+    assert decode.tiles is not None and decode.rows is not None and decode.kernel is None
+    assert plan_mod.make_plan(torch.tensor([i % 8 for i in range(64)]), row_kernel=True).kernel is None  # 8 each
+    rows = plan_mod.make_plan(torch.tensor([3, -1, 0, 3, 2, 0, 7, 2]), row_kernel=True)
+    assert rows.kernel is not None and rows.tiles is None and rows.passes is None
+    assert rows.kernel[0].tolist() == [2, 5, 4, 7, 0, 3, 6] and rows.kernel[1].tolist() == [0, 0, 2, 2, 3, 3, 7]
+    assert [(s.slot, s.end - s.start) for s in rows.segments] == [(0, 2), (2, 2), (3, 2), (7, 1)]  # for lone ops
+    assert plan_mod.make_plan(torch.tensor([4]), row_kernel=True).kernel is not None  # a request alone, decoding
     assert (decode.tiles.lo, decode.tiles.hi, decode.tiles.size) == (0, 8, 8)
-    prefill = plan_mod.make_plan(torch.tensor([0] * 300 + [-1] * 20 + [1] * 200))
+    prefill = plan_mod.make_plan(torch.tensor([0] * 300 + [-1] * 20 + [1] * 200), row_kernel=True)
     assert prefill.tiles is None and prefill.rows is None
     assert [(s.slot, s.start, s.end) for s in prefill.segments] == [(0, 0, 300), (1, 320, 520)]
     assert plan_mod.make_plan(torch.full((16,), -1)).empty
@@ -254,3 +265,63 @@ def test_in_place_runs_at_an_offset_in_a_wider_output(indices, dtype):
     assert torch.equal(y[base_rows], before[base_rows])
     untouched = [*range(offset), *range(offset + 12 + 4, offset + 18), *range(offset + sum(slices), y.shape[1])]
     assert torch.equal(y[:, untouched], before[:, untouched])
+
+
+def padded(slices: tuple[int, ...], ranks: list[int], slot_rank: int, fan_in: int, dtype: torch.dtype,
+           gen: torch.Generator):
+    """Stacked weights as vLLM pads them: slot s holds an adapter of rank `ranks[s % len(ranks)]`, zeros beyond."""
+    a, b = stacked(slices, slot_rank, fan_in, gen)
+    for s in range(SLOTS):
+        r = ranks[s % len(ranks)]
+        for a_i, b_i in zip(a, b):
+            a_i[s, :, r:] = 0
+            b_i[s, :, :, r:] = 0
+    return tuple(t.to(dtype) for t in a), tuple(t.to(dtype) for t in b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_kernel_reads_each_adapter_at_its_rank(dtype):
+    """Ranks 1 to 64 in slots padded to 64 (a kernel stopping short of an adapter's rank would be caught), in the
+    engine's dtypes, at an offset in a wider output; equal to the batched products up to the output's rounding."""
+    gen = torch.Generator().manual_seed(21)
+    indices = [0, 5, -1, 1, 2, 3, 0, 4, 7, -1, 6, 5]
+    slices = (40, 24, 24)
+    a, b = padded(slices, [1, 8, 16, 64, 3], 64, 96, dtype, gen)
+    x = torch.randn(len(indices), 96, generator=gen).to(dtype)
+    y = torch.randn(len(indices), 100, generator=gen).to(dtype)
+    expected = reference(y, x, a, b, 0.5, slices, indices, offset=6)
+    wrapper = wrapper_for(indices)
+    assert wrapper.token_plan.kernel is not None
+    got = y.clone()
+    lora_ops.lora_linear(got, x, wrapper._weights, a, b, slices, wrapper.token_plan, 0.5, offset=6)
+    assert wrapper._weights.ranks(a).tolist()[:5] == [1, 8, 16, 64, 3]
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 5e-2}
+    torch.testing.assert_close(got.double(), expected, **tol)
+    assert torch.equal(got[:, :6], y[:, :6]) and torch.equal(got[:, 94:], y[:, 94:])  # outside the slices
+    assert torch.equal(got[[2, 9]], y[[2, 9]])  # rows without an adapter
+    batched = y.clone()
+    plan = replace(wrapper.token_plan, kernel=None)
+    lora_ops.lora_linear(batched, x, StackedWeights(), a, b, slices, plan, 0.5, offset=6)
+    # Sums in another order (float32), rounded once instead of twice (bfloat16): an ulp or so of the output.
+    ulp = 1e-6 if dtype == torch.float32 else 2 ** -7
+    torch.testing.assert_close(got, batched, rtol=2 * ulp, atol=2 * ulp * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_kernel_gives_a_row_the_same_bits_alone_and_in_any_batch(dtype):
+    """A decode row's LoRA does not depend on the other rows of the step: a request alone gets exactly what it
+    gets in a mixed batch."""
+    gen = torch.Generator().manual_seed(23)
+    indices = [3, 1, -1, 3, 0, 2, 1]
+    slices = (32, 32)
+    a, b = padded(slices, [8, 16, 64], 64, 48, dtype, gen)
+    x = torch.randn(len(indices), 48, generator=gen).to(dtype)
+    base = torch.randn(len(indices), 64, generator=gen).to(dtype)
+    batch = base.clone()
+    wrapper_for(indices).add_lora_linear(batch, x, a, b, 1.0, slices)
+    for t, slot in enumerate(indices):
+        alone = base[t:t + 1].clone()
+        wrapper = wrapper_for([slot])
+        assert slot < 0 or wrapper.token_plan.kernel is not None
+        wrapper.add_lora_linear(alone, x[t:t + 1], a, b, 1.0, slices)
+        assert torch.equal(alone[0], batch[t]), f"row {t} (slot {slot})"
