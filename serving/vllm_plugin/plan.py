@@ -28,9 +28,10 @@ LOOP_MIN_AVG_ROWS = 48
 TILES_MAX_WASTE = 2.0
 # Two passes (`_two_passes`) while the slot range is at most this many times the batch's adapters.
 TWO_PASS_MAX_SPREAD = 2.0
-# The row kernel while the rows with an adapter are at most this many per distinct adapter (op-level crossover
-# with the batched products, docs/benchmarks.md).
-KERNEL_MAX_ROWS_PER_ADAPTER = 4.0
+# The row kernel while the rows with an adapter are at most this many per distinct adapter: at the op level it
+# beat the batched products up to 32 rows per adapter, in float32 and bfloat16, except one adapter's rows in
+# float32 on a 512-wide model (in-place products 0.6 ms, the kernel 1.0 ms at 16 rows); docs/benchmarks.md.
+KERNEL_MAX_ROWS_PER_ADAPTER = 16.0
 
 
 @dataclass(frozen=True)

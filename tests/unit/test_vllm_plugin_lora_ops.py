@@ -212,7 +212,8 @@ def test_plan_picks_the_kernel_by_batch_shape():
     long runs (prefill, one adapter) the loop."""
     decode = plan_mod.make_plan(torch.tensor([i % 8 for i in range(64)]))
     assert decode.tiles is not None and decode.rows is not None and decode.kernel is None
-    assert plan_mod.make_plan(torch.tensor([i % 8 for i in range(64)]), row_kernel=True).kernel is None  # 8 each
+    assert plan_mod.make_plan(torch.tensor([i % 2 for i in range(64)]), row_kernel=True).kernel is None  # 32 each
+    assert plan_mod.make_plan(torch.tensor([i % 8 for i in range(64)]), row_kernel=True).kernel is not None
     rows = plan_mod.make_plan(torch.tensor([3, -1, 0, 3, 2, 0, 7, 2]), row_kernel=True)
     assert rows.kernel is not None and rows.tiles is None and rows.passes is None
     assert rows.kernel[0].tolist() == [2, 5, 4, 7, 0, 3, 6] and rows.kernel[1].tolist() == [0, 0, 2, 2, 3, 3, 7]
