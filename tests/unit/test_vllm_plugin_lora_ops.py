@@ -286,10 +286,10 @@ def test_row_kernel_reads_each_adapter_at_its_rank(dtype):
     engine's dtypes, at an offset in a wider output; equal to the batched products up to the output's rounding."""
     gen = torch.Generator().manual_seed(21)
     indices = [0, 5, -1, 1, 2, 3, 0, 4, 7, -1, 6, 5]
-    slices = (40, 24, 24)
+    slices = (40, 136, 24)  # the kernel sums 64 output columns at a time: a slice of two blocks and a tail
     a, b = padded(slices, [1, 8, 16, 64, 3], 64, 96, dtype, gen)
     x = torch.randn(len(indices), 96, generator=gen).to(dtype)
-    y = torch.randn(len(indices), 100, generator=gen).to(dtype)
+    y = torch.randn(len(indices), 210, generator=gen).to(dtype)
     expected = reference(y, x, a, b, 0.5, slices, indices, offset=6)
     wrapper = wrapper_for(indices)
     assert wrapper.token_plan.kernel is not None
@@ -298,7 +298,7 @@ def test_row_kernel_reads_each_adapter_at_its_rank(dtype):
     assert wrapper._weights.ranks(a).tolist()[:5] == [1, 8, 16, 64, 3]
     tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 5e-2}
     torch.testing.assert_close(got.double(), expected, **tol)
-    assert torch.equal(got[:, :6], y[:, :6]) and torch.equal(got[:, 94:], y[:, 94:])  # outside the slices
+    assert torch.equal(got[:, :6], y[:, :6]) and torch.equal(got[:, 206:], y[:, 206:])  # outside the slices
     assert torch.equal(got[[2, 9]], y[[2, 9]])  # rows without an adapter
     batched = y.clone()
     plan = replace(wrapper.token_plan, kernel=None)
