@@ -9,9 +9,9 @@ stacked weights:
   prefill chunks, a single adapter), or per adapter after sorting the rows;
 - "tiles": rows sorted and laid out slot-major as `[slots, size]` tiles for one batched product per
   layer, whatever the number of adapters (short interleaved runs: decode steps of many adapters);
-- "kernel": one compiled call per layer computing row by row at each adapter's real rank (lora_rows.cpp), when
-  the caller has it and adapters have few rows each (decode steps, a request alone included): products of a
-  row or two are memory-bound on weights padded to the engine's largest rank, the kernel reads no padding.
+- "kernel": one compiled call per layer computing row by row at each adapter's real rank (lora_rows.cpp), for
+  the short runs when the caller has it (decode steps, a request alone included): products of a row or two are
+  memory-bound on weights padded to the engine's largest rank, the kernel reads no padding.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ LOOP_MIN_AVG_ROWS = 48
 TILES_MAX_WASTE = 2.0
 # Two passes (`_two_passes`) while the slot range is at most this many times the batch's adapters.
 TWO_PASS_MAX_SPREAD = 2.0
-# The row kernel while the rows with an adapter are at most this many per distinct adapter: at the op level it
-# beat the batched products up to 32 rows per adapter, in float32 and bfloat16, except one adapter's rows in
-# float32 on a 512-wide model (in-place products 0.6 ms, the kernel 1.0 ms at 16 rows); docs/benchmarks.md.
-KERNEL_MAX_ROWS_PER_ADAPTER = 16.0
+# Runs of up to this many rows of one adapter go to the row kernel, longer ones to a product in place. At the op
+# level the kernel beat the batched products up to 32 rows per adapter (runs of one row) in float32 and bfloat16;
+# one adapter's 16 rows in one run took 0.68 ms against 0.59 ms for the product in float32 (docs/benchmarks.md).
+KERNEL_MAX_RUN = 8
 
 
 @dataclass(frozen=True)
@@ -130,11 +130,11 @@ def make_plan(indices: torch.Tensor, row_kernel: bool = False) -> LoraPlan:
 
     Args:
         indices: one slot index per row (int64); -1 means the row has no adapter.
-        row_kernel: whether the caller can run the row kernel (then chosen for few rows per adapter).
+        row_kernel: whether the caller can run the row kernel (`_with_row_kernel`).
 
     Returns:
-        Few rows per adapter and `row_kernel`: rows sorted by slot (stable), for the row kernel.
-        Long runs (prefill, a single adapter): the loop over the runs in place, no copies.
+        With `row_kernel`, runs of up to KERNEL_MAX_RUN rows go to the row kernel (`_with_row_kernel`). Else:
+        long runs (prefill, a single adapter): the loop over the runs in place, no copies.
         Short interleaved runs (decode steps of several adapters): rows sorted by slot (stable), as
         tiles when the padding stays small, else in two passes (`_two_passes`) when many adapters have a
         row or two, else looped over one segment per slot.
@@ -144,23 +144,38 @@ def make_plan(indices: torch.Tensor, row_kernel: bool = False) -> LoraPlan:
     in_place = _segments(runs)
     if not in_place:
         return LoraPlan(indices.numel(), (), None)
-    packed = sum(s.end - s.start for s in in_place)
-    if row_kernel and packed <= KERNEL_MAX_ROWS_PER_ADAPTER * len({s.slot for s in in_place}):
-        order = torch.argsort(indices, stable=True)
-        unassigned = int((indices < 0).sum())
-        rows = order[unassigned:]
-        return LoraPlan(indices.numel(), _segments(_runs(indices[order]), unassigned), rows,
-                        kernel=(rows, indices[rows].contiguous()))
-    if len(in_place) <= 2 or packed >= LOOP_MIN_AVG_ROWS * len(in_place):
+    if row_kernel and any(s.end - s.start <= KERNEL_MAX_RUN for s in in_place):
+        return _with_row_kernel(indices, in_place)
+    if len(in_place) <= 2 or sum(s.end - s.start for s in in_place) >= LOOP_MIN_AVG_ROWS * len(in_place):
         return LoraPlan(indices.numel(), in_place, None)
-    order = torch.argsort(indices, stable=True)
-    unassigned = int((indices < 0).sum())
-    plan = LoraPlan(indices.numel(), _segments(_runs(indices[order]), unassigned), order[unassigned:])
+    plan = _sorted(indices)
     tiles = _tiles(plan)
     if tiles is not None:
         return replace(plan, tiles=tiles)
     passes = _two_passes(plan)
     return plan if passes is None else replace(plan, passes=passes)
+
+
+def _sorted(indices: torch.Tensor) -> LoraPlan:
+    """The rows with an adapter sorted by slot (stable), one segment per slot."""
+    order = torch.argsort(indices, stable=True)
+    unassigned = int((indices < 0).sum())
+    return LoraPlan(indices.numel(), _segments(_runs(indices[order]), unassigned), order[unassigned:])
+
+
+def _with_row_kernel(indices: torch.Tensor, in_place: tuple[Segment, ...]) -> LoraPlan:
+    """Runs of up to KERNEL_MAX_RUN rows by the row kernel, longer runs (prefill chunks, one adapter's whole
+    batch) by one product each, in place, in a pass of their own. A row's computation then depends on its run
+    only: a decode row takes the kernel alone and in any batch, a prefill chunk its product."""
+    long = tuple(s for s in in_place if s.end - s.start > KERNEL_MAX_RUN)
+    short = indices.clone()
+    for s in long:
+        short[s.start:s.end] = -1
+    kernel = _sorted(short)
+    kernel = replace(kernel, kernel=(kernel.rows, short[kernel.rows].contiguous()))
+    if not long:
+        return kernel
+    return replace(_sorted(indices), passes=(LoraPlan(indices.numel(), long, None), kernel))
 
 
 def _two_passes(plan: LoraPlan) -> tuple[LoraPlan, ...] | None:

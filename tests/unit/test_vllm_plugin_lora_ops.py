@@ -85,7 +85,7 @@ def kernel(request, monkeypatch):
     Batches of one or two runs take the in-place loop unless the row kernel is forced.
     """
     if request.param != "auto":
-        monkeypatch.setattr(plan_mod, "KERNEL_MAX_ROWS_PER_ADAPTER", 10**9 if request.param == "rows" else 0)
+        monkeypatch.setattr(plan_mod, "KERNEL_MAX_RUN", 10**9 if request.param == "rows" else 0)
     if request.param == "in-place":
         monkeypatch.setattr(plan_mod, "LOOP_MIN_AVG_ROWS", 0)
     elif request.param in ("sorted", "tiles", "two-pass"):
@@ -208,12 +208,17 @@ def test_logits_and_embedding_paths():
 
 
 def test_plan_picks_the_kernel_by_batch_shape():
-    """Decode steps of many adapters use the batched tiles (the row kernel while adapters have few rows each);
-    long runs (prefill, one adapter) the loop."""
+    """Decode steps of many adapters use the batched tiles (or, when the caller has it, the row kernel for runs
+    of a few rows); long runs (prefill, one adapter) the loop."""
     decode = plan_mod.make_plan(torch.tensor([i % 8 for i in range(64)]))
     assert decode.tiles is not None and decode.rows is not None and decode.kernel is None
-    assert plan_mod.make_plan(torch.tensor([i % 2 for i in range(64)]), row_kernel=True).kernel is None  # 32 each
-    assert plan_mod.make_plan(torch.tensor([i % 8 for i in range(64)]), row_kernel=True).kernel is not None
+    assert plan_mod.make_plan(torch.tensor([i % 2 for i in range(64)]), row_kernel=True).kernel is not None
+    # A prefill chunk (a long run) beside decode rows: the chunk's product in place, then the kernel for the rest.
+    mixed = plan_mod.make_plan(torch.tensor([0] * 20 + [1, 2, -1, 1, 3]), row_kernel=True)
+    chunk, rest = mixed.passes
+    assert chunk.rows is None and [(s.slot, s.start, s.end) for s in chunk.segments] == [(0, 0, 20)]
+    assert rest.kernel[0].tolist() == [20, 23, 21, 24] and rest.kernel[1].tolist() == [1, 1, 2, 3]
+    assert sorted(mixed.rows.tolist()) == [*range(22), 23, 24]  # the lone shrink / expand see every row
     rows = plan_mod.make_plan(torch.tensor([3, -1, 0, 3, 2, 0, 7, 2]), row_kernel=True)
     assert rows.kernel is not None and rows.tiles is None and rows.passes is None
     assert rows.kernel[0].tolist() == [2, 5, 4, 7, 0, 3, 6] and rows.kernel[1].tolist() == [0, 0, 2, 2, 3, 3, 7]
@@ -326,3 +331,27 @@ def test_row_kernel_gives_a_row_the_same_bits_alone_and_in_any_batch(dtype):
         assert slot < 0 or wrapper.token_plan.kernel is not None
         wrapper.add_lora_linear(alone, x[t:t + 1], a, b, 1.0, slices)
         assert torch.equal(alone[0], batch[t]), f"row {t} (slot {slot})"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_prefill_chunk_gets_the_same_bits_alone_and_beside_decode_rows(dtype):
+    """A prompt's chunk (a long run: one product in place) next to other requests' decode rows (the row kernel)
+    gives what it gives alone, and so do the decode rows."""
+    gen = torch.Generator().manual_seed(29)
+    chunk = 24
+    indices = [2, 0] + [1] * chunk + [3, -1, 0]
+    slices = (32, 16)
+    a, b = padded(slices, [8, 16, 64], 64, 40, dtype, gen)
+    x = torch.randn(len(indices), 40, generator=gen).to(dtype)
+    base = torch.randn(len(indices), 48, generator=gen).to(dtype)
+    batch = base.clone()
+    wrapper = wrapper_for(indices)
+    assert wrapper.token_plan.passes is not None
+    wrapper.add_lora_linear(batch, x, a, b, 1.0, slices)
+    alone = base[2:2 + chunk].clone()
+    wrapper_for([1] * chunk).add_lora_linear(alone, x[2:2 + chunk], a, b, 1.0, slices)
+    assert torch.equal(alone, batch[2:2 + chunk])
+    for t in (0, 1, 26, 28):
+        row = base[t:t + 1].clone()
+        wrapper_for([indices[t]]).add_lora_linear(row, x[t:t + 1], a, b, 1.0, slices)
+        assert torch.equal(row[0], batch[t]), f"row {t}"

@@ -29,7 +29,7 @@ def test_a_noted_activation_updates_its_slot_in_place(kernel, monkeypatch):
     """The activation of another adapter into slot 1 (of a higher rank than the one before) and of an adapter
     without weights in this layer into slot 2 is noted; the layer's cached forms (ranks and transposed lora_b
     included) are updated, not rebuilt, and the output is exact for every slot."""
-    monkeypatch.setattr(plan_mod, "KERNEL_MAX_ROWS_PER_ADAPTER", 10**9 if kernel == "rows" else 0)
+    monkeypatch.setattr(plan_mod, "KERNEL_MAX_RUN", 10**9 if kernel == "rows" else 0)
     if kernel == "tiles":
         monkeypatch.setattr(plan_mod, "LOOP_MIN_AVG_ROWS", 10**9)
         monkeypatch.setattr(plan_mod, "TILES_MAX_WASTE", 10**9)
