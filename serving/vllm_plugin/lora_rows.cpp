@@ -59,29 +59,19 @@ constexpr int64_t OB = 64;  // output columns summed in registers across the ran
 inline void add(float& dst, float v) { dst += v; }
 inline void add(c10::BFloat16& dst, float v) { dst = static_cast<c10::BFloat16>(to_float(dst) + v); }
 
-// y[o] += sum_k h[k] * bt[k * stride + o] for o < W (a block of the output row).
-template <typename T, int64_t W>
-inline void expand_block(const T* bt, int64_t stride, const float* h, int64_t r, T* y) {
-  float acc[W] = {};
-  for (int64_t k = 0; k < r; ++k) {
-    const float hk = h[k];
-    const T* b = bt + k * stride;
-#pragma omp simd
-    for (int64_t o = 0; o < W; ++o) acc[o] += hk * to_float(b[o]);
-  }
-  for (int64_t o = 0; o < W; ++o) add(y[o], acc[o]);
-}
-
-template <typename T>
-inline void expand_tail(const T* bt, int64_t stride, const float* h, int64_t r, T* y, int64_t width) {
+// y[o] += sum_k h[k] * bt[k * stride + o] for o < width (at most OB): a full block's width is a constant, so its
+// sums stay in registers across the rank.
+template <typename T, bool FULL>
+inline void expand(const T* bt, int64_t stride, const float* h, int64_t r, T* y, int64_t width) {
+  const int64_t w = FULL ? OB : width;
   float acc[OB] = {};
   for (int64_t k = 0; k < r; ++k) {
     const float hk = h[k];
     const T* b = bt + k * stride;
 #pragma omp simd
-    for (int64_t o = 0; o < width; ++o) acc[o] += hk * to_float(b[o]);
+    for (int64_t o = 0; o < w; ++o) acc[o] += hk * to_float(b[o]);
   }
-  for (int64_t o = 0; o < width; ++o) add(y[o], acc[o]);
+  for (int64_t o = 0; o < w; ++o) add(y[o], acc[o]);
 }
 
 template <typename T>
@@ -110,8 +100,8 @@ void run(torch::Tensor& y, const torch::Tensor& x, const torch::Tensor& rows, co
       shrink(a, xf.data(), in, r, scale, h.data());
       T* yr = yd + t * y.stride(0) + offsets[p];
       int64_t o = 0;
-      for (; o + OB <= out; o += OB) expand_block<T, OB>(bt + o, out, h.data(), r, yr + o);
-      if (o < out) expand_tail(bt + o, out, h.data(), r, yr + o, out - o);
+      for (; o + OB <= out; o += OB) expand<T, true>(bt + o, out, h.data(), r, yr + o, OB);
+      if (o < out) expand<T, false>(bt + o, out, h.data(), r, yr + o, out - o);
     }
   }
 }
