@@ -72,7 +72,6 @@ class LoraplexPunicaWrapperCPU(PunicaWrapperCPU):
         if self._token_plan is None:
             self._token_plan = make_plan(self.token_lora_indices, self._row_kernel)
             CALLS["plans"] += 1
-            CALLS["kernel_plans"] += self._token_plan.kernel is not None
         return self._token_plan
 
     @property
