@@ -110,11 +110,13 @@ def main(argv: list[str] | None = None) -> None:
             wrapper.add_lora_linear(y, x, a, b, 1.0, outs)
 
     def timed(label: str) -> None:
+        runs = rows_kernel.RUNS["lora_rows"]
         t_base, t_step, t_lora = (_cpu_us(f, args.steps) for f in (base, step, lora_only))
+        used = rows_kernel.RUNS["lora_rows"] > runs  # what ran, whichever pass of the plan took it
         print(f"{label}: rank {args.rank}{' (adapters ' + args.ranks + ')' if ranks else ''}, {args.adapters} "
               f"adapter(s), {args.rows} rows, {len(layers)} LoRA layers: base {t_base / 1e3:.2f} ms, base+LoRA "
               f"{t_step / 1e3:.2f} ms, LoRA alone {t_lora / 1e3:.2f} ms ({t_lora / len(layers):.0f} µs a layer), "
-              f"ratio {t_base / t_step:.3f}, row kernel {'on' if wrapper.token_plan.kernel is not None else 'off'}")
+              f"ratio {t_base / t_step:.3f}, row kernel {'on' if used else 'off'}")
 
     timed("plugin")
     if args.batched:  # the same layers through a wrapper made with the kernel off

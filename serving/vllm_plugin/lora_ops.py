@@ -32,8 +32,8 @@ def lora_linear(y: torch.Tensor, x: torch.Tensor, weights: StackedWeights, lora_
         scale: multiplies the shrink (vLLM passes 1.0: it folds the scaling into B).
         offset: first column of the first slice.
     """
-    if plan.kernel is not None and _row_kernel(y, x, weights, lora_a, lora_b, output_slices, plan.kernel, scale,
-                                               offset):
+    if plan.kernel_slots is not None and _row_kernel(y, x, weights, lora_a, lora_b, output_slices, plan, scale,
+                                                     offset):
         return
     if plan.passes is not None:
         for part in plan.passes:
@@ -62,8 +62,8 @@ def lora_linear(y: torch.Tensor, x: torch.Tensor, weights: StackedWeights, lora_
 
 
 def _row_kernel(y: torch.Tensor, x: torch.Tensor, weights: StackedWeights, lora_a: Sequence[torch.Tensor],
-                lora_b: Sequence[torch.Tensor], output_slices: Sequence[int], kernel: tuple[torch.Tensor, torch.Tensor],
-                scale: float, offset: int) -> bool:
+                lora_b: Sequence[torch.Tensor], output_slices: Sequence[int], plan: LoraPlan, scale: float,
+                offset: int) -> bool:
     """`lora_linear` by the compiled row kernel; False (nothing done) when the layer's dtypes are not one the
     kernel computes in (e.g. float32 logits over bfloat16 weights): the sorted plan's products then run."""
     module = rows_kernel.get()
@@ -71,10 +71,9 @@ def _row_kernel(y: torch.Tensor, x: torch.Tensor, weights: StackedWeights, lora_
     if module is None or dtype not in rows_kernel.DTYPES or x.dtype != dtype or any(
             t.dtype != dtype for t in (*lora_a, *lora_b)) or y.stride(1) != 1:
         return False
-    rows, slots = kernel
     rows_kernel.RUNS["lora_rows"] += 1
     offsets = [offset + sum(output_slices[:i]) for i in range(len(output_slices))]
-    module.lora_rows(y, x if x.stride(1) == 1 else x.contiguous(), rows, slots, weights.ranks(lora_a),
+    module.lora_rows(y, x if x.stride(1) == 1 else x.contiguous(), plan.rows, plan.kernel_slots, weights.ranks(lora_a),
                      [as_slots(a) for a in lora_a], weights.transposed(lora_b, output_slices), offsets, scale)
     return True
 

@@ -80,8 +80,7 @@ class LoraPlan:
         tiles: the batched layout when it is the cheaper kernel, else None (use the loop).
         passes: for the products of a layer (not for a lone shrink or expand, which use `segments`), plans of
             disjoint parts of the rows to compute in turn instead, or None.
-        kernel: for the products of a layer, `(rows, slots)` int64 for the row kernel (the rows with an
-            adapter, sorted by slot, and their slots), or None.
+        kernel_slots: for the products of a layer by the row kernel, the slot of each row of `rows`, or None.
 
     Attributes:
         slots: the adapter slots this batch uses.
@@ -94,7 +93,7 @@ class LoraPlan:
     tiles: Tiles | None = None
     # Or: plans of disjoint parts of the rows, computed one after the other (`_two_passes`).
     passes: tuple[LoraPlan, ...] | None = None
-    kernel: tuple[torch.Tensor, torch.Tensor] | None = None
+    kernel_slots: torch.Tensor | None = None
     # Derived once here, not per call: every LoRA layer of the step reads them.
     slots: frozenset[int] = field(init=False, repr=False)
     packed_rows: int = field(init=False, repr=False)
@@ -172,7 +171,7 @@ def _with_row_kernel(indices: torch.Tensor, in_place: tuple[Segment, ...]) -> Lo
     for s in long:
         short[s.start:s.end] = -1
     kernel = _sorted(short)
-    kernel = replace(kernel, kernel=(kernel.rows, short[kernel.rows].contiguous()))
+    kernel = replace(kernel, kernel_slots=short[kernel.rows].contiguous())
     if not long:
         return kernel
     return replace(_sorted(indices), passes=(LoraPlan(indices.numel(), long, None), kernel))

@@ -211,19 +211,19 @@ def test_plan_picks_the_kernel_by_batch_shape():
     """Decode steps of many adapters use the batched tiles (or, when the caller has it, the row kernel for runs
     of a few rows); long runs (prefill, one adapter) the loop."""
     decode = plan_mod.make_plan(torch.tensor([i % 8 for i in range(64)]))
-    assert decode.tiles is not None and decode.rows is not None and decode.kernel is None
-    assert plan_mod.make_plan(torch.tensor([i % 2 for i in range(64)]), row_kernel=True).kernel is not None
+    assert decode.tiles is not None and decode.rows is not None and decode.kernel_slots is None
+    assert plan_mod.make_plan(torch.tensor([i % 2 for i in range(64)]), row_kernel=True).kernel_slots is not None
     # A prefill chunk (a long run) beside decode rows: the chunk's product in place, then the kernel for the rest.
     mixed = plan_mod.make_plan(torch.tensor([0] * 20 + [1, 2, -1, 1, 3]), row_kernel=True)
     chunk, rest = mixed.passes
     assert chunk.rows is None and [(s.slot, s.start, s.end) for s in chunk.segments] == [(0, 0, 20)]
-    assert rest.kernel[0].tolist() == [20, 23, 21, 24] and rest.kernel[1].tolist() == [1, 1, 2, 3]
+    assert rest.rows.tolist() == [20, 23, 21, 24] and rest.kernel_slots.tolist() == [1, 1, 2, 3]
     assert sorted(mixed.rows.tolist()) == [*range(22), 23, 24]  # the lone shrink / expand see every row
     rows = plan_mod.make_plan(torch.tensor([3, -1, 0, 3, 2, 0, 7, 2]), row_kernel=True)
-    assert rows.kernel is not None and rows.tiles is None and rows.passes is None
-    assert rows.kernel[0].tolist() == [2, 5, 4, 7, 0, 3, 6] and rows.kernel[1].tolist() == [0, 0, 2, 2, 3, 3, 7]
+    assert rows.kernel_slots is not None and rows.tiles is None and rows.passes is None
+    assert rows.rows.tolist() == [2, 5, 4, 7, 0, 3, 6] and rows.kernel_slots.tolist() == [0, 0, 2, 2, 3, 3, 7]
     assert [(s.slot, s.end - s.start) for s in rows.segments] == [(0, 2), (2, 2), (3, 2), (7, 1)]  # for lone ops
-    assert plan_mod.make_plan(torch.tensor([4]), row_kernel=True).kernel is not None  # a request alone, decoding
+    assert plan_mod.make_plan(torch.tensor([4]), row_kernel=True).kernel_slots is not None  # a request alone, decoding
     assert (decode.tiles.lo, decode.tiles.hi, decode.tiles.size) == (0, 8, 8)
     prefill = plan_mod.make_plan(torch.tensor([0] * 300 + [-1] * 20 + [1] * 200), row_kernel=True)
     assert prefill.tiles is None and prefill.rows is None
@@ -297,7 +297,7 @@ def test_row_kernel_reads_each_adapter_at_its_rank(dtype):
     y = torch.randn(len(indices), 210, generator=gen).to(dtype)
     expected = reference(y, x, a, b, 0.5, slices, indices, offset=6)
     wrapper = wrapper_for(indices)
-    assert wrapper.token_plan.kernel is not None
+    assert wrapper.token_plan.kernel_slots is not None
     got = y.clone()
     lora_ops.lora_linear(got, x, wrapper._weights, a, b, slices, wrapper.token_plan, 0.5, offset=6)
     assert wrapper._weights.ranks(a).tolist()[:5] == [1, 8, 16, 64, 3]
@@ -306,7 +306,7 @@ def test_row_kernel_reads_each_adapter_at_its_rank(dtype):
     assert torch.equal(got[:, :6], y[:, :6]) and torch.equal(got[:, 206:], y[:, 206:])  # outside the slices
     assert torch.equal(got[[2, 9]], y[[2, 9]])  # rows without an adapter
     batched = y.clone()
-    plan = replace(wrapper.token_plan, kernel=None)
+    plan = replace(wrapper.token_plan, kernel_slots=None)
     lora_ops.lora_linear(batched, x, StackedWeights(), a, b, slices, plan, 0.5, offset=6)
     # Sums in another order (float32), rounded once instead of twice (bfloat16): an ulp or so of the output.
     ulp = 1e-6 if dtype == torch.float32 else 2 ** -7
@@ -328,7 +328,7 @@ def test_row_kernel_gives_a_row_the_same_bits_alone_and_in_any_batch(dtype):
     for t, slot in enumerate(indices):
         alone = base[t:t + 1].clone()
         wrapper = wrapper_for([slot])
-        assert slot < 0 or wrapper.token_plan.kernel is not None
+        assert slot < 0 or wrapper.token_plan.kernel_slots is not None
         wrapper.add_lora_linear(alone, x[t:t + 1], a, b, 1.0, slices)
         assert torch.equal(alone[0], batch[t]), f"row {t} (slot {slot})"
 
