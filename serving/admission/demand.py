@@ -104,3 +104,18 @@ class Demand:
         """Does `tenant` ask for at least HEAVY_RATIO x the mean of what the other tenants ask for?"""
         mine, mean = self._asked_total.get(tenant, 0.0), self.others_mean(tenant)
         return mean is not None and mine > 0 and mine >= self.HEAVY_RATIO * mean
+
+
+def fair_level(rates: dict[str, float], capacity: float) -> float | None:
+    """The max-min fair level of `capacity` over what each tenant asks for (`rates`, same units): each tenant
+    gets what it asks for up to the level, and the level shares out all the rest (water-filling). None when
+    everything asked fits: no tenant asks more than its share then, however skewed the demand."""
+    left, ordered = capacity, sorted(rates.values())
+    if sum(ordered) <= capacity:
+        return None
+    for i, rate in enumerate(ordered):
+        level = left / (len(ordered) - i)
+        if rate > level:
+            return level
+        left -= rate
+    return None  # not reached: the sum exceeds the capacity, so some rate exceeds its level

@@ -1,18 +1,23 @@
 """The tenant-fair queue: engine slots, the requests waiting for one, and the order they get one in.
 
 Fairness follows the Virtual Token Counter idea (Sheng et al., "Fairness in Serving Large Language
-Models", OSDI '24): each tenant's counter grows with the tokens it is served; when an engine slot
-frees, the waiting request of the tenant with the smallest counter goes first. A tenant that
-becomes active again is lifted to the smallest active counter, so idling banks no credit. A flood
-from one tenant therefore queues behind its own requests, not in front of everyone else's.
+Models", OSDI '24): each tenant's counter grows with the tokens it is served; a tenant that becomes
+active again is lifted to the smallest active counter, so idling banks no credit.
+
+Order: while every tenant's demand fits its max-min fair share of the engine's measured capacity (what it
+asks for within `heavy_window_s`; `demand.fair_level`), waiting requests go first come, first served:
+a queue that forms in a burst of ordinary traffic drains in arrival order, the lowest tail for every
+tenant, and a popular tenant does not wait behind the others' later requests for being popular. The
+requests of a tenant that asks for more than its share go after everyone else's, in VTC order among such
+tenants (smallest counter first): a flood queues behind its own requests, not in front of anyone else's.
 
 Work-conserving: a request never waits while a slot is free for it, unless its tenant *overloads* the
-engine. VTC order decides who goes first when several wait; nothing else holds a tenant back while the
-engine has room, however skewed the traffic (a popular tenant's burst at ordinary load drains at once).
+engine; nothing else holds a tenant back while the engine has room, however skewed the traffic (a popular
+tenant's burst at ordinary load drains at once).
 
 Overload: a *heavy* tenant (estimated tokens asked for within `heavy_window_s` at least `HEAVY_RATIO` x the
 mean of the other tenants of that window, while another was active within `active_window_s`) asking at a
-rate above `OVERLOAD_LOAD` x the engine's measured capacity less what the others ask for
+rate above its fair share of `OVERLOAD_LOAD` x the engine's measured capacity
 (serving/admission/capacity.py: throughput while the window was full; unknown until it has been full,
 and then nothing is held back). What such a tenant asks cannot all be served: its backlog grows whatever
 admission does, so admission decides what it costs the others. On an engine whose step time grows with its
@@ -42,7 +47,7 @@ from collections import defaultdict, deque
 from common.errors import Overloaded
 from serving import metrics
 from serving.admission.capacity import EngineCapacity
-from serving.admission.demand import Demand
+from serving.admission.demand import Demand, fair_level
 from serving.admission.guard import SlowdownGuard
 
 
@@ -77,6 +82,7 @@ class FairQueue:
         self.guard = guard if guard is not None else SlowdownGuard(max_inflight, 0.0)
         self.demand = Demand(self.heavy_window_s)
         self.capacity = EngineCapacity(max_inflight)
+        self._level: tuple | None = None  # (rates, capacity, fair level) last computed: see over_share
         self._paused_until: dict[str, float] = {}  # heavy tenant -> when the guard's duty cycle lets it in again
         self._wake: tuple[float, asyncio.TimerHandle] | None = None  # a dispatch when the next pause ends
         self._arrivals = itertools.count()
@@ -183,7 +189,7 @@ class FairQueue:
         metrics.QUEUED.set(self.queued)
 
     def _dispatch(self) -> None:
-        """Grant free slots to waiting requests: the eligible tenant with the smallest counter first."""
+        """Grant free slots to waiting requests, the eligible tenant first in `_priority` order."""
         now = time.monotonic()
         while self.inflight < self.max_inflight and self._waiting:
             now = time.monotonic()  # one reading for the checks and the wake-up below: see _wake_after_pauses
@@ -193,7 +199,7 @@ class FairQueue:
                 ready = list(self._waiting)  # every waiting tenant is held back, but an idle engine protects no one
             if not ready:
                 break  # the free slots stay reserved for recently active tenants, or a paced tenant's pause
-            nxt = min(ready, key=self._priority)
+            nxt = min(ready, key=lambda t: self._priority(t, now))
             _, fut, est, _ = self._waiting[nxt].popleft()
             self.queued -= 1
             if not self._waiting[nxt]:
@@ -258,20 +264,25 @@ class FairQueue:
             return False
         return self.demand.heavy(tenant)
 
-    def overloading(self, tenant: str, now: float | None = None) -> bool:
-        """Is heavy `tenant` asking for more than the engine has room for: more than `OVERLOAD_LOAD` x the
-        measured capacity less what the other tenants ask for (rates over the heavy window)? Never while the
-        capacity is unknown (the window has not been full long enough to measure it). Only such a tenant is
-        held back; any other takes a free slot whenever no one waits before it (work-conserving)."""
-        if not self.heavy(tenant):
-            return False
+    def over_share(self, tenant: str, now: float | None = None) -> bool | None:
+        """Does `tenant` ask for more than its max-min fair share of `OVERLOAD_LOAD` x the engine's measured
+        capacity (`demand.fair_level`, rates over the heavy window)? Never while everything asked fits. None
+        while the capacity is unknown (the window has not been full long enough to measure it)."""
         now = time.monotonic() if now is None else now
         capacity = self.capacity.rate(now)
         if capacity is None:
-            return False
-        rates, total = self.demand.rates(now)
-        mine = rates.get(tenant, 0.0)
-        return mine > self.OVERLOAD_LOAD * capacity - (total - mine)
+            return None
+        rates, _ = self.demand.rates(now)
+        if self._level is None or self._level[0] is not rates or self._level[1] != capacity:
+            self._level = (rates, capacity, fair_level(rates, self.OVERLOAD_LOAD * capacity))
+        level = self._level[2]
+        return level is not None and rates.get(tenant, 0.0) > level
+
+    def overloading(self, tenant: str, now: float | None = None) -> bool:
+        """Is heavy `tenant` asking for more than its fair share of what the engine serves (`over_share`)? Never
+        while the capacity is unknown. Only such a tenant is held back; any other takes a free slot whenever no
+        one waits before it (work-conserving)."""
+        return self.heavy(tenant) and self.over_share(tenant, now) is True
 
     def contended(self) -> bool:
         """Does an overloading tenant wait while others are active (the only time the guard may move)?"""
@@ -313,9 +324,17 @@ class FairQueue:
         reserve = min(reserve, self.max_inflight // 2)  # many quiet tenants must not idle the engine
         return self.max_inflight - self.inflight - 1 >= reserve
 
-    def _priority(self, tenant: str) -> tuple:
+    def _priority(self, tenant: str, now: float) -> tuple:
+        """Arrival order for the tenants whose demand fits their share (first come, first served: the lowest
+        tail for everyone, and no one's share is taken); after them, those asking for more, in VTC order. While
+        the capacity is unknown, a heavy tenant counts as asking for more (ordering holds no one back)."""
         head = self._waiting[tenant][0][0]
-        return (self.counters[tenant], head) if self.fair else (head,)
+        if not self.fair:
+            return (0, 0.0, head)
+        over = self.over_share(tenant, now)
+        if not (self.heavy(tenant) if over is None else over):
+            return (0, 0.0, head)
+        return (1, self.counters[tenant], head)
 
     @property
     def idle(self) -> bool:

@@ -483,3 +483,32 @@ def test_held_requests_and_the_measured_capacity_are_exported(monkeypatch):
     assert scraped() == 123.0
     q.capacity = Measured(None)  # not measured (any more): 0
     assert scraped() == 0.0
+
+
+def test_waiting_requests_go_in_arrival_order_unless_their_tenant_asks_for_more_than_its_share():
+    """One slot, busy; a sends three, then b and c one each. With a capacity everyone's demand fits, the slot
+    goes round in arrival order (a's three first); with one a alone overloads, b and c go before a's backlog,
+    and a's requests keep their own order."""
+    import asyncio
+
+    async def order(capacity: float) -> list[str]:
+        q = _queue(max_inflight=1, max_queue=100)
+        q.capacity = Measured(capacity)
+        got = []
+
+        async def req(t: str) -> None:
+            await q.acquire(t, 10)
+            got.append(t)
+            await asyncio.sleep(0)
+            q.release(t, 10, 10)
+
+        await q.acquire("x", 1)
+        tasks = [asyncio.create_task(req(t)) for t in "aaabc"]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        q.release("x", 1, 1)
+        await asyncio.gather(*tasks)
+        return got
+
+    assert asyncio.run(order(1e9)) == list("aaabc")
+    assert asyncio.run(order(45.0)) == list("bcaaa")  # a asks 30 of 45, b and c 10 each
