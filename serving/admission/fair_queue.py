@@ -8,8 +8,9 @@ Order: while every tenant's demand fits its max-min fair share of the engine's m
 asks for within `heavy_window_s`; `demand.fair_level`), waiting requests go first come, first served:
 a queue that forms in a burst of ordinary traffic drains in arrival order, the lowest tail for every
 tenant, and a popular tenant does not wait behind the others' later requests for being popular. The
-requests of a tenant that asks for more than its share go after everyone else's, in VTC order among such
-tenants (smallest counter first): a flood queues behind its own requests, not in front of anyone else's.
+requests of a tenant that asks for more than its share, or floods (`Demand.FLOOD_RATIO` x what the others ask
+for on average, though the engine could serve it), go after everyone else's, in VTC order among such tenants
+(smallest counter first): a flood queues behind its own requests, not in front of anyone else's.
 
 Work-conserving: a request never waits while a slot is free for it, unless its tenant *overloads* the
 engine; nothing else holds a tenant back while the engine has room, however skewed the traffic (a popular
@@ -326,15 +327,16 @@ class FairQueue:
 
     def _priority(self, tenant: str, now: float) -> tuple:
         """Arrival order for the tenants whose demand fits their share (first come, first served: the lowest
-        tail for everyone, and no one's share is taken); after them, those asking for more, in VTC order. While
+        tail for everyone, and no one's share is taken); after them, in VTC order, those asking for more, and
+        those flooding (`Demand.FLOOD_RATIO` x the others' mean) even while their demand fits the engine. While
         the capacity is unknown, a heavy tenant counts as asking for more (ordering holds no one back)."""
         head = self._waiting[tenant][0][0]
         if not self.fair:
             return (0, 0.0, head)
         over = self.over_share(tenant, now)
-        if not (self.heavy(tenant) if over is None else over):
-            return (0, 0.0, head)
-        return (1, self.counters[tenant], head)
+        if (self.heavy(tenant) if over is None else over) or self.demand.heavy(tenant, Demand.FLOOD_RATIO):
+            return (1, self.counters[tenant], head)
+        return (0, 0.0, head)
 
     @property
     def idle(self) -> bool:

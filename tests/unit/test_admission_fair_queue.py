@@ -512,3 +512,30 @@ def test_waiting_requests_go_in_arrival_order_unless_their_tenant_asks_for_more_
 
     assert asyncio.run(order(1e9)) == list("aaabc")
     assert asyncio.run(order(45.0)) == list("bcaaa")  # a asks 30 of 45, b and c 10 each
+
+
+def test_a_flooding_tenant_waits_behind_the_others_even_while_its_demand_fits():
+    """a asks for 5x the others' mean: its backlog goes after b's and c's newcomers although the engine's
+    measured capacity would serve everything asked (on a CPU engine its requests slow everyone's steps)."""
+    import asyncio
+
+    async def order() -> list[str]:
+        q = _queue(max_inflight=1, max_queue=100)
+        q.capacity = Measured(1e9)
+        got = []
+
+        async def req(t: str) -> None:
+            await q.acquire(t, 10)
+            got.append(t)
+            await asyncio.sleep(0)
+            q.release(t, 10, 10)
+
+        await q.acquire("x", 10)
+        tasks = [asyncio.create_task(req(t)) for t in "aaaaaaaaaaaabc"]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        q.release("x", 10, 10)
+        await asyncio.gather(*tasks)
+        return got
+
+    assert asyncio.run(order()) == list("bc") + ["a"] * 12
