@@ -14,6 +14,25 @@ def _verdict(passed) -> str:
     return "not run" if passed is None else ("**pass**" if passed else "**FAIL**")
 
 
+def _canned(hop: dict) -> list[str]:
+    """The gateway CPU rows over the canned engine, instant and paced, beside the real engine's."""
+    canned = hop.get("canned") or []
+    if not canned:
+        return []
+    paced = max(r["engine_delay_s"] for r in canned)
+    lines = ["", "The same requests over a canned engine (loadtest/latency/canned_engine.py: no computation, "
+                 f"answering at once or paced at {paced * 1000:.0f} ms an answer): the gateway's own work, and what "
+                 "the same work costs when each event wakes it separately. Not used by the targets.", "",
+             "| model | request | real engine | canned, at once | canned, paced |", "|---|---|---:|---:|---:|"]
+    for r in hop["cpu"]:
+        same = [c for c in canned if (c["model"], c["stream"], c["tokens"]) == (r["model"], r["stream"], r["tokens"])]
+        by_delay = {c["engine_delay_s"]: c["cpu_ms_per_request"] for c in same}
+        kind = f"streamed, {r['tokens']} tokens" if r["stream"] else f"non-streamed, {r['tokens']} tokens"
+        lines.append(f"| {r['model']} | {kind} | {r['cpu_ms_per_request']:.2f} | {fmt(by_delay.get(0.0), 2)} | "
+                     f"{fmt(by_delay.get(paced), 2)} |")
+    return lines
+
+
 def markdown(result: dict) -> str:
     """The section: machine, date, settings, one row per target with its verdict, and each part's detail."""
     m = result["meta"]
@@ -36,6 +55,7 @@ def markdown(result: dict) -> str:
         for r in hop["cpu"]:
             kind = f"streamed, {r['tokens']} tokens" if r["stream"] else f"non-streamed, {r['tokens']} tokens"
             lines.append(f"| {r['model']} | {kind} | {r['cpu_ms_per_request']:.2f} | {r['ok']}/{r['requests']} |")
+        lines += _canned(hop)
     if result.get("engine"):
         lines += ["", "Engine ratios (rank 16, all linear layers, 64 sequences x 64 tokens; worker threads as the "
                       "engine reported them):", "",

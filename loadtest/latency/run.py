@@ -16,19 +16,56 @@ from pathlib import Path
 from loadtest.latency import engines, hop
 
 HOP_TARGETS = {"added_ms": 2.0, "ratio": 1.05, "whole_cpu_ms": 1.0, "stream_cpu_ms": 2.0}
+CANNED_PACED_S = 0.05  # a canned engine's time per answer when paced: about the real engine's 16-token answer
+
+
+def _gateway_cpu(gw, key: str, adapter: str, requests: int) -> list[dict]:
+    """Gateway CPU per request, non-streamed 16 tokens and streamed 32 tokens, for an adapter and the base."""
+    return [{"model": "adapter" if model == adapter else "base", **hop.cpu_per_request(
+                gw, key, model, tokens, stream, count=requests if not stream else requests // 2)}
+            for model in (adapter, "base") for stream, tokens in ((False, 16), (True, 32))]
+
+
+def _canned_cpu(stack, out: Path, requests: int) -> list[dict]:
+    """The same CPU rows over a canned engine (loadtest/latency/canned_engine.py), answering at once (the
+    gateway's own work) and paced at `CANNED_PACED_S` a request (each event a separate wake-up, as beside a
+    real engine, without the engine's CPU on the host)."""
+    import subprocess
+    import sys
+
+    from common.procs import free_port
+
+    rows = []
+    for delay in (0.0, CANNED_PACED_S):
+        port = free_port()
+        engine = subprocess.Popen([sys.executable, "-m", "loadtest.latency.canned_engine", "--port", str(port),
+                                   "--delay-s", str(delay)])
+        try:
+            gw = hop.GatewayProcess(f"http://127.0.0.1:{port}", stack.s3_endpoint, stack.demo.base_dir,
+                                    out / f"canned-{delay:g}")
+            try:
+                key = gw.running.add_tenant("canned")
+                adapter = sorted(stack.demo.adapter_dirs)[0]
+                gw.running.publish(key, adapter, stack.demo.adapter_dirs[adapter])
+                rows += [{"engine_delay_s": delay, **r} for r in _gateway_cpu(gw, key, adapter, requests)]
+            finally:
+                gw.close()
+        finally:
+            engine.terminate()
+            engine.wait(timeout=30)
+    return rows
 
 
 def measure_hop(stack, out: Path, rounds: int = 3, requests: int = 200) -> dict:
     """Part 3: gateway CPU per request (non-streamed 16 tokens, streamed 32 tokens; an adapter and the base
-    model) and vLLM's bench client direct vs through a gateway process over the stack's engine."""
+    model) and vLLM's bench client direct vs through a gateway process over the stack's engine; then the CPU
+    rows again over a canned engine (`_canned_cpu`), which the targets do not use."""
     gw = hop.GatewayProcess(stack.engine.engine_url, stack.s3_endpoint, stack.demo.base_dir, out / "gateway")
     try:
         key = gw.running.add_tenant("hop")
         adapter = sorted(stack.demo.adapter_dirs)[0]
         gw.running.publish(key, adapter, stack.demo.adapter_dirs[adapter])
-        cpu = [{"model": "adapter" if model == adapter else "base", **hop.cpu_per_request(
-                   gw, key, model, tokens, stream, count=requests if not stream else requests // 2)}
-               for model in (adapter, "base") for stream, tokens in ((False, 16), (True, 32))]
+        cpu = _gateway_cpu(gw, key, adapter, requests)
         direct, through = [], []
         for i in range(rounds):  # alternate, so drift on a shared host touches both sides alike
             direct.append(hop.vllm_bench(stack.engine.engine_url, "base", stack.demo.base_dir,
@@ -40,9 +77,10 @@ def measure_hop(stack, out: Path, rounds: int = 3, requests: int = 200) -> dict:
     overhead = hop.overhead(direct, through)
     worst = {s: max(r["cpu_ms_per_request"] for r in cpu if r["stream"] == s) for s in (False, True)}
     return {"cpu": cpu, "overhead": overhead, "whole_cpu_ms": worst[False], "stream_cpu_ms": worst[True],
+            "canned": _canned_cpu(stack, out, requests),
             "settings": {"bench": "vllm bench serve: random 16 in / 16 out, 8 req/s, 48 prompts, streamed "
                                   "completions, base model", "rounds": rounds, "cpu_requests": requests,
-                         "cpu_concurrency": 4}}
+                         "cpu_concurrency": 4, "canned_paced_s": CANNED_PACED_S}}
 
 
 def checks(result: dict) -> list[dict]:
