@@ -13,6 +13,7 @@ from serving import metrics
 from serving.gateway import Gateway
 from serving.heap import freeze_startup_heap, watch_gc
 from serving.http_app import new_app
+from serving.inference_lane import InferenceLane
 from serving.routes import adapters, files, fine_tuning, inference, model_artifacts, ops
 from serving.settings import ServingSettings
 from serving.supervisor import EngineSupervisor
@@ -69,4 +70,4 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
         await gw.transport.aclose()
 
     routers = (m.router for m in (ops, inference, adapters, model_artifacts, files, fine_tuning))
-    return new_app("loraplex gateway", routers, lifespan)
+    return new_app("loraplex gateway", routers, lifespan, inner=(InferenceLane,))

@@ -31,10 +31,13 @@ async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONRe
     return error_response(exc.status_code, str(exc.detail), "invalid_request_error", code)
 
 
-def new_app(title: str, routers, lifespan=None) -> FastAPI:
-    """A FastAPI app with the request log, the error handlers and `routers` (APIRouters)."""
+def new_app(title: str, routers, lifespan=None, inner=()) -> FastAPI:
+    """A FastAPI app with the request log, the error handlers and `routers` (APIRouters); `inner`: ASGI
+    middleware classes that run inside the request log, before FastAPI's own."""
     app = FastAPI(title=title, lifespan=lifespan)
-    app.add_middleware(RequestLog)
+    for middleware in inner:
+        app.add_middleware(middleware)
+    app.add_middleware(RequestLog)  # added last: the outermost of them
     app.add_exception_handler(LoraplexError, on_loraplex_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

@@ -56,13 +56,21 @@ async def _checked_body(request: Request, gw, path: str) -> dict:
     return parse_body(raw, path, model_limits(settings.base_model, settings.max_model_len))
 
 
+PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})  # also served by serving/inference_lane.py
+
+
+async def serve(request: Request, gw, tenant, path: str):
+    """One inference request of an authenticated tenant: its checked body, forwarded (the routes below and
+    serving/inference_lane.py)."""
+    body = await _checked_body(request, gw, path)
+    return await forward(gw, tenant, body, path, request.receive)
+
+
 @router.post("/v1/completions", openapi_extra=documented_body("/v1/completions"))
 async def completions(request: Request, tenant: TenantDep, gw: GatewayDep):
-    body = await _checked_body(request, gw, "/v1/completions")
-    return await forward(gw, tenant, body, "/v1/completions", request.receive)
+    return await serve(request, gw, tenant, "/v1/completions")
 
 
 @router.post("/v1/chat/completions", openapi_extra=documented_body("/v1/chat/completions"))
 async def chat_completions(request: Request, tenant: TenantDep, gw: GatewayDep):
-    body = await _checked_body(request, gw, "/v1/chat/completions")
-    return await forward(gw, tenant, body, "/v1/chat/completions", request.receive)
+    return await serve(request, gw, tenant, "/v1/chat/completions")

@@ -168,11 +168,11 @@ def test_a_waiter_cancelled_in_the_turn_its_slot_is_granted_hands_the_slot_on():
         admission = Admission(1, 8)
         q = admission.queue
         await admission.acquire("acme", 1)
-        gone = asyncio.create_task(admission.acquire("beta", 10))
+        gone = asyncio.create_task(admission.acquire("beta", 1))
         nxt = asyncio.create_task(admission.acquire("gamma", 1))
         await _turns()
         counter = q.counters["beta"]
-        admission.release("acme", 1, 1)  # beta has the smallest counter: granted
+        admission.release("acme", 1, 1)  # beta is first in line: granted
         assert q.running["beta"] == 1
         gone.cancel()
         with pytest.raises(asyncio.CancelledError):
