@@ -8,8 +8,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loadtest.latency import PARTS
+
 console = Console()
-PARTS = ("zipf", "flood", "hop", "engine")
 
 
 def latency(

@@ -88,8 +88,9 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title("Zipf at 60%: TTFT p99 per tenant (ms)", fontsize=9)
     ax.legend(fontsize=7)
     ax = axes[0][1]
-    flood = (result.get("flood") or {}).get("modes") or {}
-    ax.bar(list(flood), [m.get("others_p99_ratio") or 0 for m in flood.values()])
+    floods = {f"{part}\n{mode}": m for part in ("flood", "flood-over")
+              for mode, m in ((result.get(part) or {}).get("modes") or {}).items()}
+    ax.bar(list(floods), [m.get("others_p99_ratio") or 0 for m in floods.values()])
     ax.axhline(1.2, color="red", ls="--", lw=0.8)
     ax.set_title("Flood: others' p99, flood / baseline", fontsize=9)
     ax = axes[1][0]
