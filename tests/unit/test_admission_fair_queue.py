@@ -485,13 +485,12 @@ def test_held_requests_and_the_measured_capacity_are_exported(monkeypatch):
     assert scraped() == 0.0
 
 
-def test_waiting_requests_go_in_arrival_order_unless_their_tenant_asks_for_more_than_its_share():
-    """One slot, busy; a sends three, then b and c one each. With a capacity everyone's demand fits, the slot
-    goes round in arrival order (a's three first); with one a alone overloads, b and c go before a's backlog,
-    and a's requests keep their own order."""
+def _grant_order(capacity: float, senders: str, first: int = 1) -> list[str]:
+    """One slot, held by x (asking `first` tokens); then one request of 10 tokens per letter of `senders`, in
+    that order: the order the slot goes round in once x releases it, with the engine's capacity measured."""
     import asyncio
 
-    async def order(capacity: float) -> list[str]:
+    async def order() -> list[str]:
         q = _queue(max_inflight=1, max_queue=100)
         q.capacity = Measured(capacity)
         got = []
@@ -502,40 +501,26 @@ def test_waiting_requests_go_in_arrival_order_unless_their_tenant_asks_for_more_
             await asyncio.sleep(0)
             q.release(t, 10, 10)
 
-        await q.acquire("x", 1)
-        tasks = [asyncio.create_task(req(t)) for t in "aaabc"]
+        await q.acquire("x", first)
+        tasks = [asyncio.create_task(req(t)) for t in senders]
         for _ in range(3):
             await asyncio.sleep(0)
-        q.release("x", 1, 1)
+        q.release("x", first, first)
         await asyncio.gather(*tasks)
         return got
 
-    assert asyncio.run(order(1e9)) == list("aaabc")
-    assert asyncio.run(order(45.0)) == list("bcaaa")  # a asks 30 of 45, b and c 10 each
+    return asyncio.run(order())
+
+
+def test_waiting_requests_go_in_arrival_order_unless_their_tenant_asks_for_more_than_its_share():
+    """a sends three, then b and c one each. With a capacity everyone's demand fits, the slot goes round in
+    arrival order (a's three first); with one a alone overloads, b and c go before a's backlog, and a's
+    requests keep their own order."""
+    assert _grant_order(1e9, "aaabc") == list("aaabc")
+    assert _grant_order(45.0, "aaabc") == list("bcaaa")  # a asks 30 of 45, b and c 10 each
 
 
 def test_a_flooding_tenant_waits_behind_the_others_even_while_its_demand_fits():
     """a asks for 5x the others' mean: its backlog goes after b's and c's newcomers although the engine's
     measured capacity would serve everything asked (on a CPU engine its requests slow everyone's steps)."""
-    import asyncio
-
-    async def order() -> list[str]:
-        q = _queue(max_inflight=1, max_queue=100)
-        q.capacity = Measured(1e9)
-        got = []
-
-        async def req(t: str) -> None:
-            await q.acquire(t, 10)
-            got.append(t)
-            await asyncio.sleep(0)
-            q.release(t, 10, 10)
-
-        await q.acquire("x", 10)
-        tasks = [asyncio.create_task(req(t)) for t in "aaaaaaaaaaaabc"]
-        for _ in range(3):
-            await asyncio.sleep(0)
-        q.release("x", 10, 10)
-        await asyncio.gather(*tasks)
-        return got
-
-    assert asyncio.run(order()) == list("bc") + ["a"] * 12
+    assert _grant_order(1e9, "a" * 12 + "bc", first=10) == list("bc") + ["a"] * 12
