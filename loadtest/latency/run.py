@@ -7,6 +7,7 @@ stack is down. A part that fails is recorded with its error and the others still
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -23,7 +24,6 @@ FLOOD_OVERLOAD = 1.3
 # Zipf: each mode's traffic in this many slices, run alternately: a host stall of a few seconds backs up
 # whichever gateway it hits (seen in both directions at 2 slices: p99 0.24x and 1.74x with no one held back).
 ZIPF_SLICES = 4
-FLOODS = {"flood": "10 x 4 req/s", "flood-over": f"{FLOOD_OVERLOAD:g} x capacity"}
 CANNED_PACED_S = 0.05  # a canned engine's time per answer when paced: about the real engine's 16-token answer
 
 
@@ -32,6 +32,20 @@ def _gateway_cpu(gw, key: str, adapter: str, requests: int) -> list[dict]:
     return [{"model": "adapter" if model == adapter else "base", **hop.cpu_per_request(
                 gw, key, model, tokens, stream, count=requests if not stream else requests // 2)}
             for model in (adapter, "base") for stream, tokens in ((False, 16), (True, 32))]
+
+
+@contextlib.contextmanager
+def _hop_gateway(stack, engine_url: str, tmp: Path):
+    """A gateway process over `engine_url` with one tenant and the first demo adapter published: yields
+    (gateway, the tenant's key, the adapter's name); the gateway is stopped after."""
+    gw = hop.GatewayProcess(engine_url, stack.s3_endpoint, stack.demo.base_dir, tmp)
+    try:
+        key = gw.running.add_tenant("hop")
+        adapter = sorted(stack.demo.adapter_dirs)[0]
+        gw.running.publish(key, adapter, stack.demo.adapter_dirs[adapter])
+        yield gw, key, adapter
+    finally:
+        gw.close()
 
 
 def _canned_cpu(stack, out: Path, requests: int) -> list[dict]:
@@ -49,15 +63,8 @@ def _canned_cpu(stack, out: Path, requests: int) -> list[dict]:
         engine = subprocess.Popen([sys.executable, "-m", "loadtest.latency.canned_engine", "--port", str(port),
                                    "--delay-s", str(delay)])
         try:
-            gw = hop.GatewayProcess(f"http://127.0.0.1:{port}", stack.s3_endpoint, stack.demo.base_dir,
-                                    out / f"canned-{delay:g}")
-            try:
-                key = gw.running.add_tenant("canned")
-                adapter = sorted(stack.demo.adapter_dirs)[0]
-                gw.running.publish(key, adapter, stack.demo.adapter_dirs[adapter])
+            with _hop_gateway(stack, f"http://127.0.0.1:{port}", out / f"canned-{delay:g}") as (gw, key, adapter):
                 rows += [{"engine_delay_s": delay, **r} for r in _gateway_cpu(gw, key, adapter, requests)]
-            finally:
-                gw.close()
         finally:
             engine.terminate()
             engine.wait(timeout=30)
@@ -68,11 +75,7 @@ def measure_hop(stack, out: Path, rounds: int = 3, requests: int = 200) -> dict:
     """Part 3: gateway CPU per request (non-streamed 16 tokens, streamed 32 tokens; an adapter and the base
     model) and vLLM's bench client direct vs through a gateway process over the stack's engine; then the CPU
     rows again over a canned engine (`_canned_cpu`), which the targets do not use."""
-    gw = hop.GatewayProcess(stack.engine.engine_url, stack.s3_endpoint, stack.demo.base_dir, out / "gateway")
-    try:
-        key = gw.running.add_tenant("hop")
-        adapter = sorted(stack.demo.adapter_dirs)[0]
-        gw.running.publish(key, adapter, stack.demo.adapter_dirs[adapter])
+    with _hop_gateway(stack, stack.engine.engine_url, out / "gateway") as (gw, key, adapter):
         cpu = _gateway_cpu(gw, key, adapter, requests)
         direct, through = [], []
         for i in range(rounds):  # alternate, so drift on a shared host touches both sides alike
@@ -80,8 +83,6 @@ def measure_hop(stack, out: Path, rounds: int = 3, requests: int = 200) -> dict:
                                          out / f"vllm-direct-{i}.json", seed=i))
             through.append(hop.vllm_bench(gw.running.url, "base", stack.demo.base_dir,
                                           out / f"vllm-gateway-{i}.json", api_key=key, seed=i))
-    finally:
-        gw.close()
     overhead = hop.overhead(direct, through)
     worst = {s: max(r["cpu_ms_per_request"] for r in cpu if r["stream"] == s) for s in (False, True)}
     return {"cpu": cpu, "overhead": overhead, "whole_cpu_ms": worst[False], "stream_cpu_ms": worst[True],
@@ -89,6 +90,14 @@ def measure_hop(stack, out: Path, rounds: int = 3, requests: int = 200) -> dict:
             "settings": {"bench": "vllm bench serve: random 16 in / 16 out, 8 req/s, 48 prompts, streamed "
                                   "completions, base model", "rounds": rounds, "cpu_requests": requests,
                          "cpu_concurrency": 4, "canned_paced_s": CANNED_PACED_S}}
+
+
+def _flood_label(flood: dict) -> str:
+    """How a flood result was sized, from its own settings: above capacity, or at a pinned share."""
+    s = flood.get("settings") or {}
+    if s.get("overload"):
+        return f"{s['overload']:g} x capacity"
+    return f"{s.get('flood_factor', 0):g} x {s.get('share_rps', 0):g} req/s"
 
 
 def checks(result: dict) -> list[dict]:
@@ -105,10 +114,11 @@ def checks(result: dict) -> list[dict]:
         zc.get("every_p99_within_3x_pooled_p50"))
     add("zipf", "popular tenant's p99 / its fair-off p99", zc.get("popular_p99_over_fair_off"), "<= 1.2",
         zc.get("popular_p99_within_1_2x_fair_off"))
-    for part, what in FLOODS.items():
-        for mode, m in ((result.get(part) or {}).get("modes") or {}).items():
-            add(part, f"others' p99 flood / baseline ({mode}; {what})", m.get("others_p99_ratio"), "<= 1.2",
-                m.get("passed"))
+    for part in ("flood", "flood-over"):
+        flood = result.get(part) or {}
+        for mode, m in (flood.get("modes") or {}).items():
+            add(part, f"others' p99 flood / baseline ({mode}; {_flood_label(flood)})", m.get("others_p99_ratio"),
+                "<= 1.2", m.get("passed"))
     h = result.get("hop") or {}
     o = h.get("overhead") or {}
     add("hop", "median TTFT added by the gateway (ms)", o.get("added_ms"), "<= 2 ms or <= 1.05x",

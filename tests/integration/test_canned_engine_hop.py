@@ -1,27 +1,28 @@
-"""The hop part's canned engine behind a real gateway process (the measuring path of `measure_hop`'s canned rows):
-the gateway takes it for an engine, loads an adapter into it, relays whole and streamed answers under the
-tenant's public name, and the CPU measurement counts every request."""
+"""The hop part's canned engine behind a real gateway process, set up as `measure_hop` sets it up
+(loadtest/latency/run.py `_hop_gateway`, real SeaweedFS): the gateway takes it for an engine, loads an adapter
+into it, relays whole and streamed answers under the tenant's public name, and the CPU measurement counts every
+request. What is under test is the benchmark's measuring path; the relay over a real vLLM engine is tested in
+tests/e2e/test_serving.py."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import httpx
 
 from common.procs import free_port
 from loadtest.latency import hop
+from loadtest.latency.run import _hop_gateway
 
 
 def test_a_gateway_over_the_canned_engine_serves_and_measures(seaweed, demo, tmp_path):
     port = free_port()
     engine = subprocess.Popen([sys.executable, "-m", "loadtest.latency.canned_engine", "--port", str(port)])
+    stack = SimpleNamespace(s3_endpoint=seaweed.endpoint, demo=demo)
     try:
-        gw = hop.GatewayProcess(f"http://127.0.0.1:{port}", seaweed.endpoint, demo.base_dir, tmp_path / "gw")
-        try:
-            key = gw.running.add_tenant("canned")
-            adapter = sorted(demo.adapter_dirs)[0]
-            gw.running.publish(key, adapter, demo.adapter_dirs[adapter])
+        with _hop_gateway(stack, f"http://127.0.0.1:{port}", tmp_path / "gw") as (gw, key, adapter):
             headers = {"Authorization": f"Bearer {key}"}
             whole = httpx.post(gw.running.url + "/v1/completions", headers=headers, timeout=30,
                                json=hop.request_body(adapter, 4, False))
@@ -34,8 +35,6 @@ def test_a_gateway_over_the_canned_engine_serves_and_measures(seaweed, demo, tmp
             assert all(f'"model":"{adapter}"' in e for e in events) and "lpx:" not in stream.text
             row = hop.cpu_per_request(gw, key, adapter, 16, True, count=20, idle_s=0.5)
             assert row["ok"] == 20 and row["raw_cpu_ms_per_request"] > 0
-        finally:
-            gw.close()
     finally:
         engine.terminate()
         engine.wait(timeout=30)

@@ -26,7 +26,8 @@ def _result() -> dict:
                                  "ratio": 1.15, "direct_runs": [10.0], "gateway_runs": [11.5]}},
             "engine": [{"setup": "in-process default", "adapters": 8, "ratio_to_lora_disabled": 0.86, "target": 0.85,
                         "passed": True, "tok_per_s": 900.0, "worker_threads": 1}],
-            "flood-over": {"modes": {"fair": {"others_p99_ratio": 0.95, "passed": True}}},
+            "flood-over": {"settings": {"flood_factor": 10.0, "share_rps": 9.35, "overload": 1.3},
+                           "modes": {"fair": {"others_p99_ratio": 0.95, "passed": True}}},
             "errors": {"flood": "Traceback ...\nRuntimeError: engine died"}}
 
 
@@ -39,7 +40,10 @@ def test_each_target_gets_a_verdict_and_a_part_that_did_not_run_none():
     assert rows["gateway CPU ms per streamed 32-token request"]["passed"] is False
     assert rows["in-process default: 8 adapters / LoRA disabled"]["passed"] is True
     assert not any(r["part"] == "flood" for r in rows.values())  # it failed: no verdict is made up
-    assert rows["others' p99 flood / baseline (fair; 1.3 x capacity)"]["passed"] is True
+    assert rows["others' p99 flood / baseline (fair; 1.3 x capacity)"]["passed"] is True  # sized as it ran
+    pinned = {"flood": {"settings": {"flood_factor": 10.0, "share_rps": 4.0, "overload": None},
+                        "modes": {"fair": {"others_p99_ratio": 1.5, "passed": False}}}}
+    assert checks({**_result(), **pinned})[2]["check"] == "others' p99 flood / baseline (fair; 10 x 4 req/s)"
 
 
 def test_the_report_files_and_the_docs_section(tmp_path):
