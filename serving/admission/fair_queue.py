@@ -13,8 +13,11 @@ for on average, though the engine could serve it), go after everyone else's, in 
 (smallest counter first): a flood queues behind its own requests, not in front of anyone else's.
 
 Work-conserving: a request never waits while a slot is free for it, unless its tenant *overloads* the
-engine; nothing else holds a tenant back while the engine has room, however skewed the traffic (a popular
-tenant's burst at ordinary load drains at once).
+engine or floods it; nothing else holds a tenant back while the engine has room, however skewed the traffic
+(a popular tenant's burst at ordinary load drains at once). A flooding tenant that does not (yet) overload
+leaves headroom (below) and nothing more, once the capacity is measured: at a flood's onset, in the second
+before its demand over the window shows it overloading, it filled the whole window and the others' next
+requests waited behind it (in the flood benchmark, much of the others' tail came from those onsets).
 
 Overload: a *heavy* tenant (estimated tokens asked for within `heavy_window_s` at least `HEAVY_RATIO` x the
 mean of the other tenants of that window, while another was active within `active_window_s`) asking at a
@@ -258,12 +261,16 @@ class FairQueue:
         share = max(1, round(self.share_cap * self.max_inflight / recent)) if self.share_cap else self.max_inflight
         return min(share, self.guard.limit)
 
-    def heavy(self, tenant: str) -> bool:
-        """Does `tenant` ask for at least `Demand.HEAVY_RATIO` x the mean of what the other tenants ask for,
-        while another tenant is active?"""
+    def heavy(self, tenant: str, ratio: float = Demand.HEAVY_RATIO) -> bool:
+        """Does `tenant` ask for at least `ratio` x the mean of what the other tenants ask for, while another
+        tenant is active?"""
         if len(self._last_seen) - (tenant in self._last_seen) < 1:
             return False
-        return self.demand.heavy(tenant)
+        return self.demand.heavy(tenant, ratio)
+
+    def flooding(self, tenant: str) -> bool:
+        """Is `tenant` heavy by `Demand.FLOOD_RATIO` (though the engine may have room for all it asks)?"""
+        return self.heavy(tenant, Demand.FLOOD_RATIO)
 
     def over_share(self, tenant: str, now: float | None = None) -> bool | None:
         """Does `tenant` ask for more than its max-min fair share of `OVERLOAD_LOAD` x the engine's measured
@@ -307,22 +314,29 @@ class FairQueue:
 
     def _eligible(self, tenant: str, light: set[str], now: float | None = None) -> bool:
         """May `tenant` take one more slot now? Always in FIFO mode, and in fair mode unless it is overloading
-        (the dispatch still serves the waiting tenants in VTC order). An overloading tenant: not while the
-        guard paces it; then if it has nothing running; or if it holds less than `share_limit()` and a free
-        slot still stays for each other recent tenant with nothing queued."""
+        or flooding (the dispatch still serves the waiting tenants in VTC order). A flooding tenant, once the
+        capacity is measured: if it has nothing running, or a free slot still stays for each other recent
+        tenant with nothing queued. An overloading tenant: not while the guard paces it; then if it has
+        nothing running; or if it holds less than `share_limit()` and leaves that headroom."""
         if not self.fair:
             return True
         now = time.monotonic() if now is None else now
         if not self.overloading(tenant, now):
-            return True
+            if self.running[tenant] and self.flooding(tenant) and self.over_share(tenant, now) is not None:
+                return self._leaves_headroom(tenant, light)
+            return True  # capacity unknown: a flood fills the window, which is how the capacity gets measured
         if self.paced(tenant, now):
             return False
         if not self.running[tenant]:
             return True
         if self.running[tenant] >= self.share_limit():
             return False
-        reserve = len(light) - (tenant in light)
-        reserve = min(reserve, self.max_inflight // 2)  # many quiet tenants must not idle the engine
+        return self._leaves_headroom(tenant, light)
+
+    def _leaves_headroom(self, tenant: str, light: set[str]) -> bool:
+        """Would one more slot for `tenant` still leave a free slot for each other recent tenant with nothing
+        queued (at most half the window: many quiet tenants must not idle the engine)?"""
+        reserve = min(len(light) - (tenant in light), self.max_inflight // 2)
         return self.max_inflight - self.inflight - 1 >= reserve
 
     def _priority(self, tenant: str, now: float) -> tuple:
@@ -334,7 +348,7 @@ class FairQueue:
         if not self.fair:
             return (0, 0.0, head)
         over = self.over_share(tenant, now)
-        if (self.heavy(tenant) if over is None else over) or self.demand.heavy(tenant, Demand.FLOOD_RATIO):
+        if (self.heavy(tenant) if over is None else over) or self.flooding(tenant):
             return (1, self.counters[tenant], head)
         return (0, 0.0, head)
 

@@ -142,15 +142,16 @@ def test_in_a_burst_of_ordinary_traffic_the_popular_tenant_waits_no_longer_than_
             assert on <= 1.1 * off + 0.002, f"seed {seed}, {tenant}: p99 {on * 1000:.0f} ms fair, {off * 1000:.0f} off"
 
 
-async def _seen(q, *tenants: str) -> None:
+async def _seen(q, *tenants: str, tokens: int = 1) -> None:
     for t in tenants:  # each sends one request that finishes at once: recently active, now idle
-        await q.acquire(t, 1)
-        q.release(t, 1, 1)
+        await q.acquire(t, tokens)
+        q.release(t, tokens, tokens)
 
 
-def _backlog_rules(capacity=None) -> dict:
-    """Window 8, b and c recently active and idle, heavy tenant a asks for 20 at once, the guard at a
-    quarter slot (as after a slowdown): what a gets at once, and whether b then waits for a slot."""
+def _backlog_rules(capacity=None, others_asked: int = 1) -> dict:
+    """Window 8, b and c recently active (having asked `others_asked` tokens each) and idle, heavy tenant a
+    asks for 20 x 24 tokens at once, the guard at a quarter slot (as after a slowdown): what a gets at once,
+    and whether b then waits for a slot."""
     import asyncio
 
     from tests.unit.test_admission_fair_queue import Measured, _queue
@@ -160,12 +161,12 @@ def _backlog_rules(capacity=None) -> dict:
         q.PACE_SLACK = 0  # paced as soon as granted more than the others' mean (the slack is tested elsewhere)
         if capacity is not None:
             q.capacity = Measured(capacity)
-        await _seen(q, "b", "c")
+        await _seen(q, "b", "c", tokens=others_asked)
         q.guard.ceiling = 0.25
         flood = [asyncio.create_task(q.acquire("a", 24)) for _ in range(20)]
         await asyncio.sleep(0)
-        got = {"a_running": q.running["a"], "heavy": q.heavy("a"), "overloading": q.overloading("a"),
-               "paced": q.paced("a"), "contended": q.contended()}
+        got = {"a_running": q.running["a"], "heavy": q.heavy("a"), "flooding": q.flooding("a"),
+               "overloading": q.overloading("a"), "paced": q.paced("a"), "contended": q.contended()}
         b = asyncio.create_task(q.acquire("b", 1))
         await asyncio.sleep(0)
         got["b_at_once"] = b.done()
@@ -181,14 +182,30 @@ def _backlog_rules(capacity=None) -> dict:
 
 def test_idle_capacity_a_heavy_tenants_backlog_takes_every_free_slot():
     """No overload (capacity unknown, or measured and far above what everyone asks): no reserve, share cap,
-    guard ceiling or pacing holds the heavy tenant back; a newcomer of another tenant waits only for the
-    next free slots and gets one before the heavy tenant's backlog (VTC order: a floods, asking for hundreds of
-    times what the others ask)."""
-    for capacity in (None, 1e9):
-        got = _backlog_rules(capacity)
+    guard ceiling or pacing holds a heavy tenant back; a newcomer of another tenant waits only for the next
+    free slots. Heavy: 3x what the others ask (a popular tenant), or, while the capacity is unknown, a flood
+    (hundreds of times): it fills the window, which is how the capacity gets measured. With the capacity
+    unknown a heavy tenant's backlog goes after the newcomer (VTC order); measured, a demand that fits keeps
+    arrival order (the popular tenant's earlier requests first)."""
+    for capacity, others_asked in ((None, 1), (None, 150), (1e9, 150)):
+        got = _backlog_rules(capacity, others_asked)
         assert got["heavy"] and not got["overloading"] and not got["paced"] and not got["contended"]
-        assert got["a_running"] == 8, got
-        assert not got["b_at_once"] and got["b_after_two_releases"] and got["a_after"] == 7, got
+        assert got["flooding"] == (others_asked == 1), got
+        assert got["a_running"] == 8 and not got["b_at_once"], got
+        if capacity is None:
+            assert got["b_after_two_releases"] and got["a_after"] == 7, got
+        else:
+            assert not got["b_after_two_releases"] and got["a_after"] == 8, got
+
+
+def test_a_flood_the_engine_has_room_for_leaves_headroom_and_nothing_more():
+    """A flooding tenant (hundreds of times what the others ask) on an engine measured to serve it all: not
+    capped, guarded or paced, but it leaves one free slot for each other recent tenant with nothing queued,
+    so b starts at once; a's backlog takes every slot a release frees beyond that headroom."""
+    got = _backlog_rules(1e9)
+    assert got["flooding"] and not got["overloading"] and not got["paced"] and not got["contended"]
+    assert got["a_running"] == 6 and got["b_at_once"], got
+    assert got["a_after"] == 5, got  # a 4 + b 1 after two releases: one more for a, b's and c's reserves stay
 
 
 def test_under_contention_an_overloading_tenant_is_capped_paced_and_leaves_headroom():
