@@ -39,10 +39,19 @@ class BenchGateway:
     def reset(self) -> None:
         """A fresh admission (no counters, no tenant history) so that every slice starts from the same state;
         what it learned about the engine (the slowdown guard's light-load speed and ceiling, the measured
-        capacity) carries on as in a running gateway."""
+        capacity) carries on as in a running gateway.
+
+        With the gateway's `gc_freeze` on, what this process holds now is also set aside from the garbage
+        collector as the gateway's start-up heap is (`freeze_startup_heap`): the gateway runs in the
+        benchmark's process, and each full collection of its heap otherwise also walked the benchmark's own
+        results of the earlier slices (thousands of samples), a stall of the gateway's event loop that a
+        gateway process of its own does not have."""
         from serving.admission import Admission
+        from serving.heap import freeze_startup_heap
 
         gw = self.running.gateway
+        if gw.settings.gc_freeze:
+            freeze_startup_heap()
         admission = Admission.from_settings(gw.settings)
         previous = getattr(gw, "admission", None)
         if previous is not None:  # what the slowdown guard learned is about the engine, not the tenants: a

@@ -1,7 +1,9 @@
-"""loadtest/fairness/report.py: the fairness benchmark's arithmetic (pure logic): pooled rows, ratios and
-the flooder's served rate."""
+"""loadtest/fairness/: the fairness benchmark's arithmetic (pure logic: pooled rows, ratios, the flooder's
+served rate), the admission waits it reads, and what a bench gateway's reset between slices does."""
 
 import json
+
+import pytest
 
 from loadtest.fairness.report import summarise, write_report
 from loadtest.traffic import Sample
@@ -60,3 +62,28 @@ def test_admission_waits_are_read_from_the_gateways_histogram():
     ADMISSION_WAIT.labels("fq-reader", "b").observe(20.0)
     added = waits_between(before, admission_waits())["fq-reader"]
     assert added[0.0025] == 0 and added[0.005] == 1 and added[10.0] == 1 and added[30.0] == added[float("inf")] == 2
+
+
+@pytest.mark.parametrize("gc_freeze", [True, False])
+def test_each_slice_starts_with_the_benchmarks_own_heap_set_aside(gc_freeze):
+    """The gateways run in the benchmark's process: with the gateway's gc_freeze on, a slice's fresh admission
+    also moves what the process holds (earlier slices' samples) out of the collector's way, so the gateway's
+    full collections walk its own requests only; with it off, nothing is frozen."""
+    import gc
+    from types import SimpleNamespace
+
+    from loadtest.fairness.gateways import BenchGateway
+    from serving.settings import ServingSettings
+
+    gc.unfreeze()
+    running = SimpleNamespace(url="http://gateway", gateway=SimpleNamespace(
+        settings=ServingSettings(gc_freeze=gc_freeze)))
+    try:
+        samples = [{"ttft_s": i / 1000} for i in range(10_000)]  # a slice's results, tracked by the collector
+        bench = BenchGateway(running)
+        assert (gc.get_freeze_count() >= len(samples)) is gc_freeze
+        first = bench.admission
+        bench.reset()
+        assert bench.admission is not first and bench.admission.queue.capacity is first.queue.capacity
+    finally:
+        gc.unfreeze()  # the rest of the test session keeps a normal heap
