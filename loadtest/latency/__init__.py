@@ -14,3 +14,5 @@ report.py writes latency.json, latency.csv, latency.png and the docs/benchmarks.
 """
 
 PARTS = ("zipf", "flood", "flood-over", "hop", "engine")  # the parts, in the order they run
+STACK_PARTS = PARTS[:-1]  # the parts that share one stack (the engine ratios run once it is down)
+FLOOD_PARTS = ("flood", "flood-over")  # the flood scenario's two sizings, checked and plotted alike

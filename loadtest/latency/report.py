@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from loadtest.latency import FLOOD_PARTS
 from loadtest.report import copy_images, fmt, pyplot, replace_section, write_csv, write_json
 
 SECTION = "latency-bench"
@@ -88,7 +89,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title("Zipf at 60%: TTFT p99 per tenant (ms)", fontsize=9)
     ax.legend(fontsize=7)
     ax = axes[0][1]
-    floods = {f"{part}\n{mode}": m for part in ("flood", "flood-over")
+    floods = {f"{part}\n{mode}": m for part in FLOOD_PARTS
               for mode, m in ((result.get(part) or {}).get("modes") or {}).items()}
     ax.bar(list(floods), [m.get("others_p99_ratio") or 0 for m in floods.values()])
     ax.axhline(1.2, color="red", ls="--", lw=0.8)

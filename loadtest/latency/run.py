@@ -14,7 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
-from loadtest.latency import PARTS, engines, hop
+from loadtest.latency import FLOOD_PARTS, PARTS, STACK_PARTS, engines, hop
 
 HOP_TARGETS = {"added_ms": 2.0, "ratio": 1.05, "whole_cpu_ms": 1.0, "stream_cpu_ms": 2.0}
 # The flood at its documented operating point (10 x a pinned share of 4 req/s: within a faster engine's room,
@@ -114,7 +114,7 @@ def checks(result: dict) -> list[dict]:
         zc.get("every_p99_within_3x_pooled_p50"))
     add("zipf", "popular tenant's p99 / its fair-off p99", zc.get("popular_p99_over_fair_off"), "<= 1.2",
         zc.get("popular_p99_within_1_2x_fair_off"))
-    for part in ("flood", "flood-over"):
+    for part in FLOOD_PARTS:
         flood = result.get(part) or {}
         for mode, m in (flood.get("modes") or {}).items():
             add(part, f"others' p99 flood / baseline ({mode}; {_flood_label(flood)})", m.get("others_p99_ratio"),
@@ -167,22 +167,22 @@ def run_latency(out: Path, *, var_dir: Path = Path("var"), duration_s: float = 6
     console = console or Console()
     out.mkdir(parents=True, exist_ok=True)
     result: dict = {"meta": meta(duration_s, engine_rounds, hop_rounds)}
-    if {"zipf", "flood", "flood-over", "hop"} & set(parts):
+    if set(STACK_PARTS) & set(parts):
         from loadtest.fairness import bench_stack, run_flood_scenario, run_zipf_scenario
 
         with bench_stack(var_dir, console) as stack:
-            if "zipf" in parts:
-                result["zipf"] = _part(result, "zipf", console, lambda: run_zipf_scenario(
-                    stack, load=0.6, duration_s=duration_s, var_dir=var_dir, slices=ZIPF_SLICES, out=out / "zipf"))
-            if "flood" in parts:
-                result["flood"] = _part(result, "flood", console, lambda: run_flood_scenario(
-                    stack, duration_s=duration_s, var_dir=var_dir, out=out / "flood"))
-            if "flood-over" in parts:
-                result["flood-over"] = _part(result, "flood-over", console, lambda: run_flood_scenario(
-                    stack, duration_s=duration_s, var_dir=var_dir, share_rps=None, overload=FLOOD_OVERLOAD,
-                    out=out / "flood-over"))
-            if "hop" in parts:
-                result["hop"] = _part(result, "hop", console, lambda: measure_hop(stack, out / "hop", hop_rounds))
+            runs = {
+                "zipf": lambda: run_zipf_scenario(stack, load=0.6, duration_s=duration_s, var_dir=var_dir,
+                                                  slices=ZIPF_SLICES, out=out / "zipf"),
+                "flood": lambda: run_flood_scenario(stack, duration_s=duration_s, var_dir=var_dir,
+                                                    out=out / "flood"),
+                "flood-over": lambda: run_flood_scenario(stack, duration_s=duration_s, var_dir=var_dir,
+                                                         share_rps=None, overload=FLOOD_OVERLOAD,
+                                                         out=out / "flood-over"),
+                "hop": lambda: measure_hop(stack, out / "hop", hop_rounds)}
+            for name in STACK_PARTS:
+                if name in parts:
+                    result[name] = _part(result, name, console, runs[name])
     if "engine" in parts:
         result["engine"] = _part(result, "engine", console, lambda: (
             engines.launcher_ratios(out / "build", engine_rounds, console)

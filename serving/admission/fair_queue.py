@@ -322,7 +322,7 @@ class FairQueue:
             return True
         now = time.monotonic() if now is None else now
         if not self.overloading(tenant, now):
-            if self.running[tenant] and self.flooding(tenant) and self.over_share(tenant, now) is not None:
+            if self.running[tenant] and self.flooding(tenant) and self.capacity.rate(now) is not None:
                 return self._leaves_headroom(tenant, light)
             return True  # capacity unknown: a flood fills the window, which is how the capacity gets measured
         if self.paced(tenant, now):
