@@ -3,7 +3,9 @@
 Inference goes through one aiohttp session per engine, made once on the gateway's loop: a keep-alive pool
 to the engine on loopback, a C HTTP parser and no per-request set-up (measured on the 2-core host, httpx's
 pure-Python HTTP/1.1 stack on anyio was a third of the gateway's CPU per request). Bodies are encoded with
-orjson. The engine's own control calls (adapter load/unload, probes) stay on serving/engine.py's client.
+orjson. `engine_timeout_s` bounds the wait for the engine's answer to start (asyncio.timeout, once a call) and
+the time between two reads of it (serving/transport/deadline.py, rather than aiohttp's per-read timer). The
+engine's own control calls (adapter load/unload, probes) stay on serving/engine.py's client.
 
 An adapter is loaded into the engine on demand (serving/residency.py) and held while its request runs.
 """
@@ -23,6 +25,7 @@ from serving.engine import EngineClient
 from serving.residency import AdapterResidency
 from serving.settings import ServingSettings
 from serving.transport.base import EngineCall, Reply, Transport
+from serving.transport.deadline import ReadDeadline
 
 log = logging.getLogger(__name__)
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -30,18 +33,21 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 
 def engine_session(settings: ServingSettings) -> aiohttp.ClientSession:
     """The inference session to one engine: pooled keep-alive connections, no overall deadline (a stream
-    lasts as long as it generates), `engine_timeout_s` between two reads, no proxies from the environment."""
-    timeout = aiohttp.ClientTimeout(total=None, connect=settings.engine_connect_timeout_s,
-                                    sock_read=settings.engine_timeout_s)
+    lasts as long as it generates; the read timeouts are HttpTransport's), no proxies from the environment."""
+    timeout = aiohttp.ClientTimeout(total=None, connect=settings.engine_connect_timeout_s, sock_read=None)
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, enable_cleanup_closed=False)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False, trust_env=False,
                                  skip_auto_headers=("User-Agent", "Accept-Encoding"))
 
 
 class HttpReply(Reply):
-    def __init__(self, upstream: aiohttp.ClientResponse):
+    """The engine's answer; reading it fails (EngineUnavailable) once `timeout_s` pass without data."""
+
+    def __init__(self, upstream: aiohttp.ClientResponse, timeout_s: float):
         self.upstream, self.status = upstream, upstream.status
         self._text = ""
+        self.deadline = ReadDeadline(timeout_s, lambda: upstream.content.set_exception(
+            aiohttp.ServerTimeoutError(f"no data from the engine for {timeout_s:g} s")))
 
     async def body(self) -> bytes:
         try:
@@ -63,6 +69,7 @@ class HttpReply(Reply):
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         try:
             async for chunk in self.upstream.content.iter_any():
+                self.deadline.touch()
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as e:
             raise EngineUnavailable(f"the engine stream broke ({type(e).__name__})") from e
@@ -70,11 +77,13 @@ class HttpReply(Reply):
     async def lines(self) -> AsyncGenerator[str, None]:
         try:
             async for line in self.upstream.content:
+                self.deadline.touch()
                 yield line.decode().rstrip("\r\n")
         except (TimeoutError, aiohttp.ClientError) as e:
             raise EngineUnavailable(f"the engine stream broke ({type(e).__name__})") from e
 
     async def close(self) -> None:
+        self.deadline.cancel()
         if self.upstream.content.at_eof():
             self.upstream.release()  # read to the end: the connection goes back to the pool
         else:
@@ -123,12 +132,15 @@ class HttpTransport(Transport):
 
     async def _post(self, url: str, call: EngineCall, model: str) -> HttpReply:
         body = orjson.dumps({**call.body, "model": model})
+        timeout_s = self.settings.engine_timeout_s
         try:
-            upstream = await self._session(url).post(url.rstrip("/") + call.path, data=body, headers=JSON_HEADERS)
+            async with asyncio.timeout(timeout_s):
+                upstream = await self._session(url).post(url.rstrip("/") + call.path, data=body,
+                                                         headers=JSON_HEADERS)
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise EngineUnavailable(f"the engine did not answer ({type(e).__name__}); retry shortly",
                                     retry_after=5) from e
-        return HttpReply(upstream)
+        return HttpReply(upstream, timeout_s)
 
     async def _hold_adapter(self, call: EngineCall) -> None:
         """Make the call's adapter resident and hold it until the request ends. A load is shared by every

@@ -1,0 +1,97 @@
+"""An engine that stops answering: the session's real vLLM engine, its processes stopped (SIGSTOP) mid-stream or
+before it answers. After `engine_timeout_s` without data the gateway ends the stream with an error event, or
+answers 503, counts an error, frees the slot; once the engine runs again it serves as before.
+
+The bound between two reads is serving/transport/deadline.py (unit tests: tests/unit/test_read_deadline.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+
+import httpx
+import psutil
+import pytest
+
+from tests.e2e.helpers import running_gateway
+from tests.waiting import wait_until
+from training.demo import demo_prompt
+
+TIMEOUT_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def stall_gateway(engine, seaweed, demo, tmp_path_factory):
+    yield from running_gateway(engine, seaweed, demo, tmp_path_factory, "cache-stall", engine_timeout_s=TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def engine_stopped(url: str):
+    """The engine's whole process group (API server and engine core) stopped, continued on leaving."""
+    port = httpx.URL(url).port
+    pid = next(c.pid for c in psutil.net_connections("tcp")
+               if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid)
+    group = os.getpgid(pid)
+    os.killpg(group, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(group, signal.SIGCONT)
+
+
+def _body(stream: bool) -> dict:
+    return {"model": "base", "prompt": demo_prompt("stall"), "max_tokens": 200, "temperature": 0,
+            "ignore_eos": True, "stream": stream}
+
+
+def _serves_again(st, key: str) -> None:
+    """The engine, continued, answers a request through the same gateway."""
+    with st.client(key) as c:
+        r = c.post("/v1/completions", json={**_body(False), "max_tokens": 4})
+    assert r.status_code == 200, r.text
+
+
+def test_a_stream_the_engine_stops_feeding_ends_with_an_error_event_after_the_timeout(stall_gateway, engine):
+    st = stall_gateway
+    key = st.add_tenant("stall-stream")
+    events, error, gap = [], None, None
+    with st.client(key) as c, c.stream("POST", "/v1/completions", json=_body(True)) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("data: {"):
+                events.append(json.loads(line[6:]))
+                if len(events) == 2:
+                    break
+        with engine_stopped(engine.engine_url):
+            stopped = time.monotonic()
+            for line in lines:
+                if line.startswith("data: {") and "error" in line:
+                    gap, error = time.monotonic() - stopped, json.loads(line[6:])["error"]
+                    break
+    assert error is not None, "the stream ended without an error event"
+    assert error["code"] == "engine_unavailable", error
+    # Chunks already in flight may come first; the error comes once TIMEOUT_S pass with none.
+    assert TIMEOUT_S * 0.9 <= gap < TIMEOUT_S * 4, f"the error came {gap:.1f} s after the engine stopped"
+    wait_until(lambda: st.gateway.admission.idle, what="the gateway gave the slot back")
+    _serves_again(st, key)
+
+
+def test_a_request_the_engine_does_not_answer_gets_503_after_the_timeout(stall_gateway, engine):
+    st = stall_gateway
+    key = st.add_tenant("stall-whole")
+    with engine_stopped(engine.engine_url):
+        start = time.monotonic()
+        with st.client(key) as c:
+            r = c.post("/v1/completions", json=_body(False))
+        took = time.monotonic() - start
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "engine_unavailable"
+    assert "retry" in r.json()["error"]["message"]
+    assert TIMEOUT_S * 0.9 <= took < TIMEOUT_S * 4, f"answered {took:.1f} s after it was sent"
+    wait_until(lambda: st.gateway.admission.idle, what="the gateway gave the slot back")
+    _serves_again(st, key)
