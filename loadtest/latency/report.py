@@ -23,14 +23,20 @@ def _canned(hop: dict) -> list[str]:
     paced = max(r["engine_delay_s"] for r in canned)
     lines = ["", "The same requests over a canned engine (loadtest/latency/canned_engine.py: no computation, "
                  f"answering at once or paced at {paced * 1000:.0f} ms an answer): the gateway's own work, and what "
-                 "the same work costs when each event wakes it separately. Not used by the targets.", "",
-             "| model | request | real engine | canned, at once | canned, paced |", "|---|---|---:|---:|---:|"]
+                 "the same work costs when each event wakes it separately; and through the least relay on the "
+                 "gateway's HTTP stack (loadtest/latency/min_relay.py: uvicorn, httptools, uvloop, aiohttp, nothing "
+                 "else), the floor under the gateway's rows. Not used by the targets.", "",
+             "| model | request | real engine | canned, at once | canned, paced | minimal relay, at once "
+             "| minimal relay, paced |", "|---|---|---:|---:|---:|---:|---:|"]
+    def by_delay(relay: str | None, model: str, r: dict) -> dict:
+        return {c["engine_delay_s"]: c["cpu_ms_per_request"] for c in canned if c.get("relay") == relay
+                and (c["model"], c["stream"], c["tokens"]) == (model, r["stream"], r["tokens"])}
+
     for r in hop["cpu"]:
-        same = [c for c in canned if (c["model"], c["stream"], c["tokens"]) == (r["model"], r["stream"], r["tokens"])]
-        by_delay = {c["engine_delay_s"]: c["cpu_ms_per_request"] for c in same}
+        gateway, floor = by_delay(None, r["model"], r), by_delay("minimal", "base", r)
         kind = f"streamed, {r['tokens']} tokens" if r["stream"] else f"non-streamed, {r['tokens']} tokens"
-        lines.append(f"| {r['model']} | {kind} | {r['cpu_ms_per_request']:.2f} | {fmt(by_delay.get(0.0), 2)} | "
-                     f"{fmt(by_delay.get(paced), 2)} |")
+        lines.append(f"| {r['model']} | {kind} | {r['cpu_ms_per_request']:.2f} | {fmt(gateway.get(0.0), 2)} | "
+                     f"{fmt(gateway.get(paced), 2)} | {fmt(floor.get(0.0), 2)} | {fmt(floor.get(paced), 2)} |")
     return lines
 
 

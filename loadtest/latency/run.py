@@ -65,10 +65,26 @@ def _canned_cpu(stack, out: Path, requests: int) -> list[dict]:
         try:
             with _hop_gateway(stack, f"http://127.0.0.1:{port}", out / f"canned-{delay:g}") as (gw, key, adapter):
                 rows += [{"engine_delay_s": delay, **r} for r in _gateway_cpu(gw, key, adapter, requests)]
+            rows += [{"engine_delay_s": delay, **r} for r in _floor_cpu(f"http://127.0.0.1:{port}", requests)]
         finally:
             engine.terminate()
             engine.wait(timeout=30)
     return rows
+
+
+def _floor_cpu(engine_url: str, requests: int) -> list[dict]:
+    """The same requests through the least relay on the gateway's HTTP stack (loadtest/latency/min_relay.py):
+    rows with `relay` "minimal", the floor under the gateway's."""
+    from common.procs import free_port
+    from loadtest.latency.min_relay import RelayProcess
+
+    relay = RelayProcess(engine_url, free_port())
+    try:
+        return [{"relay": "minimal", "model": "base", **hop.cpu_per_request(
+                    relay, "-", "base", tokens, stream, count=requests if not stream else requests // 2)}
+                for stream, tokens in ((False, 16), (True, 32))]
+    finally:
+        relay.close()
 
 
 def measure_hop(stack, out: Path, rounds: int = 3, requests: int = 200) -> dict:

@@ -1,8 +1,9 @@
 """The hop part's canned engine behind a real gateway process, set up as `measure_hop` sets it up
 (loadtest/latency/run.py `_hop_gateway`, real SeaweedFS): the gateway takes it for an engine, loads an adapter
 into it, relays whole and streamed answers under the tenant's public name, and the CPU measurement counts every
-request. What is under test is the benchmark's measuring path; the relay over a real vLLM engine is tested in
-tests/e2e/test_serving.py."""
+request; the least relay on the same HTTP stack (loadtest/latency/min_relay.py), the floor beside it, relays and
+is measured the same way. What is under test is the benchmark's measuring path; the relay over a real vLLM
+engine is tested in tests/e2e/test_serving.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from types import SimpleNamespace
 import httpx
 
 from common.procs import free_port
-from loadtest.latency import hop
+from loadtest.latency import hop, run
 from loadtest.latency.run import _hop_gateway
 
 
@@ -35,6 +36,10 @@ def test_a_gateway_over_the_canned_engine_serves_and_measures(seaweed, demo, tmp
             assert all(f'"model":"{adapter}"' in e for e in events) and "lpx:" not in stream.text
             row = hop.cpu_per_request(gw, key, adapter, 16, True, count=20, idle_s=0.5)
             assert row["ok"] == 20 and row["raw_cpu_ms_per_request"] > 0
+        # the least relay over the same engine; enough requests that its CPU shows in 10 ms clock ticks
+        floor = run._floor_cpu(f"http://127.0.0.1:{port}", 100)
+        assert [(r["relay"], r["stream"], r["ok"]) for r in floor] == [("minimal", False, 100), ("minimal", True, 50)]
+        assert all(r["raw_cpu_ms_per_request"] > 0 for r in floor)
     finally:
         engine.terminate()
         engine.wait(timeout=30)

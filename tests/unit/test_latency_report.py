@@ -21,7 +21,10 @@ def _result() -> dict:
                      "modes": {"fair": {"tenants": {"t0": {"ttft_p99_ms": 80.0}}, "pooled_ttft_p50_ms": 30.0}}},
             "hop": {"cpu": cpu, "whole_cpu_ms": 0.9, "stream_cpu_ms": 3.0,
                     "canned": [{**r, "engine_delay_s": d, "cpu_ms_per_request": r["cpu_ms_per_request"] * f}
-                               for d, f in ((0.0, 0.5), (0.05, 0.8)) for r in cpu],
+                               for d, f in ((0.0, 0.5), (0.05, 0.8)) for r in cpu]
+                    + [{**r, "relay": "minimal", "model": "base", "engine_delay_s": d,
+                        "cpu_ms_per_request": r["cpu_ms_per_request"] * f}
+                       for d, f in ((0.0, 0.2), (0.05, 0.6)) for r in cpu],
                     "overhead": {"direct_ttft_p50_ms": 10.0, "gateway_ttft_p50_ms": 11.5, "added_ms": 1.5,
                                  "ratio": 1.15, "direct_runs": [10.0], "gateway_runs": [11.5]}},
             "engine": [{"setup": "in-process default", "adapters": 8, "ratio_to_lora_disabled": 0.86, "target": 0.85,
@@ -60,6 +63,7 @@ def test_the_report_files_and_the_docs_section(tmp_path):
     text = docs.read_text()
     assert text.count("latency-bench:start") == 1 and "other section" in text
     assert "**FAIL**" in text and "Part `flood` failed: `RuntimeError: engine died`" in text
-    assert "| adapter | streamed, 32 tokens | 3.00 | 1.50 | 2.40 |" in text  # real, canned at once, canned paced
+    # real, canned at once, canned paced, then the minimal relay (base model rows) at once and paced
+    assert "| adapter | streamed, 32 tokens | 3.00 | 1.50 | 2.40 | 0.60 | 1.80 |" in text
     publish_docs(tmp_path, result, docs)  # the section and the plot it shows
     assert (tmp_path / "img" / "latency.png").read_bytes() == (tmp_path / "latency.png").read_bytes()
