@@ -8,6 +8,7 @@ import time
 import uuid
 from contextvars import ContextVar
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.errors import error_body
@@ -23,7 +24,7 @@ class JsonFormatter(logging.Formatter):
         out.update(getattr(record, "fields", {}))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
+        return orjson.dumps(out, default=str).decode()  # on every request: a third of json.dumps's time
 
 
 def configure(level: str = "INFO") -> None:

@@ -69,3 +69,35 @@ def test_failed_load_is_not_resident_and_waiters_see_the_error():
     res, results = asyncio.run(go())
     assert all(isinstance(r, RuntimeError) for r in results)
     assert res.resident == []
+
+
+def test_the_active_tier_gauges_follow_the_adapters_with_requests_in_flight(tmp_path):
+    """engine_active counts adapters with a request running (set when an adapter's first request starts and
+    its last ends); engine counts every registered one."""
+    from prometheus_client import REGISTRY
+
+    def gauge(name, tier):
+        return REGISTRY.get_sample_value(name, {"tier": tier})
+
+    (tmp_path / "w.bin").write_bytes(b"x" * 100)
+
+    async def here():
+        return tmp_path
+
+    async def go():
+        res = AdapterResidency(RecordingEngine(), capacity=4)
+        seen = []
+        await res.acquire("a", here)
+        await res.acquire("a", here)  # a second request on a
+        await res.acquire("b", here)
+        seen.append((gauge("loraplex_tier_adapters", "engine_active"), gauge("loraplex_tier_bytes", "engine_active")))
+        res.release("a")  # a still has one running
+        seen.append(gauge("loraplex_tier_adapters", "engine_active"))
+        res.release("a")
+        seen.append(gauge("loraplex_tier_adapters", "engine_active"))
+        res.release("b")
+        seen.append((gauge("loraplex_tier_adapters", "engine_active"), gauge("loraplex_tier_bytes", "engine_active"),
+                     gauge("loraplex_tier_adapters", "engine")))
+        return seen
+
+    assert asyncio.run(go()) == [(2, 200), 2, 1, (0, 0, 2)]
