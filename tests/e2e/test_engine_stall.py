@@ -16,7 +16,9 @@ import time
 import httpx
 import psutil
 import pytest
+from prometheus_client import REGISTRY
 
+from serving.metric_labels import OTHER_TENANTS
 from tests.e2e.helpers import running_gateway
 from tests.waiting import wait_until
 from training.demo import demo_prompt
@@ -48,6 +50,14 @@ def _body(stream: bool) -> dict:
             "ignore_eos": True, "stream": stream}
 
 
+def _errors(tenant: str) -> float:
+    """The gateway's count of base-model requests that ended in an engine error under `tenant`'s label or the
+    label of tenants not named (metric_labels.py names 20 at once; the in-process gateway's registry)."""
+    return sum(REGISTRY.get_sample_value("loraplex_requests_total",
+                                         {"tenant": label, "adapter": "base", "status": "error"}) or 0.0
+               for label in (tenant, OTHER_TENANTS))
+
+
 def _serves_again(st, key: str) -> None:
     """The engine, continued, answers a request through the same gateway."""
     with st.client(key) as c:
@@ -58,6 +68,7 @@ def _serves_again(st, key: str) -> None:
 def test_a_stream_the_engine_stops_feeding_ends_with_an_error_event_after_the_timeout(stall_gateway, engine):
     st = stall_gateway
     key = st.add_tenant("stall-stream")
+    errors = _errors("stall-stream")
     events, error, gap = [], None, None
     with st.client(key) as c, c.stream("POST", "/v1/completions", json=_body(True)) as r:
         assert r.status_code == 200
@@ -78,12 +89,14 @@ def test_a_stream_the_engine_stops_feeding_ends_with_an_error_event_after_the_ti
     # Chunks already in flight may come first; the error comes once TIMEOUT_S pass with none.
     assert TIMEOUT_S * 0.9 <= gap < TIMEOUT_S * 4, f"the error came {gap:.1f} s after the engine stopped"
     wait_until(lambda: st.gateway.admission.idle, what="the gateway gave the slot back")
+    assert _errors("stall-stream") - errors == 1, "the gateway did not count the request as an engine error"
     _serves_again(st, key)
 
 
 def test_a_request_the_engine_does_not_answer_gets_503_after_the_timeout(stall_gateway, engine):
     st = stall_gateway
     key = st.add_tenant("stall-whole")
+    errors = _errors("stall-whole")
     with engine_stopped(engine.engine_url):
         start = time.monotonic()
         with st.client(key) as c:
@@ -94,4 +107,5 @@ def test_a_request_the_engine_does_not_answer_gets_503_after_the_timeout(stall_g
     assert "retry" in r.json()["error"]["message"]
     assert TIMEOUT_S * 0.9 <= took < TIMEOUT_S * 4, f"answered {took:.1f} s after it was sent"
     wait_until(lambda: st.gateway.admission.idle, what="the gateway gave the slot back")
+    assert _errors("stall-whole") - errors == 1, "the gateway did not count the request as an engine error"
     _serves_again(st, key)

@@ -25,6 +25,7 @@ def test_a_line_is_one_json_object_with_the_request_id_and_the_fields():
     finally:
         request_id.reset(token)
     assert "\n" not in line
+    assert '"msg": "request"' in line  # json.dumps's spacing: what operators' greps and tests/e2e/test_shutdown.py read
     out = json.loads(line)
     assert out["request_id"] == "abc123" and out["level"] == "info" and out["msg"] == "request"
     assert out["status"] == 200 and out["ms"] == 1.5 and out["tenant"] == "acme \"quoted\"\nnewline"
