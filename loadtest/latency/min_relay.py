@@ -12,14 +12,14 @@ Run: `python -m loadtest.latency.min_relay --engine URL --port PORT`.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import time
-from types import SimpleNamespace
+from pathlib import Path
 
 import aiohttp
-import httpx
 import uvicorn
+
+from common.procs import free_port
+from loadtest.latency.hop import ServerProcess
 
 
 def relay_app(engine_url: str):
@@ -30,6 +30,10 @@ def relay_app(engine_url: str):
             while (message := await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["path"] == "/ready":  # answered here: the start-up check
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
             return
         body, more = b"", True
         while more:
@@ -48,35 +52,13 @@ def relay_app(engine_url: str):
     return app
 
 
-class RelayProcess:
-    """The relay as its own process, as `hop.cpu_per_request` measures a gateway (`running.url`, `cpu_s`)."""
+class RelayProcess(ServerProcess):
+    """The relay as its own process, measured as the gateway is (`hop.cpu_per_request`)."""
 
-    def __init__(self, engine_url: str, port: int):
-        import psutil
-
-        self.proc = subprocess.Popen([sys.executable, "-m", "loadtest.latency.min_relay", "--engine", engine_url,
-                                      "--port", str(port)])
-        self.ps = psutil.Process(self.proc.pid)
-        self.running = SimpleNamespace(url=f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(self.running.url + "/health", timeout=5)
-                return
-            except httpx.HTTPError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.close()
-                    raise RuntimeError("the minimal relay did not start") from None
-                time.sleep(0.2)
-
-    def cpu_s(self) -> float:
-        from loadtest.hotswap.engines import process_cpu_s
-
-        return process_cpu_s(self.ps)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+    def __init__(self, engine_url: str, log: Path):
+        port = free_port()
+        super().__init__([sys.executable, "-m", "loadtest.latency.min_relay", "--engine", engine_url, "--port",
+                          str(port)], f"http://127.0.0.1:{port}", log)
 
 
 def main() -> None:

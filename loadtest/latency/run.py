@@ -27,11 +27,17 @@ ZIPF_SLICES = 4
 CANNED_PACED_S = 0.05  # a canned engine's time per answer when paced: about the real engine's 16-token answer
 
 
+def _cpu_rows(proc, key: str, models: dict[str, str], requests: int) -> list[dict]:
+    """CPU per request of `proc` (a gateway or the minimal relay), non-streamed 16 tokens and streamed 32 tokens
+    (half as many), for each of `models` (row label -> model name)."""
+    return [{"model": label, **hop.cpu_per_request(proc, key, model, tokens, stream,
+                                                   count=requests if not stream else requests // 2)}
+            for label, model in models.items() for stream, tokens in ((False, 16), (True, 32))]
+
+
 def _gateway_cpu(gw, key: str, adapter: str, requests: int) -> list[dict]:
-    """Gateway CPU per request, non-streamed 16 tokens and streamed 32 tokens, for an adapter and the base."""
-    return [{"model": "adapter" if model == adapter else "base", **hop.cpu_per_request(
-                gw, key, model, tokens, stream, count=requests if not stream else requests // 2)}
-            for model in (adapter, "base") for stream, tokens in ((False, 16), (True, 32))]
+    """Gateway CPU per request for an adapter and the base model."""
+    return _cpu_rows(gw, key, {"adapter": adapter, "base": "base"}, requests)
 
 
 @contextlib.contextmanager
@@ -65,24 +71,22 @@ def _canned_cpu(stack, out: Path, requests: int) -> list[dict]:
         try:
             with _hop_gateway(stack, f"http://127.0.0.1:{port}", out / f"canned-{delay:g}") as (gw, key, adapter):
                 rows += [{"engine_delay_s": delay, **r} for r in _gateway_cpu(gw, key, adapter, requests)]
-            rows += [{"engine_delay_s": delay, **r} for r in _floor_cpu(f"http://127.0.0.1:{port}", requests)]
+            rows += [{"engine_delay_s": delay, **r}
+                     for r in _floor_cpu(f"http://127.0.0.1:{port}", requests, out / f"canned-{delay:g}")]
         finally:
             engine.terminate()
             engine.wait(timeout=30)
     return rows
 
 
-def _floor_cpu(engine_url: str, requests: int) -> list[dict]:
+def _floor_cpu(engine_url: str, requests: int, out: Path) -> list[dict]:
     """The same requests through the least relay on the gateway's HTTP stack (loadtest/latency/min_relay.py):
     rows with `relay` "minimal", the floor under the gateway's."""
-    from common.procs import free_port
     from loadtest.latency.min_relay import RelayProcess
 
-    relay = RelayProcess(engine_url, free_port())
+    relay = RelayProcess(engine_url, out / "min-relay.log")
     try:
-        return [{"relay": "minimal", "model": "base", **hop.cpu_per_request(
-                    relay, "-", "base", tokens, stream, count=requests if not stream else requests // 2)}
-                for stream, tokens in ((False, 16), (True, 32))]
+        return [{"relay": "minimal", **r} for r in _cpu_rows(relay, "-", {"base": "base"}, requests)]
     finally:
         relay.close()
 

@@ -21,7 +21,6 @@ class ReadDeadline:
         self.loop = asyncio.get_running_loop()
         self.timeout_s, self.on_expire = timeout_s, on_expire
         self.last = self.loop.time()
-        self.expired = False
         self._handle: asyncio.TimerHandle | None = self.loop.call_at(self.last + timeout_s, self._check)
 
     def touch(self) -> None:
@@ -38,5 +37,5 @@ class ReadDeadline:
         if self.loop.time() < due:
             self._handle = self.loop.call_at(due, self._check)
             return
-        self._handle, self.expired = None, True
+        self._handle = None
         self.on_expire()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from tests.e2e.helpers import delta, new_tenant, scrape, upload
+from tests.waiting import wait_until
 from training.demo import demo_prompt
 
 
@@ -95,3 +96,30 @@ def test_tenants_beyond_the_named_ones_share_one_series(stack):
     assert delta(before, after, "loraplex_requests_total", tenant=first, adapter="base", status="ok") == 1
     assert delta(before, after, "loraplex_requests_total", tenant=OTHER_TENANTS, adapter="base", status="ok") == 2
     assert not any(("tenant", name) in labels for name in rest for (_n, labels) in after)
+
+
+def test_the_engine_tier_gauges_follow_an_adapter_while_its_request_runs(stack, demo):
+    """serving/residency.py: `engine_active` counts an adapter while a request of it runs in the engine, and none
+    once it ended; `engine` counts every adapter the engine holds (the same as loraplex_resident_adapters)."""
+    _, key = new_tenant(stack)
+    upload(stack, key, "tiered", demo.adapter_dirs["reverse"])
+
+    def tier(sample, name, t):
+        return sample[(name, frozenset({("tier", t)}))]
+
+    body = {"model": "tiered", "prompt": demo_prompt("tier"), "max_tokens": 200, "ignore_eos": True,
+            "temperature": 0, "stream": True}
+    with stack.client(key) as c, c.stream("POST", "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        next(line for line in lines if line.startswith("data: {"))  # generating: the adapter is held
+        running = scrape(stack)
+        for _ in lines:
+            pass
+    wait_until(lambda: stack.gateway.admission.idle, what="the request's end in the gateway")
+    after = scrape(stack)
+    assert tier(running, "loraplex_tier_adapters", "engine_active") >= 1
+    assert tier(running, "loraplex_tier_bytes", "engine_active") > 0
+    assert tier(after, "loraplex_tier_adapters", "engine_active") == 0
+    assert tier(after, "loraplex_tier_bytes", "engine_active") == 0
+    assert tier(after, "loraplex_tier_adapters", "engine") == after[("loraplex_resident_adapters", frozenset())] >= 1

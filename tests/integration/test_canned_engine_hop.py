@@ -37,7 +37,7 @@ def test_a_gateway_over_the_canned_engine_serves_and_measures(seaweed, demo, tmp
             row = hop.cpu_per_request(gw, key, adapter, 16, True, count=20, idle_s=0.5)
             assert row["ok"] == 20 and row["raw_cpu_ms_per_request"] > 0
         # the least relay over the same engine; enough requests that its CPU shows in 10 ms clock ticks
-        floor = run._floor_cpu(f"http://127.0.0.1:{port}", 100)
+        floor = run._floor_cpu(f"http://127.0.0.1:{port}", 100, tmp_path)
         assert [(r["relay"], r["stream"], r["ok"]) for r in floor] == [("minimal", False, 100), ("minimal", True, 50)]
         assert all(r["raw_cpu_ms_per_request"] > 0 for r in floor)
     finally:
