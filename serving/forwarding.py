@@ -87,10 +87,21 @@ class Ticket:
     def _observe_speed(self) -> None:
         """Seconds per output token since admission (the engine's queue and prefill included: on a busy host
         the first token is where the slowdown shows), for fair admission's slowdown guard."""
-        if self.token_times and self.events >= 3:
-            self.admission.observe("stream", (self.token_times[1] - self.granted) / self.events)
+        if self.token_times and self.events >= 3:  # a chunk may carry several tokens (stream_interval)
+            tokens = max(self.completion, self.events)
+            self.admission.observe("stream", (self.token_times[1] - self.granted) / tokens)
         elif not self.token_times and self.completion >= 2:
             self.admission.observe("whole", (time.monotonic() - self.granted) / self.completion)
+
+
+def _streamed(body: dict, interval: int) -> tuple[dict, bool]:
+    """A stream's body for the engine: its usage asked for (`_with_usage`) and at least `interval` tokens a
+    chunk (LORAPLEX_STREAM_INTERVAL; a client may ask for more)."""
+    body, client_usage = _with_usage(body)
+    asked = body.get("stream_interval")
+    if interval > 1 and (not isinstance(asked, int) or asked < interval):
+        body = {**body, "stream_interval": interval}
+    return body, client_usage
 
 
 def _with_usage(body: dict) -> tuple[dict, bool]:
@@ -146,7 +157,7 @@ async def _forward(gw: Gateway, tenant: Tenant, body: dict, path: str) -> Respon
     ticket, manifest = await admit(gw, tenant, body, resolve=not transport.serves_as_is(tenant.name, body["model"]))
     stream = bool(body.get("stream"))
     if stream:
-        body, ticket.client_usage = _with_usage(body)
+        body, ticket.client_usage = _streamed(body, gw.settings.stream_interval)
     lora = engine_lora_name(tenant.name, manifest.name, manifest.version) if manifest else None
     tiers = getattr(gw, "tiers", None)
     if lora is not None and tiers is not None:

@@ -39,6 +39,7 @@ MAX_TEXT = 1024 * 1024  # characters of one text (the body limit usually binds f
 MAX_LOGIT_BIAS = 1024  # biased tokens
 MAX_TOOLS = 128
 MAX_DEPTH = 32  # nesting of the body (JSON schemas of tools included)
+MAX_STREAM_INTERVAL = 64  # tokens per streamed chunk (vLLM's stream_interval); also LORAPLEX_STREAM_INTERVAL's bound
 INT64 = (-(2**63), 2**63 - 1)
 
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
@@ -109,6 +110,7 @@ class _Sampling(_Strict):
     n: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
+    stream_interval: Annotated[int, Field(ge=1, le=MAX_STREAM_INTERVAL)] | None = None  # vLLM: tokens per chunk
     stop: Stop | Annotated[list[Stop], Field(max_length=MAX_STOP)] | None = None
     seed: Annotated[int, Field(ge=INT64[0], le=INT64[1])] | None = None
     presence_penalty: Penalty | None = None

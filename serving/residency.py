@@ -134,16 +134,23 @@ class AdapterResidency:
     async def acquire(self, name: str, local_path: Callable[[], Awaitable[Path]]) -> None:
         """Make `name` resident and count one request on it; pair with `release(name)`."""
         while True:
-            if name in self._lru:
-                self._lru.touch(name)
-                self._hold(name)
-                metrics.ADAPTER_CACHE.labels("hit", *metric_labels(name)).inc()
+            if self.try_hold(name):
                 return
             pending = self._loading.get(name)
             if pending is None:
                 break
             await asyncio.shield(pending)  # another request is loading it; re-check when done
         await self._load(name, local_path)
+
+    def try_hold(self, name: str) -> bool:
+        """Count one request on `name` if it is resident (then pair with `release(name)`); False if it is not.
+        The common case of `acquire`, without a coroutine or a task."""
+        if name not in self._lru:
+            return False
+        self._lru.touch(name)
+        self._hold(name)
+        metrics.ADAPTER_CACHE.labels("hit", *metric_labels(name)).inc()
+        return True
 
     async def warm(self, name: str, local_path: Callable[[], Awaitable[Path]]) -> None:
         """Load `name` ahead of its traffic (a pin, `warm: true`) without holding it."""

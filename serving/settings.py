@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 
 from serving.engine_settings import EngineSettings
+from serving.openai_requests import MAX_STREAM_INTERVAL
 
 
 class ServingSettings(EngineSettings):
@@ -42,6 +43,11 @@ class ServingSettings(EngineSettings):
                                    "(alias -> version) before asking the registry again; uploads and alias moves "
                                    "through this gateway take effect at once, through another replica within "
                                    "this time. 0: every request asks the registry.")
+    stream_interval: int = Field(
+        1, ge=1, le=MAX_STREAM_INTERVAL,
+        description="Tokens per streamed chunk from the engine (vLLM's stream_interval; the first and last chunks "
+                    "are sent at once). 1: a chunk per token; more: fewer, larger chunks and less CPU per stream in "
+                    "the engine, the gateway and the client. A client may ask for more on a request, never fewer.")
     max_request_bytes: int = Field(1024 * 1024, gt=0, description="Largest body of one inference request; "
                                    "larger ones get 413 (counted while reading, chunked bodies included).")
     max_inflight: int = Field(32, description="Requests forwarded to the engine at once; the rest wait, fairly.")

@@ -117,29 +117,35 @@ async def _drive(url: str, key: str, body: dict, count: int, concurrency: int) -
     return ok
 
 
-def request_body(model: str, tokens: int, stream: bool) -> dict:
-    """A completion of exactly `tokens` tokens (EOS ignored) on a short prompt."""
-    return {"model": model, "prompt": "the quick brown fox jumps over", "max_tokens": tokens, "temperature": 0,
+def request_body(model: str, tokens: int, stream: bool, stream_interval: int | None = None) -> dict:
+    """A completion of exactly `tokens` tokens (EOS ignored) on a short prompt; streamed `stream_interval`
+    tokens a chunk if given."""
+    body = {"model": model, "prompt": "the quick brown fox jumps over", "max_tokens": tokens, "temperature": 0,
             "ignore_eos": True, "stream": stream}
+    if stream_interval is not None:
+        body["stream_interval"] = stream_interval
+    return body
 
 
 def cpu_per_request(gw: ServerProcess, key: str, model: str, tokens: int, stream: bool, count: int = 200,
-                    concurrency: int = 4, idle_s: float = 3.0) -> dict:
-    """CPU ms of the process `gw` per request of `tokens` output tokens, less its idle CPU over the same wall
-    time.
+                    concurrency: int = 4, idle_s: float = 3.0, stream_interval: int | None = None) -> dict:
+    """CPU ms of the process `gw` per request of `tokens` output tokens (streamed `stream_interval` tokens a
+    chunk if given), less its idle CPU over the same wall time.
 
     Returns:
         {"requests", "ok", "wall_s", "cpu_ms_per_request" (idle subtracted), "raw_cpu_ms_per_request",
          "idle_cpu_ms_per_s"}.
     """
-    asyncio.run(_drive(gw.url, key, request_body(model, tokens, stream), 8, concurrency))  # warm
+    body = request_body(model, tokens, stream, stream_interval)
+    asyncio.run(_drive(gw.url, key, body, 8, concurrency))  # warm
     c0, t0 = gw.cpu_s(), time.monotonic()
     time.sleep(idle_s)
     idle_rate = (gw.cpu_s() - c0) / (time.monotonic() - t0)
     c0, t0 = gw.cpu_s(), time.monotonic()
-    ok = asyncio.run(_drive(gw.url, key, request_body(model, tokens, stream), count, concurrency))
+    ok = asyncio.run(_drive(gw.url, key, body, count, concurrency))
     cpu, wall = gw.cpu_s() - c0, time.monotonic() - t0
-    return {"stream": stream, "tokens": tokens, "requests": count, "ok": ok, "wall_s": wall,
+    return {"stream": stream, "tokens": tokens, "stream_interval": stream_interval or 1, "requests": count, "ok": ok,
+            "wall_s": wall,
             "raw_cpu_ms_per_request": 1000 * cpu / count, "idle_cpu_ms_per_s": 1000 * idle_rate,
             "cpu_ms_per_request": 1000 * max(0.0, cpu - idle_rate * wall) / count}
 

@@ -62,6 +62,10 @@ def markdown(result: dict) -> str:
         for r in hop["cpu"]:
             kind = f"streamed, {r['tokens']} tokens" if r["stream"] else f"non-streamed, {r['tokens']} tokens"
             lines.append(f"| {r['model']} | {kind} | {r['cpu_ms_per_request']:.2f} | {r['ok']}/{r['requests']} |")
+        for r in hop.get("cpu_grouped", []):  # not a target row: the same stream, several tokens a chunk
+            lines.append(f"| {r['model']} | streamed, {r['tokens']} tokens, {r['stream_interval']} a chunk "
+                         f"(`stream_interval` {r['stream_interval']}) | {r['cpu_ms_per_request']:.2f} | "
+                         f"{r['ok']}/{r['requests']} |")
         lines += _canned(hop)
     if result.get("engine"):
         lines += ["", "Engine ratios (rank 16, all linear layers, 64 sequences x 64 tokens; worker threads as the "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from loadtest.latency import FLOOD_PARTS, PARTS, STACK_PARTS, engines, hop
 
+GROUPED_INTERVAL = 4  # the hop part's extra row: a stream of 4 tokens a chunk (vLLM's stream_interval)
 HOP_TARGETS = {"added_ms": 2.0, "ratio": 1.05, "whole_cpu_ms": 1.0, "stream_cpu_ms": 2.0}
 # The flood at its documented operating point (10 x a pinned share of 4 req/s: within a faster engine's room,
 # then admission serves all of it) and a flood sized from the measured capacity: 10 x shares that, with the
@@ -97,6 +98,8 @@ def measure_hop(stack, out: Path, rounds: int = 3, requests: int = 200) -> dict:
     rows again over a canned engine (`_canned_cpu`), which the targets do not use."""
     with _hop_gateway(stack, stack.engine.engine_url, out / "gateway") as (gw, key, adapter):
         cpu = _gateway_cpu(gw, key, adapter, requests)
+        grouped = [{"model": "base", **hop.cpu_per_request(gw, key, "base", 32, True, count=requests // 2,
+                                                            stream_interval=GROUPED_INTERVAL)}]
         direct, through = [], []
         for i in range(rounds):  # alternate, so drift on a shared host touches both sides alike
             direct.append(hop.vllm_bench(stack.engine.engine_url, "base", stack.demo.base_dir,
@@ -105,7 +108,8 @@ def measure_hop(stack, out: Path, rounds: int = 3, requests: int = 200) -> dict:
                                           out / f"vllm-gateway-{i}.json", api_key=key, seed=i))
     overhead = hop.overhead(direct, through)
     worst = {s: max(r["cpu_ms_per_request"] for r in cpu if r["stream"] == s) for s in (False, True)}
-    return {"cpu": cpu, "overhead": overhead, "whole_cpu_ms": worst[False], "stream_cpu_ms": worst[True],
+    return {"cpu": cpu, "cpu_grouped": grouped, "overhead": overhead, "whole_cpu_ms": worst[False],
+            "stream_cpu_ms": worst[True],
             "canned": _canned_cpu(stack, out, requests),
             "settings": {"bench": "vllm bench serve: random 16 in / 16 out, 8 req/s, 48 prompts, streamed "
                                   "completions, base model", "rounds": rounds, "cpu_requests": requests,

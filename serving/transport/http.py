@@ -147,6 +147,9 @@ class HttpTransport(Transport):
         request waiting for that adapter and leaves the engine in a known state only when it completes, so a
         client that disconnects meanwhile does not cancel it: the hold it gets is given back at once."""
         manifest, residency = call.manifest, self.residency
+        if residency.try_hold(call.lora):  # resident: no load to share, no task
+            call.releases.append(lambda: residency.release(call.lora))
+            return
         holding = asyncio.ensure_future(residency.acquire(
             call.lora, lambda: asyncio.to_thread(self.cache.ensure_local, manifest)))
         try:

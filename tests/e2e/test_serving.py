@@ -126,6 +126,28 @@ def test_streaming_equals_non_streaming(stack):
     assert "".join(e["choices"][0]["text"] for e in events) == complete(stack, t["key"], t["adapter"], prompt)
 
 
+def test_a_stream_interval_sends_fewer_larger_chunks_with_the_same_text(stack):
+    """vLLM's stream_interval, asked for by the client (or set by LORAPLEX_STREAM_INTERVAL): the engine sends
+    the first token at once, then a chunk per 4 tokens; the text and the usage are those of a chunk per token."""
+    t = next(iter(stack.tenants.values()))
+
+    def stream(extra: dict) -> tuple[list[str], dict]:
+        body = {"model": t["adapter"], "prompt": demo_prompt(DEMO_WORDS[1]), "max_tokens": 16, "temperature": 0,
+                "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}, **extra}
+        with stack.client(t["key"]) as c, c.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200, r.read()
+            events = [json.loads(line[5:]) for line in r.iter_lines()
+                      if line.startswith("data:") and line.strip() != "data: [DONE]"]
+        texts = [e["choices"][0]["text"] for e in events if e["choices"] and e["choices"][0]["text"]]
+        return texts, next(e["usage"] for e in events if e.get("usage"))
+
+    each, each_usage = stream({})
+    grouped, grouped_usage = stream({"stream_interval": 4})
+    assert "".join(grouped) == "".join(each) and grouped_usage == each_usage
+    assert each_usage["completion_tokens"] == 16
+    assert len(grouped) <= 1 + 15 // 4 + 1 < len(each)  # the first token, then 4 at a time (and the rest)
+
+
 def test_openai_sdk_works_unmodified(stack):
     openai = pytest.importorskip("openai", reason="the openai SDK is a dev dependency")
     t = next(iter(stack.tenants.values()))

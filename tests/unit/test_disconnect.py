@@ -199,6 +199,55 @@ def test_an_answer_that_comes_first_is_returned_and_the_watch_ends():
     assert asyncio.run(go()) == 0
 
 
+def test_work_that_ends_in_the_turn_its_client_leaves_still_answers_and_leaves_no_cancel_behind():
+    """The cancel lands but the work catches it and answers: that answer ends the request, and the handler's
+    task carries no pending cancellation into what follows (the response's own awaits)."""
+    async def go():
+        client = Client()
+
+        async def work():
+            try:
+                client.gone.set()
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                return "late answer"
+
+        result = await unless_client_leaves(client.receive, work())
+        await asyncio.sleep(0)  # would raise CancelledError if a cancel were still pending
+        return result, asyncio.current_task().cancelling()
+
+    assert asyncio.run(go()) == ("late answer", 0)
+
+
+def test_work_that_fails_ends_the_watch_too():
+    async def go():
+        async def work():
+            raise ValueError("engine said no")
+
+        before = len(asyncio.all_tasks())
+        with pytest.raises(ValueError):
+            await unless_client_leaves(Client().receive, work())
+        await _turns()
+        return len(asyncio.all_tasks()) - before
+
+    assert asyncio.run(go()) == 0
+
+
+def test_a_client_that_leaves_while_the_work_waits_gets_499_and_the_handler_is_not_left_cancelling():
+    async def go():
+        client = Client()
+
+        async def work():
+            client.gone.set()
+            await asyncio.Event().wait()
+
+        response = await unless_client_leaves(client.receive, work())
+        await asyncio.sleep(0)
+        return response.status_code, asyncio.current_task().cancelling()
+
+    assert asyncio.run(go()) == (CLIENT_CLOSED, 0)
+
+
 def test_without_a_receive_channel_the_work_is_just_awaited():
     async def work():
         return 7
@@ -231,6 +280,9 @@ class SlowResidency:
 
     def __init__(self):
         self.loaded, self.held, self.loads_done = asyncio.Event(), 0, 0
+
+    def try_hold(self, name):
+        return False  # not resident: the load below
 
     async def acquire(self, name, local_path):
         await self.loaded.wait()

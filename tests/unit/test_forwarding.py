@@ -141,6 +141,27 @@ def test_a_stream_is_relayed_renamed_and_its_usage_charged_but_not_shown():
     assert t.released == 1 and reply.closed and gw.admission.inflight == 0
 
 
+@pytest.mark.parametrize("setting, asked, sent", [(1, None, None), (4, None, 4), (4, 2, 4), (4, 8, 8), (1, 3, 3)])
+def test_a_stream_asks_the_engine_for_the_operators_tokens_per_chunk_or_the_clients_if_more(setting, asked, sent):
+    reply = FakeReply(lines=["data: [DONE]", ""])
+    t = FakeTransport(reply)
+    gw = _gateway(t)
+    gw.settings = ServingSettings(stream_interval=setting)
+    body = {"model": "rev", "prompt": "p", "stream": True}
+    if asked is not None:
+        body["stream_interval"] = asked
+    _stream(gw, body)
+    assert t.calls[0].body.get("stream_interval") == sent
+
+
+def test_a_whole_answer_is_not_given_a_stream_interval():
+    t = FakeTransport(FakeReply(body={"model": LORA, "choices": [{"text": "x"}]}))
+    gw = _gateway(t)
+    gw.settings = ServingSettings(stream_interval=4)
+    asyncio.run(forward(gw, TENANT, {"model": "rev", "prompt": "p"}, "/v1/completions"))
+    assert "stream_interval" not in t.calls[0].body
+
+
 def test_a_stream_that_breaks_ends_with_an_error_event():
     reply = FakeReply(lines=["data: {}", EngineUnavailable("the engine stream broke (ReadError)")])
     gw = _gateway(FakeTransport(reply))
@@ -165,6 +186,9 @@ def test_a_client_that_leaves_before_the_stream_starts_closes_the_engine_side():
 class FakeResidency:
     def __init__(self):
         self.held: list[str] = []
+
+    def try_hold(self, name):
+        return False  # never resident: each request goes through acquire
 
     async def acquire(self, name, local_path):
         self.held.append(name)

@@ -20,6 +20,8 @@ def _result() -> dict:
                                 "popular_p99_over_fair_off": 1.3, "popular_p99_within_1_2x_fair_off": False},
                      "modes": {"fair": {"tenants": {"t0": {"ttft_p99_ms": 80.0}}, "pooled_ttft_p50_ms": 30.0}}},
             "hop": {"cpu": cpu, "whole_cpu_ms": 0.9, "stream_cpu_ms": 3.0,
+                    "cpu_grouped": [{"model": "base", "stream": True, "tokens": 32, "stream_interval": 4,
+                                     "requests": 100, "ok": 100, "cpu_ms_per_request": 1.25}],
                     "canned": [{**r, "engine_delay_s": d, "cpu_ms_per_request": r["cpu_ms_per_request"] * f}
                                for d, f in ((0.0, 0.5), (0.05, 0.8)) for r in cpu]
                     + [{**r, "relay": "minimal", "model": "base", "engine_delay_s": d,
@@ -65,5 +67,6 @@ def test_the_report_files_and_the_docs_section(tmp_path):
     assert "**FAIL**" in text and "Part `flood` failed: `RuntimeError: engine died`" in text
     # real, canned at once, canned paced, then the minimal relay (base model rows) at once and paced
     assert "| adapter | streamed, 32 tokens | 3.00 | 1.50 | 2.40 | 0.60 | 1.80 |" in text
+    assert "| base | streamed, 32 tokens, 4 a chunk (`stream_interval` 4) | 1.25 | 100/100 |" in text
     publish_docs(tmp_path, result, docs)  # the section and the plot it shows
     assert (tmp_path / "img" / "latency.png").read_bytes() == (tmp_path / "latency.png").read_bytes()

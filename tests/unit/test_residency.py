@@ -101,3 +101,26 @@ def test_the_active_tier_gauges_follow_the_adapters_with_requests_in_flight(tmp_
         return seen
 
     assert asyncio.run(go()) == [(2, 200), 2, 1, (0, 0, 2)]
+
+
+def test_try_hold_holds_a_resident_adapter_and_nothing_else():
+    """The transport's fast path: a resident adapter is held without a load (and, held, is never evicted); one
+    not resident is not held (the caller then loads it through acquire)."""
+    async def go():
+        eng = RecordingEngine()
+        res = AdapterResidency(eng, capacity=2)
+        missing = res.try_hold("a")
+        await res.acquire("a", _path)
+        res.release("a")
+        await res.acquire("b", _path)
+        res.release("b")
+        held = res.try_hold("a")
+        await res.acquire("c", _path)  # evicts b, not the held a
+        res.release("c")
+        res.release("a")  # the fast path's hold is given back like any other
+        return missing, held, eng.calls, res.resident
+
+    missing, held, calls, resident = asyncio.run(go())
+    assert (missing, held) == (False, True)
+    assert calls == [("load", "a"), ("load", "b"), ("unload", "b"), ("load", "c")]
+    assert sorted(resident) == ["a", "c"]
