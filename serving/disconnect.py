@@ -42,14 +42,11 @@ async def unless_client_leaves(receive: Receive | None, work: Awaitable[Response
     watch.add_done_callback(client_left)
     try:
         response = await work
-    except asyncio.CancelledError:
-        if state["cancelled"] and not task.uncancel():
+    except BaseException as e:
+        watch.cancel()
+        if state["cancelled"] and not task.uncancel() and isinstance(e, asyncio.CancelledError):
             return Response(status_code=CLIENT_CLOSED)  # cancelled by the watch alone
-        watch.cancel()
-        raise  # the handler itself was cancelled (shutdown; Ray Serve cancels on disconnect)
-    except BaseException:
-        watch.cancel()
-        raise
+        raise  # the work failed, or the handler itself was cancelled (shutdown; Ray Serve cancels on disconnect)
     finally:
         state["working"] = False
     if state["cancelled"]:  # the work finished though the cancel had landed: its response still ends the request

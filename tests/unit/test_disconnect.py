@@ -219,6 +219,25 @@ def test_work_that_ends_in_the_turn_its_client_leaves_still_answers_and_leaves_n
     assert asyncio.run(go()) == ("late answer", 0)
 
 
+def test_work_that_fails_as_its_client_leaves_raises_its_error_and_leaves_no_cancel_behind():
+    async def go():
+        client = Client()
+
+        async def work():
+            try:
+                client.gone.set()
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise ValueError("cleanup failed") from None
+
+        with pytest.raises(ValueError):
+            await unless_client_leaves(client.receive, work())
+        await asyncio.sleep(0)
+        return asyncio.current_task().cancelling()
+
+    assert asyncio.run(go()) == 0
+
+
 def test_work_that_fails_ends_the_watch_too():
     async def go():
         async def work():
