@@ -199,9 +199,19 @@ def test_an_answer_that_comes_first_is_returned_and_the_watch_ends():
     assert asyncio.run(go()) == 0
 
 
-def test_work_that_ends_in_the_turn_its_client_leaves_still_answers_and_leaves_no_cancel_behind():
-    """The cancel lands but the work catches it and answers: that answer ends the request, and the handler's
-    task carries no pending cancellation into what follows (the response's own awaits)."""
+async def _late_answer():
+    return "late answer"
+
+
+async def _late_failure():
+    raise ValueError("cleanup failed")
+
+
+@pytest.mark.parametrize("on_cancel, outcome", [(_late_answer, "late answer"), (_late_failure, "ValueError")])
+def test_work_that_ends_in_the_turn_its_client_leaves_decides_the_outcome_and_leaves_no_cancel_behind(
+        on_cancel, outcome):
+    """The cancel lands but the work catches it and answers (that answer ends the request) or fails (its error
+    goes up); either way the handler's task carries no pending cancellation into what follows."""
     async def go():
         client = Client()
 
@@ -210,32 +220,16 @@ def test_work_that_ends_in_the_turn_its_client_leaves_still_answers_and_leaves_n
                 client.gone.set()
                 await asyncio.Event().wait()
             except asyncio.CancelledError:
-                return "late answer"
+                return await on_cancel()
 
-        result = await unless_client_leaves(client.receive, work())
+        try:
+            result = await unless_client_leaves(client.receive, work())
+        except ValueError:
+            result = "ValueError"
         await asyncio.sleep(0)  # would raise CancelledError if a cancel were still pending
         return result, asyncio.current_task().cancelling()
 
-    assert asyncio.run(go()) == ("late answer", 0)
-
-
-def test_work_that_fails_as_its_client_leaves_raises_its_error_and_leaves_no_cancel_behind():
-    async def go():
-        client = Client()
-
-        async def work():
-            try:
-                client.gone.set()
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                raise ValueError("cleanup failed") from None
-
-        with pytest.raises(ValueError):
-            await unless_client_leaves(client.receive, work())
-        await asyncio.sleep(0)
-        return asyncio.current_task().cancelling()
-
-    assert asyncio.run(go()) == 0
+    assert asyncio.run(go()) == (outcome, 0)
 
 
 def test_work_that_fails_ends_the_watch_too():
