@@ -29,6 +29,7 @@ from pydantic import (
 
 from common.errors import InvalidRequest
 from serving.request_body import load_json
+from serving.settings import MAX_STREAM_INTERVAL
 
 MAX_N = 16  # choices per request (n, best_of)
 MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
@@ -39,7 +40,6 @@ MAX_TEXT = 1024 * 1024  # characters of one text (the body limit usually binds f
 MAX_LOGIT_BIAS = 1024  # biased tokens
 MAX_TOOLS = 128
 MAX_DEPTH = 32  # nesting of the body (JSON schemas of tools included)
-MAX_STREAM_INTERVAL = 64  # tokens per streamed chunk (vLLM's stream_interval); also LORAPLEX_STREAM_INTERVAL's bound
 INT64 = (-(2**63), 2**63 - 1)
 
 Text = Annotated[str, Field(max_length=MAX_TEXT)]

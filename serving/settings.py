@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 
 from serving.engine_settings import EngineSettings
-from serving.openai_requests import MAX_STREAM_INTERVAL
+
+MAX_STREAM_INTERVAL = 64  # tokens per streamed chunk (vLLM's stream_interval); also the request field's bound
 
 
 class ServingSettings(EngineSettings):

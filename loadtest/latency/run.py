@@ -28,12 +28,15 @@ ZIPF_SLICES = 4
 CANNED_PACED_S = 0.05  # a canned engine's time per answer when paced: about the real engine's 16-token answer
 
 
-def _cpu_rows(proc, key: str, models: dict[str, str], requests: int) -> list[dict]:
-    """CPU per request of `proc` (a gateway or the minimal relay), non-streamed 16 tokens and streamed 32 tokens
-    (half as many), for each of `models` (row label -> model name)."""
-    return [{"model": label, **hop.cpu_per_request(proc, key, model, tokens, stream,
+CPU_KINDS = ((False, 16, None), (True, 32, None))  # (streamed, tokens, stream_interval): the target rows
+
+
+def _cpu_rows(proc, key: str, models: dict[str, str], requests: int, kinds=CPU_KINDS) -> list[dict]:
+    """CPU per request of `proc` (a gateway or the minimal relay) for each of `kinds` (streamed ones half as many
+    requests) and each of `models` (row label -> model name)."""
+    return [{"model": label, **hop.cpu_per_request(proc, key, model, tokens, stream, stream_interval=interval,
                                                    count=requests if not stream else requests // 2)}
-            for label, model in models.items() for stream, tokens in ((False, 16), (True, 32))]
+            for label, model in models.items() for stream, tokens, interval in kinds]
 
 
 def _gateway_cpu(gw, key: str, adapter: str, requests: int) -> list[dict]:
@@ -98,8 +101,7 @@ def measure_hop(stack, out: Path, rounds: int = 3, requests: int = 200) -> dict:
     rows again over a canned engine (`_canned_cpu`), which the targets do not use."""
     with _hop_gateway(stack, stack.engine.engine_url, out / "gateway") as (gw, key, adapter):
         cpu = _gateway_cpu(gw, key, adapter, requests)
-        grouped = [{"model": "base", **hop.cpu_per_request(gw, key, "base", 32, True, count=requests // 2,
-                                                            stream_interval=GROUPED_INTERVAL)}]
+        grouped = _cpu_rows(gw, key, {"base": "base"}, requests, kinds=((True, 32, GROUPED_INTERVAL),))
         direct, through = [], []
         for i in range(rounds):  # alternate, so drift on a shared host touches both sides alike
             direct.append(hop.vllm_bench(stack.engine.engine_url, "base", stack.demo.base_dir,
