@@ -43,5 +43,7 @@ def test_a_popular_tenants_burst_takes_free_slots_beside_recently_active_tenants
     assert len(answers) == burst
     waited = {"tenant": popular, "adapter": "speak"}
     assert delta(before, after, "loraplex_admission_wait_seconds_count", **waited) == burst
-    at_once = delta(before, after, "loraplex_admission_wait_seconds_bucket", le="0.025", **waited)
-    assert at_once == burst, f"{burst - at_once:.0f} of the burst's {burst} requests waited for a slot the engine had"
+    # Counted where admission decides, not by the wait's length: this gateway shares the test process's GIL with
+    # the 12 client threads, so a request granted at once can still be timed at tens of milliseconds.
+    held = delta(before, after, "loraplex_fair_held_total", tenant=popular)
+    assert held == 0, f"{held:.0f} of the burst's {burst} requests waited for a slot the engine had"
