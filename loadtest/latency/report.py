@@ -57,7 +57,8 @@ def markdown(result: dict) -> str:
         lines += ["", f"Gateway hop: median TTFT direct {o['direct_ttft_p50_ms']:.2f} ms, through the gateway "
                       f"{o['gateway_ttft_p50_ms']:.2f} ms (runs: direct {_list(o['direct_runs'])}, gateway "
                       f"{_list(o['gateway_runs'])}). Gateway CPU per request (its process's user + system time "
-                      "over a batch, its idle rate subtracted):", "",
+                      "over a batch, its idle rate subtracted; each row in rounds, every other one in the reverse "
+                      "order, each round's value in the JSON):", "",
                   "| model | request | CPU ms / request | requests |", "|---|---|---:|---:|"]
         for r in hop["cpu"]:
             kind = f"streamed, {r['tokens']} tokens" if r["stream"] else f"non-streamed, {r['tokens']} tokens"

@@ -29,14 +29,37 @@ CANNED_PACED_S = 0.05  # a canned engine's time per answer when paced: about the
 
 
 CPU_KINDS = ((False, 16, None), (True, 32, None))  # (streamed, tokens, stream_interval): the target rows
+# The CPU rows are measured in this many rounds, the second in the reverse order: measured once each, one after the
+# other, the first rows came out well above the last (adapter rows 0.84 / 1.20 ms against base 0.55 / 0.65 ms at
+# once in two runs) while alternated in one gateway they measured alike (0.74 / 0.72 ms).
+CPU_ROUNDS = 2
 
 
-def _cpu_rows(proc, key: str, models: dict[str, str], requests: int, kinds=CPU_KINDS) -> list[dict]:
+def merge_rounds(rounds: list[dict]) -> dict:
+    """One CPU row from its rounds (`hop.cpu_per_request` results): requests, answers and wall time summed, CPU per
+    request averaged over all the requests, each round's value kept in `rounds_cpu_ms`."""
+    n = sum(r["requests"] for r in rounds)
+    row = {**rounds[0], "requests": n, "ok": sum(r["ok"] for r in rounds), "wall_s": sum(r["wall_s"] for r in rounds)}
+    for field in ("cpu_ms_per_request", "raw_cpu_ms_per_request"):
+        row[field] = sum(r[field] * r["requests"] for r in rounds) / n
+    row["idle_cpu_ms_per_s"] = sum(r["idle_cpu_ms_per_s"] for r in rounds) / len(rounds)
+    row["rounds_cpu_ms"] = [round(r["cpu_ms_per_request"], 3) for r in rounds]
+    return row
+
+
+def _cpu_rows(proc, key: str, models: dict[str, str], requests: int, kinds=CPU_KINDS, rounds: int = CPU_ROUNDS
+              ) -> list[dict]:
     """CPU per request of `proc` (a gateway or the minimal relay) for each of `kinds` (streamed ones half as many
-    requests) and each of `models` (row label -> model name)."""
-    return [{"model": label, **hop.cpu_per_request(proc, key, model, tokens, stream, stream_interval=interval,
-                                                   count=requests if not stream else requests // 2)}
-            for label, model in models.items() for stream, tokens, interval in kinds]
+    requests) and each of `models` (row label -> model name), in `rounds` (`CPU_ROUNDS`), every other one in the
+    reverse order, so that no row is always measured first."""
+    cells = [(label, model, kind) for label, model in models.items() for kind in kinds]
+    got: list[list[dict]] = [[] for _ in cells]
+    for r in range(rounds):
+        for i in (range(len(cells)) if r % 2 == 0 else reversed(range(len(cells)))):
+            _label, model, (stream, tokens, interval) = cells[i]
+            count = max(1, (requests if not stream else requests // 2) // rounds)
+            got[i].append(hop.cpu_per_request(proc, key, model, tokens, stream, stream_interval=interval, count=count))
+    return [{"model": label, **merge_rounds(got[i])} for i, (label, _model, _kind) in enumerate(cells)]
 
 
 def _gateway_cpu(gw, key: str, adapter: str, requests: int) -> list[dict]:
