@@ -7,6 +7,7 @@ The bound between two reads is serving/transport/deadline.py (unit tests: tests/
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -18,6 +19,8 @@ import psutil
 import pytest
 from prometheus_client import REGISTRY
 
+from common.errors import LoraplexError
+from serving.engine import EngineClient
 from serving.metric_labels import OTHER_TENANTS
 from tests.e2e.helpers import running_gateway
 from tests.waiting import wait_until
@@ -59,12 +62,18 @@ def _errors(tenant: str) -> float:
 
 
 def _engine_answers(engine) -> bool:
-    try:
-        r = httpx.post(engine.engine_url.rstrip("/") + "/v1/completions", timeout=30,
-                       json={"model": engine.base_name, "prompt": demo_prompt("stall"), "max_tokens": 1})
-    except httpx.HTTPError:
-        return False
-    return r.status_code == 200
+    """The gateway's own readiness generate (`EngineClient.probe`), sent to the engine directly."""
+    async def probe() -> bool:
+        client = EngineClient(engine)
+        try:
+            await client.probe()
+            return True
+        except LoraplexError:
+            return False
+        finally:
+            await client.aclose()
+
+    return asyncio.run(probe())
 
 
 def _serves_again(st, key: str, engine) -> None:

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 from serving.residency import AdapterResidency
+from tests.waiting import until
 
 
 class RecordingEngine:
@@ -117,10 +118,7 @@ def test_try_hold_holds_a_resident_adapter_and_nothing_else():
         while_held = list(eng.calls)
         res.release("b")  # the tier shrinks back: b goes, a is still held
         res.release("a")  # the fast path's hold is given back like any other
-        for _ in range(100):  # the shrink runs as a task: a few turns of the loop
-            if res.resident == ["a"]:
-                break
-            await asyncio.sleep(0)
+        await until(lambda: res.resident == ["a"], what="the tier shrank back")  # the shrink runs as a task
         return missing, held, while_held, eng.calls, res.resident
 
     missing, held, while_held, calls, resident = asyncio.run(go())
